@@ -1,0 +1,60 @@
+"""Typed errors. Each knows where the problem is; the CLI turns them into one line and an exit code.
+
+Exit codes: 2 usage/config, 3 genotype, 4 data, 5 checkpoint, 6 non-finite value, 7 run directory / I/O.
+"""
+
+from __future__ import annotations
+
+
+class DartsError(Exception):
+    """Base class of every error dartsnas reports to a user."""
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, path: str | None = None):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class ConfigError(DartsError):
+    exit_code = 2
+    kind = "config error"
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class GenotypeError(DartsError):
+    exit_code = 3
+    kind = "genotype error"
+
+
+class DataError(DartsError):
+    exit_code = 4
+    kind = "data error"
+
+
+class CheckpointError(DartsError):
+    exit_code = 5
+    kind = "checkpoint error"
+
+
+class NonFiniteError(DartsError):
+    """A NaN/inf loss, gradient or alpha, caught before any optimizer step touched it."""
+
+    exit_code = 6
+    kind = "non-finite value"
+
+    def __init__(self, what: str, step: int, phase: str):
+        self.step = step
+        self.phase = phase
+        super().__init__(f"{what} is not finite at step {step} (phase: {phase}); "
+                         "no optimizer step was taken, the last good checkpoint is unchanged")
+
+
+class RunDirError(DartsError):
+    exit_code = 7
+    kind = "run directory error"

@@ -1,0 +1,64 @@
+"""The CNN search network (spec §1.4): stem, cells with reductions at 1/3 and 2/3, classifier.
+
+Alphas are parameters of this module named ``alphas_normal``/``alphas_reduce`` so that they move with
+``.to()`` and live in ``state_dict``, but they are kept out of the weight set: ``weights()`` is what the
+weight optimizer, weight decay, gradient clipping and the second-order flattening see (§2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..space.derive import derive_genotype, num_edges
+from ..space.genotype import Genotype
+from ..space.ops import PRIMITIVES
+from .cells import SearchCell
+
+ARCH_NAMES = ("alphas_normal", "alphas_reduce")
+
+
+class SearchNetwork(nn.Module):
+    def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, num_nodes: int = 4,
+                 multiplier: int = 4, stem_multiplier: int = 3, in_channels: int = 3):
+        super().__init__()
+        self.num_nodes = num_nodes
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = SearchCell(num_nodes, multiplier, C_pp, C_p, C_curr, reduction, reduction_prev)
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_pp, C_p = C_p, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+        k, n = num_edges(num_nodes), len(PRIMITIVES)
+        # 1e-3 * N(0, 1), as the reference code (§2; the paper says zeros).
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, n))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, n))
+
+    def weights(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if name not in ARCH_NAMES]
+
+    def named_weights(self) -> list[tuple[str, nn.Parameter]]:
+        return [(name, p) for name, p in self.named_parameters() if name not in ARCH_NAMES]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w_normal = torch.softmax(self.alphas_normal, dim=-1)
+        w_reduce = torch.softmax(self.alphas_reduce, dim=-1)
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def genotype(self) -> Genotype:
+        return derive_genotype(self.alphas_normal, self.alphas_reduce, self.num_nodes)
