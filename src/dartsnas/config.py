@@ -86,7 +86,7 @@ class ConfigBase:
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     # Fields that may change on resume without making the checkpoint incompatible.
-    HARMLESS: ClassVar[frozenset[str]] = frozenset({"log_interval", "device", "progress", "epochs"})
+    HARMLESS: ClassVar[frozenset[str]] = frozenset({"log_interval", "device", "progress", "eval_batch_size"})
 
     def check(self) -> list[str]:
         return []

@@ -20,9 +20,10 @@ ARCH_NAMES = ("alphas_normal", "alphas_reduce")
 
 class SearchNetwork(nn.Module):
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, num_nodes: int = 4,
-                 multiplier: int = 4, stem_multiplier: int = 3, in_channels: int = 3):
+                 multiplier: int | None = None, stem_multiplier: int = 3, in_channels: int = 3):
         super().__init__()
         self.num_nodes = num_nodes
+        multiplier = num_nodes if multiplier is None else multiplier  # concat all intermediate nodes
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         C_pp, C_p, C_curr = C_curr, C_curr, C

@@ -1,0 +1,147 @@
+"""Image datasets held on the training device and augmented there in whole batches.
+
+``load_images`` returns uint8 tensors (N×3×H×W) already on the device; ``BatchStream`` yields shuffled
+index batches from an explicit generator whose state is checkpointed; ``augment`` does random crop with
+padding, horizontal flip, normalisation and optional cutout on a whole batch at once (spec §3.1, §5).
+No data loader, no per-image Python work.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DataError
+from .builtin import make_builtin_images
+
+CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)
+CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
+BUILTIN_MEAN = (0.45, 0.45, 0.45)
+BUILTIN_STD = (0.2, 0.2, 0.2)
+DATASETS = ("builtin", "cifar10")
+
+
+@dataclass
+class ImageData:
+    name: str
+    train_x: torch.Tensor  # uint8, N×3×H×W, on the device
+    train_y: torch.Tensor  # int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_classes: int
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+
+def default_data_dir(name: str) -> Path | None:
+    """``$DARTSNAS_DATA/<name-folder>`` when the variable is set."""
+    root = os.environ.get("DARTSNAS_DATA")
+    if not root:
+        return None
+    sub = {"cifar10": "cifar10/cifar-10-batches-py"}.get(name, name)
+    return Path(root) / sub
+
+
+def load_images(name: str, data_dir: str | Path | None = None, device: str | torch.device = "cpu",
+                download: bool = False) -> ImageData:
+    if name == "builtin":
+        tx, ty, vx, vy = make_builtin_images()
+        return ImageData("builtin", tx.to(device), ty.to(device), vx.to(device), vy.to(device),
+                         BUILTIN_MEAN, BUILTIN_STD, 10)
+    if name == "cifar10":
+        from .cifar import load_cifar10
+
+        path = Path(data_dir) if data_dir else default_data_dir("cifar10")
+        if path is None:
+            raise DataError("no data folder given: pass --data-dir (the folder holding data_batch_1..5 and "
+                            "test_batch, or a .npz subset) or set DARTSNAS_DATA", "cifar10")
+        tx, ty, vx, vy = load_cifar10(path, download=download)
+        return ImageData("cifar10", tx.to(device), ty.to(device), vx.to(device), vy.to(device),
+                         CIFAR_MEAN, CIFAR_STD, 10)
+    raise DataError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}", "dataset")
+
+
+class BatchStream:
+    """Shuffled batches of indices into ``num`` items, from an explicit CPU generator.
+
+    ``epoch_mode=True``: one pass per epoch, the last batch may be short (the weight stream).
+    ``epoch_mode=False``: an endless stream of full batches, reshuffled whenever fewer than a batch
+    remain (the architecture stream: a persistent shuffled iterator, a documented deviation from the
+    reference's fresh iterator per step, spec §3.1).
+    """
+
+    def __init__(self, num: int, batch_size: int, seed: int, epoch_mode: bool):
+        if num <= 0:
+            raise DataError("no images to draw batches from", "dataset")
+        self.num, self.batch_size, self.epoch_mode = num, min(batch_size, num), epoch_mode
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(num, generator=self.gen)
+        self.pos = 0
+
+    def steps_per_epoch(self) -> int:
+        return -(-self.num // self.batch_size)
+
+    def new_epoch(self) -> None:
+        self.perm = torch.randperm(self.num, generator=self.gen)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if not self.epoch_mode and self.pos + self.batch_size > self.num:
+            self.new_epoch()
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += len(idx)
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"perm": self.perm.clone(), "pos": self.pos, "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+        self.gen.set_state(state["gen"])
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std: tuple[float, ...],
+            pad: int = 4, flip: bool = True, cutout: int = 0, train: bool = True) -> torch.Tensor:
+    """uint8 batch -> normalised float batch; random crop (zero padding), flip and cutout when ``train``.
+
+    Random numbers come from ``gen`` (CPU) so a checkpoint reproduces them; the pixel work runs on
+    ``x.device`` for the whole batch.
+    """
+    device = x.device
+    B, C, H, W = x.shape
+    m = torch.tensor(mean, device=device).view(1, C, 1, 1)
+    s = torch.tensor(std, device=device).view(1, C, 1, 1)
+    out = (x.float() / 255.0 - m) / s
+    if not train:
+        return out
+    if pad > 0:
+        # Zero padding of the raw image = padding with -mean/std after normalisation.
+        padded = torch.nn.functional.pad(x.float() / 255.0, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(device)
+        ox = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(device)
+        rows = (oy[:, None] + torch.arange(H, device=device)[None])            # B×H
+        cols = (ox[:, None] + torch.arange(W, device=device)[None])            # B×W
+        b = torch.arange(B, device=device)[:, None, None]
+        crop = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # B×H×W×C
+        out = (crop.permute(0, 3, 1, 2) - m) / s
+    if flip:
+        mask = (torch.rand(B, generator=gen) < 0.5).to(device)
+        out = torch.where(mask[:, None, None, None], out.flip(3), out)
+    if cutout > 0:
+        cy = torch.randint(0, H, (B,), generator=gen).to(device)
+        cx = torch.randint(0, W, (B,), generator=gen).to(device)
+        ys = torch.arange(H, device=device)[None, :, None]
+        xs = torch.arange(W, device=device)[None, None, :]
+        half = cutout // 2
+        hole = ((ys >= (cy - half)[:, None, None]) & (ys < (cy + cutout - half)[:, None, None])
+                & (xs >= (cx - half)[:, None, None]) & (xs < (cx + cutout - half)[:, None, None]))
+        out = out.masked_fill(hole[:, None], 0.0)
+    return out.contiguous()

@@ -1,0 +1,192 @@
+"""What every loop shares: run directories, metrics files, progress output, signals, devices."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..checkpoint import atomic_write_text, clean_leftovers
+from ..errors import ConfigError, RunDirError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available here")
+    return dev
+
+
+def default_run_dir(prefix: str) -> Path:
+    return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(path: str | Path, resume: bool, log=print) -> Path:
+    """Create (or, when resuming, reopen) a run directory; refuse to silently overwrite a run."""
+    path = Path(path)
+    if resume:
+        if not (path / CHECKPOINT).exists():
+            raise RunDirError(f"nothing to resume: no {CHECKPOINT} here", str(path))
+        clean_leftovers(path, log)
+        return path
+    if (path / CHECKPOINT).exists():
+        raise RunDirError("already holds a run; pass --resume to continue it or choose another --run-dir", str(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunDirError(f"cannot create or write ({e.strerror or e})", str(path)) from None
+    return path
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(Path(path), json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class Metrics:
+    """``metrics.jsonl``: one JSON object per line, flushed and fsynced after each record."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def truncate_after(self, keep: int, key: str = "epoch") -> None:
+        """On resume, drop records of epochs the checkpoint does not cover (epoch >= keep)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.read() if line.get(key, -1) < keep and line.get("event") != "final"]
+        atomic_write_text(self.path, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
+
+    def append(self, record: dict[str, Any]) -> None:
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record, default=_json_default) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise RunDirError(f"cannot write metrics ({e.strerror or e})", str(self.path)) from None
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a torn last line after a hard kill
+        return out
+
+
+class Progress:
+    """A dependency-free progress bar: redrawn in place on a terminal, a line per interval otherwise."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True, stream=sys.stderr, interval: int = 50):
+        self.total, self.desc, self.enabled, self.stream = total, desc, enabled, stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.interval = max(1, interval)
+        self.start = time.perf_counter()
+        self.last_draw = 0.0
+
+    def update(self, n: int, stats: dict[str, float] | None = None, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.tty:
+            if not force and now - self.last_draw < 0.2 and n < self.total:
+                return
+        elif not force and n % self.interval and n != self.total:
+            return
+        self.last_draw = now
+        frac = n / max(1, self.total)
+        width = 24
+        bar = "#" * int(width * frac) + "-" * (width - int(width * frac))
+        elapsed = now - self.start
+        rate = n / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - n) / rate if rate > 0 else math.inf
+        text = " ".join(f"{k} {v:.4g}" for k, v in (stats or {}).items())
+        eta_s = f"{eta:4.0f}s" if math.isfinite(eta) else "  ?s"
+        line = f"{self.desc} [{bar}] {n}/{self.total} {rate:5.2f} it/s eta {eta_s} {text}"
+        if self.tty:
+            self.stream.write("\r" + line[:160].ljust(120))
+            if n >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step boundary and exits."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second signal: give up at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+class Interrupted(Exception):
+    """Raised by a loop after it saved a checkpoint on a signal; the CLI exits 128 + signum."""
+
+    def __init__(self, signum: int, checkpoint: Path):
+        self.signum = signum
+        self.checkpoint = checkpoint
+        super().__init__(f"interrupted by signal {signum}; checkpoint saved to {checkpoint}; "
+                         "continue with --resume")
+
+
+def mean_of(values: Iterable[float]) -> float:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else float("nan")

@@ -1,0 +1,166 @@
+"""Pictures as self-contained SVG (no plotting library, no system package): cells, curves, heatmaps.
+
+Plotting reads genotypes and metrics, never a live model.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from pathlib import Path
+from typing import Any, Sequence
+
+from .space.genotype import AnyGenotype, Genotype, RNNGenotype
+
+OP_COLOURS = {
+    "sep_conv_3x3": "#1f77b4", "sep_conv_5x5": "#17becf", "sep_conv_7x7": "#0b4f6c",
+    "dil_conv_3x3": "#2ca02c", "dil_conv_5x5": "#8fbc3f", "max_pool_3x3": "#d62728",
+    "avg_pool_3x3": "#ff7f0e", "skip_connect": "#7f7f7f", "conv_7x1_1x7": "#9467bd", "none": "#cccccc",
+    "tanh": "#1f77b4", "relu": "#d62728", "sigmoid": "#2ca02c", "identity": "#7f7f7f",
+}
+
+
+def _svg(width: float, height: float, body: list[str], title: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif">\n'
+            f"<title>{escape(title)}</title>\n"
+            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+            'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#444"/></marker></defs>\n'
+            f'<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(body) + "\n</svg>\n")
+
+
+def _dag(title: str, nodes: list[tuple[str, str, float, float]], edges: list[tuple[str, str, str]],
+         width: float, height: float) -> str:
+    """nodes: (id, label, x, y); edges: (src, dst, label). Edges are curved so parallel ones stay apart."""
+    pos = {n[0]: (n[2], n[3]) for n in nodes}
+    body = [f'<text x="{width / 2:.0f}" y="22" text-anchor="middle" font-size="16" font-weight="bold">'
+            f"{escape(title)}</text>"]
+    seen: dict[tuple[str, str], int] = {}
+    for src, dst, label in edges:
+        (x1, y1), (x2, y2) = pos[src], pos[dst]
+        k = seen.get((src, dst), 0)
+        seen[(src, dst)] = k + 1
+        dx, dy = x2 - x1, y2 - y1
+        length = math.hypot(dx, dy) or 1.0
+        bend = (18 + 26 * k) * (1 if (k % 2 == 0) else -1)
+        cx, cy = (x1 + x2) / 2 - dy / length * bend, (y1 + y2) / 2 + dx / length * bend
+        # shorten the end so the arrow head stops at the node's edge (radius 24)
+        ex, ey = x2 - (x2 - cx) / (math.hypot(x2 - cx, y2 - cy) or 1) * 26, y2 - (y2 - cy) / (math.hypot(x2 - cx, y2 - cy) or 1) * 26
+        colour = OP_COLOURS.get(label, "#444444")
+        body.append(f'<path d="M {x1:.1f} {y1:.1f} Q {cx:.1f} {cy:.1f} {ex:.1f} {ey:.1f}" fill="none" '
+                    f'stroke="{colour}" stroke-width="2" marker-end="url(#arrow)"/>')
+        if label:
+            lx, ly = 0.25 * x1 + 0.5 * cx + 0.25 * x2, 0.25 * y1 + 0.5 * cy + 0.25 * y2
+            body.append(f'<text x="{lx:.1f}" y="{ly - 4:.1f}" text-anchor="middle" font-size="11" '
+                        f'fill="{colour}" stroke="white" stroke-width="3" paint-order="stroke">{escape(label)}</text>')
+    for nid, label, x, y in nodes:
+        fill = "#dbe9f6" if nid.startswith("in") else ("#fde2b8" if nid == "out" else "#e6f2d9")
+        body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="24" fill="{fill}" stroke="#333" stroke-width="1.5"/>')
+        body.append(f'<text x="{x:.1f}" y="{y + 4:.1f}" text-anchor="middle" font-size="12">{escape(label)}</text>')
+    return _svg(width, height, body, title)
+
+
+def cnn_cell_svg(pairs: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> str:
+    num_nodes = len(pairs) // 2
+    width, height = 170 + 150 * (num_nodes + 1), 360
+    nodes = [("in0", "c_{k-2}", 60, 110), ("in1", "c_{k-1}", 60, 270)]
+    for i in range(num_nodes):
+        nodes.append((f"n{i + 2}", str(i), 190 + 150 * i, 130 if i % 2 == 0 else 250))
+    nodes.append(("out", "c_{k}", 190 + 150 * num_nodes, 190))
+    name = {0: "in0", 1: "in1", **{i + 2: f"n{i + 2}" for i in range(num_nodes)}}
+    edges = [(name[src], name[2 + k // 2], op) for k, (op, src) in enumerate(pairs)]
+    edges += [(name[c], "out", "") for c in concat]
+    return _dag(title, nodes, edges, width, height)
+
+
+def rnn_cell_svg(g: RNNGenotype, title: str = "recurrent cell") -> str:
+    n = len(g.recurrent)
+    width, height = 220 + 110 * n, 340
+    nodes = [("in_x", "x_t", 50, 100), ("in_h", "h_{t-1}", 50, 240), ("n0", "0", 150, 170)]
+    for i in range(n):
+        nodes.append((f"n{i + 1}", str(i + 1), 250 + 110 * i, 110 if i % 2 == 0 else 230))
+    nodes.append(("out", "h_t (avg)", 250 + 110 * n, 170))
+    edges = [("in_x", "n0", ""), ("in_h", "n0", "")]
+    edges += [(f"n{src}", f"n{i + 1}", op) for i, (op, src) in enumerate(g.recurrent)]
+    edges += [(f"n{c}", "out", "") for c in g.concat]
+    return _dag(title, nodes, edges, width, height)
+
+
+def save_cell_pictures(g: AnyGenotype, folder: str | Path) -> list[Path]:
+    """Write ``normal.svg`` and ``reduce.svg`` (CNN) or ``recurrent.svg`` (RNN) into ``folder``."""
+    from .checkpoint import atomic_write_text
+
+    folder = Path(folder)
+    out = []
+    if isinstance(g, Genotype):
+        for kind, pairs, concat in (("normal", g.normal, g.normal_concat), ("reduce", g.reduce, g.reduce_concat)):
+            path = folder / f"{kind}.svg"
+            atomic_write_text(path, cnn_cell_svg(pairs, concat, f"{kind} cell"))
+            out.append(path)
+    else:
+        path = folder / "recurrent.svg"
+        atomic_write_text(path, rnn_cell_svg(g))
+        out.append(path)
+    return out
+
+
+def curves_svg(history: Sequence[dict[str, Any]], series: Sequence[tuple[str, str]], title: str,
+               x_key: str = "epoch", width: int = 520, height: int = 300) -> str:
+    """Line chart of ``history[i][key]`` for each (key, label) in ``series`` against ``x_key``."""
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+    pts = {key: [(r[x_key], r[key]) for r in history if isinstance(r.get(key), (int, float))
+                 and isinstance(r.get(x_key), (int, float)) and math.isfinite(r[key])] for key, _ in series}
+    allp = [p for v in pts.values() for p in v]
+    body = [f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{escape(title)}</text>']
+    left, right, top, bottom = 56, width - 16, 34, height - 40
+    body.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#999"/>')
+    if allp:
+        xs, ys = [p[0] for p in allp], [p[1] for p in allp]
+        x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+        y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+        pad = 0.05 * (y1 - y0)
+        y0, y1 = y0 - pad, y1 + pad
+
+        def sx(v): return left + (v - x0) / (x1 - x0) * (right - left)
+        def sy(v): return bottom - (v - y0) / (y1 - y0) * (bottom - top)
+        for t in range(5):
+            v = y0 + (y1 - y0) * t / 4
+            body.append(f'<text x="{left - 4}" y="{sy(v) + 4:.1f}" text-anchor="end" font-size="10">{v:.3g}</text>')
+            body.append(f'<line x1="{left}" x2="{right}" y1="{sy(v):.1f}" y2="{sy(v):.1f}" stroke="#eee"/>')
+        for t in range(5):
+            v = x0 + (x1 - x0) * t / 4
+            body.append(f'<text x="{sx(v):.1f}" y="{bottom + 14}" text-anchor="middle" font-size="10">{v:.3g}</text>')
+        for c, (key, label) in enumerate(series):
+            p = pts[key]
+            if not p:
+                continue
+            colour = colours[c % len(colours)]
+            d = " ".join(f"{'M' if i == 0 else 'L'} {sx(a):.1f} {sy(b):.1f}" for i, (a, b) in enumerate(p))
+            body.append(f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="2"/>')
+            for a, b in p:
+                body.append(f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="2.5" fill="{colour}"/>')
+            body.append(f'<text x="{left + 8 + 110 * c}" y="{height - 8}" font-size="11" fill="{colour}">'
+                        f"{escape(label)}</text>")
+    body.append(f'<text x="{(left + right) / 2}" y="{bottom + 28}" text-anchor="middle" font-size="10">{escape(x_key)}</text>')
+    return _svg(width, height, body, title)
+
+
+def heatmap_svg(matrix: Sequence[Sequence[float]], row_labels: Sequence[str], col_labels: Sequence[str],
+                title: str, cell: int = 22) -> str:
+    """A matrix of values in [0, 1] as coloured squares (e.g. softmax(alpha) of one cell type)."""
+    left, top = 90, 40 + 7 * max((len(c) for c in col_labels), default=0)
+    width, height = left + cell * len(col_labels) + 20, top + cell * len(row_labels) + 20
+    body = [f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>']
+    for j, label in enumerate(col_labels):
+        x = left + cell * j + cell / 2
+        body.append(f'<text x="{x}" y="{top - 6}" font-size="10" transform="rotate(-60 {x} {top - 6})">{escape(label)}</text>')
+    for i, (label, row) in enumerate(zip(row_labels, matrix)):
+        y = top + cell * i
+        body.append(f'<text x="{left - 6}" y="{y + cell * 0.7}" text-anchor="end" font-size="10">{escape(label)}</text>')
+        hi = max(row) if row else 1.0
+        for j, v in enumerate(row):
+            t = max(0.0, min(1.0, v / hi if hi > 0 else 0.0))
+            r, g, b = int(255 - 200 * t), int(255 - 120 * t), int(255 - 40 * t)
+            body.append(f'<rect x="{left + cell * j}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
+                        f'fill="rgb({r},{g},{b})"><title>{escape(label)} / {escape(col_labels[j])}: {v:.3f}</title></rect>')
+    return _svg(width, height, body, title)
