@@ -190,3 +190,25 @@ class Interrupted(Exception):
 def mean_of(values: Iterable[float]) -> float:
     vals = list(values)
     return sum(vals) / len(vals) if vals else float("nan")
+
+
+def inject_fault(global_step: int) -> None:
+    """Test hook: ``DARTSNAS_FAULT=kill_at_step:N`` / ``term_at_step:N`` signal this process after step N.
+
+    Only the tests set the variable; it lets them kill a run at an exact point (SIGKILL loses everything
+    since the last checkpoint; SIGTERM goes through the graceful save).
+    """
+    fault = os.environ.get("DARTSNAS_FAULT", "")
+    if not fault.endswith(f"_at_step:{global_step}"):
+        return
+    if fault.startswith("kill_at_step:"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault.startswith("term_at_step:"):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def poison_batch(x: "torch.Tensor", which: str, global_step: int) -> "torch.Tensor":
+    """Test hook: ``DARTSNAS_FAULT=nan_<which>_at_step:N`` turns batch ``which`` of step N into NaNs."""
+    if os.environ.get("DARTSNAS_FAULT", "") == f"nan_{which}_at_step:{global_step}":
+        return torch.full_like(x, float("nan"))
+    return x

@@ -25,7 +25,7 @@ from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from ..supernet.network import SearchNetwork
-from .common import (CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
+from .common import (CHECKPOINT, Interrupted, inject_fault, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
                      resolve_device, write_json)
 
 KIND = "cnn-search"
@@ -232,9 +232,12 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
             while st.step_in_epoch < steps:
                 x_t, y_t = batch(st.w_idx, st.train_stream)
                 x_v, y_v = batch(st.a_idx, st.val_stream)
+                x_t = poison_batch(x_t, "train", st.global_step + 1)
+                x_v = poison_batch(x_v, "val", st.global_step + 1)
                 _search_step(st, criterion, x_t, y_t, x_v, y_v, lr)
                 st.step_in_epoch += 1
                 st.global_step += 1
+                inject_fault(st.global_step)
                 if stop.requested:
                     st.wall += time.perf_counter() - t0
                     save()

@@ -1,0 +1,34 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+
+def shared_data_root() -> Path | None:
+    """``$DARTSNAS_DATA`` or ``../shared/data`` beside the checkout; None when absent."""
+    env = os.environ.get("DARTSNAS_DATA")
+    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
+    """Run ``python -m dartsnas ARGS`` in a subprocess, as a user would."""
+    full_env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env.pop("DARTSNAS_FAULT", None) if not (env and "DARTSNAS_FAULT" in env) else None
+    return subprocess.run([sys.executable, "-m", "dartsnas", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

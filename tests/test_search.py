@@ -1,0 +1,177 @@
+"""The CNN search command end to end on CPU: outputs, exact resume after SIGKILL/SIGTERM, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import run_cli, shared_data_root
+from dartsnas.checkpoint import load_checkpoint
+from dartsnas.errors import ConfigError
+from dartsnas.loops.search import SearchConfig, cosine_lr
+
+TINY = ["--preset", "tiny", "--no-progress"]
+
+
+def _final_state(run):
+    ck = load_checkpoint(run / "checkpoint.pt", expect_kind="cnn-search")
+    return ck["model"], ck
+
+
+def _metrics(run):
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        for k in ("epoch_seconds", "wall_seconds"):
+            r.pop(k, None)
+        out.append(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref") / "run"
+    res = run_cli("search", *TINY, "--set", "epochs=3", "--run-dir", str(run))
+    assert res.returncode == 0, res.stderr
+    return run
+
+
+def test_search_writes_run_directory(reference_run):
+    run = reference_run
+    for name in ("config.json", "metrics.jsonl", "genotype.json", "normal.svg", "reduce.svg", "checkpoint.pt"):
+        assert (run / name).is_file(), name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["kind"] == "cnn-search" and cfg["epochs"] == 3 and cfg["num_nodes"] == 2
+    records = _metrics(run)
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    for r in records:
+        assert math.isfinite(r["train_loss"]) and 0 <= r["valid_acc"] <= 1
+        rows = r["alphas_normal"]
+        assert len(rows) == 5 and all(abs(sum(row) - 1) < 1e-9 for row in rows)
+        assert r["genotype"]["kind"] == "cnn"
+    assert records[0]["lr"] == pytest.approx(0.025)
+    svg = (run / "normal.svg").read_text()
+    assert svg.startswith("<svg") and "c_{k-1}" in svg
+
+
+def test_derive_matches_search_genotype(reference_run):
+    res = run_cli("derive", str(reference_run))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == json.loads((reference_run / "genotype.json").read_text())
+
+
+@pytest.mark.parametrize("fault", ["kill_at_step:6", "term_at_step:6"])
+def test_resume_is_bit_identical(reference_run, tmp_path, fault):
+    run = tmp_path / "run"
+    first = run_cli("search", *TINY, "--set", "epochs=3", "--run-dir", str(run), env={"DARTSNAS_FAULT": fault})
+    if fault.startswith("kill"):
+        assert first.returncode == -9  # killed mid-epoch 2 (4 steps per epoch), after the epoch-1 checkpoint
+    else:
+        assert first.returncode == 128 + 15, first.stderr
+        assert "checkpoint saved" in first.stderr
+    second = run_cli("search", "--resume", str(run), "--no-progress")
+    assert second.returncode == 0, second.stderr
+    ref_model, ref_ck = _final_state(reference_run)
+    model, ck = _final_state(run)
+    assert ref_model.keys() == model.keys()
+    for key in ref_model:
+        assert torch.equal(ref_model[key], model[key]), key
+    assert ck["epoch"] == ref_ck["epoch"] == 3
+    for name in ("weight_optimizer", "arch_optimizer"):
+        for pid, state in ref_ck[name]["state"].items():
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor):
+                    assert torch.equal(v, ck[name]["state"][pid][k]), (name, pid, k)
+    assert (run / "genotype.json").read_text() == (reference_run / "genotype.json").read_text()
+    assert _metrics(run) == _metrics(reference_run)
+
+
+def test_second_order_smoke(tmp_path):
+    res = run_cli("search", *TINY, "--order", "2", "--set", "epochs=1", "--run-dir", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
+    rec = _metrics(tmp_path / "r")[0]
+    assert abs(rec["train_loss"] - math.log(10)) < 0.6
+
+
+def test_non_finite_loss_stops_before_the_step(tmp_path):
+    run = tmp_path / "r"
+    res = run_cli("search", *TINY, "--set", "epochs=2", "--run-dir", str(run), env={"DARTSNAS_FAULT": "nan_train_at_step:6"})
+    assert res.returncode == 6, res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert "not finite at step 5" in line and "weights" in line and "Traceback" not in res.stderr
+    before = (run / "checkpoint.pt").read_bytes()
+    res = run_cli("search", *TINY, "--set", "epochs=2", "--run-dir", str(tmp_path / "v"), env={"DARTSNAS_FAULT": "nan_val_at_step:2"})
+    assert res.returncode == 6 and "architecture" in res.stderr and "Traceback" not in res.stderr
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_refuses_corrupt_and_incompatible(reference_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(reference_run, run)
+    raw = bytearray((run / "checkpoint.pt").read_bytes())
+    raw[-100] ^= 0xFF
+    (run / "checkpoint.pt").write_bytes(bytes(raw))
+    res = run_cli("search", "--resume", str(run))
+    assert res.returncode == 5 and "checksum mismatch" in res.stderr and "checkpoint.pt" in res.stderr
+    assert "Traceback" not in res.stderr
+    shutil.copy(reference_run / "checkpoint.pt", run / "checkpoint.pt")
+    res = run_cli("search", "--resume", str(run), "--set", "layers=4")
+    assert res.returncode == 5 and "layers: checkpoint=3, config=4" in res.stderr
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["search", "--bogus"], 2, "unrecognized arguments"),
+    (["search", "--preset", "tiny", "--set", "layres=4"], 2, "did you mean 'layers'"),
+    (["search", "--preset", "tiny", "--set", "epochs=two", "--set", "lr=-1"], 2, "epochs: expected an integer"),
+    (["search", "--preset", "tiny", "--order", "3"], 2, "order: '3' is not one of 1, 2"),
+    (["search", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], 4, "/nonexistent/cifar"),
+    (["search", "--dataset", "imagenet21k"], 2, "unknown dataset"),
+    (["search", "--preset", "nope"], 2, "unknown preset"),
+    (["search", "--preset", "tiny", "--run-dir", "/proc/forbidden/run"], 7, "cannot create or write"),
+    (["derive", "/nonexistent/run"], 5, "no such checkpoint"),
+    (["genotype", "NOT_A_GENOTYPE"], 3, "not a published genotype name"),
+])
+def test_bad_input_is_one_line(args, code, needle):
+    res = run_cli(*args)
+    assert res.returncode == code, (res.returncode, res.stderr)
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_all_config_problems_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        SearchConfig.build(overrides=["epochs=0", "lr=-1", "layerz=3"])
+    text = str(e.value)
+    assert "layerz" in text
+    with pytest.raises(ConfigError) as e:
+        SearchConfig.build(overrides=["epochs=0", "lr=-1"])
+    assert "epochs" in str(e.value) and "lr" in str(e.value)
+
+
+def test_search_schedule_matches_spec():
+    assert cosine_lr(0, 50, 0.025, 0.001) == pytest.approx(0.025)
+    assert cosine_lr(49, 50, 0.025, 0.001) == pytest.approx(0.0010237, abs=1e-7)
+
+
+def test_paper_defaults():
+    cfg = SearchConfig()
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_min, cfg.momentum, cfg.weight_decay, cfg.grad_clip) == (
+        50, 64, 0.025, 0.001, 0.9, 3e-4, 5.0)
+    assert (cfg.arch_lr, cfg.arch_beta1, cfg.arch_beta2, cfg.arch_weight_decay, cfg.order) == (3e-4, 0.5, 0.999, 1e-3, 1)
+    assert (cfg.init_channels, cfg.layers, cfg.train_portion, cfg.seed) == (16, 8, 0.5, 2)
+
+
+@pytest.mark.skipif(shared_data_root() is None, reason="CIFAR-10 not found (set DARTSNAS_DATA or put ../shared/data)")
+def test_short_search_on_real_cifar10(tmp_path):
+    data = shared_data_root() / "cifar10"
+    res = run_cli("search", "--dataset", "cifar10", "--data-dir", str(data), "--subset", "64", "--epochs", "1",
+                  "--batch-size", "32", "--set", "init_channels=4", "--set", "layers=3", "--set", "eval_batch_size=64",
+                  "--no-progress", "--run-dir", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
+    rec = _metrics(tmp_path / "r")[0]
+    assert abs(rec["train_loss"] - math.log(10)) < 0.7
