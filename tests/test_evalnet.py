@@ -16,6 +16,15 @@ from dartsnas.space.ops import FactorizedReduce, Identity
 V1, V2 = PUBLISHED["DARTS_V1"], PUBLISHED["DARTS_V2"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these forwards are small, and OpenMP spin-waits badly on a loaded 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _cell_outputs(model: nn.Module) -> tuple[list, list]:
     """Register hooks recording (channels, H, W) of every cell output; returns (records, handles)."""
     records: list[tuple[int, int, int]] = []
