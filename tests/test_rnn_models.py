@@ -16,6 +16,15 @@ from dartsnas.lm import tar_penalty
 from dartsnas.space.genotype import PUBLISHED, RNN_PRIMITIVES, RNNGenotype
 from dartsnas.supernet.rnn import RNNSearchModel
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these forwards are tiny, and OpenMP spin-waits badly on a loaded 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 ACT = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "identity": lambda h: h}
 
 
