@@ -215,19 +215,24 @@ def parse_genotype(text: str, num_nodes: int | None = None) -> AnyGenotype:
     """Parse genotype JSON text. Never evaluates code; anything but JSON is refused."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GenotypeError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
-                            if isinstance(e, json.JSONDecodeError) else "not valid UTF-8 JSON", "genotype") from None
+    except json.JSONDecodeError as e:
+        raise GenotypeError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", "genotype") from None
+    except UnicodeDecodeError:
+        raise GenotypeError("not valid UTF-8 JSON", "genotype") from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise GenotypeError("not valid JSON (nested too deeply)", "genotype") from None
+    except ValueError as e:  # e.g. an integer literal beyond Python's int-string digit limit
+        raise GenotypeError(f"not valid JSON ({e})", "genotype") from None
     return genotype_from_dict(data, num_nodes)
 
 
 def load_genotype(spec: str | Path, kind: str | None = None) -> AnyGenotype:
     """A published name (``DARTS_V2``), a ``genotype.json`` path, or a run directory holding one."""
     name = str(spec)
-    if name in PUBLISHED and not Path(name).exists():
+    if kind == "rnn" and f"RNN_{name}" in PUBLISHED and not Path(name).exists():
+        g = PUBLISHED[f"RNN_{name}"]  # checked first: DARTS/DARTS_V1/DARTS_V2 also name CNN cells
+    elif name in PUBLISHED and not Path(name).exists():
         g = PUBLISHED[name]
-    elif kind == "rnn" and f"RNN_{name}" in PUBLISHED and not Path(name).exists():
-        g = PUBLISHED[f"RNN_{name}"]
     else:
         path = Path(name)
         if path.is_dir():
