@@ -346,6 +346,18 @@ def test_pickle_of_the_wrong_shape(tmp_path, good_batch):
     _expect_data_error(_folder(tmp_path / "x", good_batch, "data_batch_1", bad), "data_batch_1")
 
 
+@pytest.mark.parametrize("labels", [["cat"] * 4, [None] * 4, {"a": 1}, [[1, 2]] * 4, [1.5] * 4, [0, 1, 2, 10],
+                                    [0, 1, 2], [[1], [2, 3], [4], [5]]])
+def test_bad_labels_are_a_data_error(tmp_path, labels):
+    from dartsnas.data.cifar import _read_batch
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": labels}, protocol=2))
+    with pytest.raises(DataError) as info:
+        _read_batch(path, expected=4)
+    assert str(path) in str(info.value)
+
+
 class _Evil:
     def __init__(self, marker: Path):
         self.marker = marker

@@ -52,7 +52,13 @@ def _read_batch(path: Path, expected: int | None = 10000) -> tuple[np.ndarray, n
     if "data" not in d or "labels" not in d:
         raise DataError("not a CIFAR-10 python batch (no 'data'/'labels')", str(path))
     data = np.asarray(d["data"])
-    labels = np.asarray(d["labels"], dtype=np.int64)
+    try:
+        labels = np.asarray(d["labels"])
+    except (ValueError, TypeError):  # ragged nesting
+        labels = np.asarray([], dtype=object)
+    if labels.size and labels.dtype.kind not in "iu":
+        raise DataError(f"labels must be integers 0..9, got {labels.dtype} values", str(path))
+    labels = labels.astype(np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"expected a uint8 array of N×3072, got {data.dtype} {tuple(data.shape)}", str(path))
     if expected is not None and data.shape[0] != expected:
