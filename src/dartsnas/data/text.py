@@ -58,9 +58,6 @@ class Corpus:
     def ntoken(self) -> int:
         return len(self.vocab)
 
-    def __len__(self) -> int:  # vocabulary size, as the reference's ``len(corpus.dictionary)``
-        return len(self.vocab)
-
 
 # ---------------------------------------------------------------------------------------------- reading
 
@@ -91,7 +88,8 @@ def _read_lines(path: Path) -> list[str]:
         raise DataError("missing corpus file (expected train.txt, valid.txt and test.txt in this folder)",
                         str(path))
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        with open(path, encoding="utf-8") as f:  # line iteration, as the reference (not str.splitlines)
+            return list(f)
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read: {e}", str(path)) from None
 

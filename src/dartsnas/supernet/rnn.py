@@ -12,7 +12,9 @@ call (one BPTT segment) and reused at every step and node; eval mode has none.
 
 Batched where the maths allows: the x-half of W₀ is applied to the whole segment with one matmul; node i
 projects all its predecessors with one matmul; the sum over ops uses
-Σ_k w_k (s + c(f_k(h) − s)) = w_tot·s·(1 − c) + c·Σ_k w_k f_k(h), with w_tot = 1 − P(none).
+Σ_k w_k (s + c(f_k(h) − s)) = w_tot·s·(1 − c) + c·Σ_k w_k f_k(h), with w_tot = 1 − P(none), as a chain
+of elementwise ops over all of node i's edges at once (a chain torch.compile can fuse; a variant with one
+batched matmul over the stacked activations was slower on CPU and was dropped).
 
 α (``alphas``, (N(N+1)/2) × 5 over none, tanh, relu, sigmoid, identity; rows node 1←0, node 2←0,1, …)
 is a parameter of the module but not a weight: ``weights()``/``named_weights()`` exclude it,
@@ -32,6 +34,7 @@ from ..space.derive import derive_rnn_genotype
 from ..space.genotype import RNN_PRIMITIVES, RNNGenotype
 
 ARCH_NAMES = ("alphas",)
+TIED_EMBEDDING = "encoder.weight"  # the weight the recurrent second order keeps at w in the virtual step (§7.5)
 
 assert RNN_PRIMITIVES == ("none", "tanh", "relu", "sigmoid", "identity")  # the column order used below
 
@@ -132,4 +135,4 @@ class RNNSearchModel(RNNLanguageModel):
         return derive_rnn_genotype(self.alphas, self.num_nodes)
 
 
-__all__ = ["RNNSearchCell", "RNNSearchModel", "LMOutput", "ARCH_NAMES", "rnn_num_edges"]
+__all__ = ["RNNSearchCell", "RNNSearchModel", "LMOutput", "ARCH_NAMES", "TIED_EMBEDDING", "rnn_num_edges"]
