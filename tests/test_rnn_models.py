@@ -275,3 +275,29 @@ def test_bad_genotype_refused():
         RNNEvalModel(20, PUBLISHED["DARTS_V2"], n=4)          # a CNN genotype
     with pytest.raises(GenotypeError):
         RNNEvalModel(20, RNNGenotype((("tanh", 0), ("gelu", 1)), (1, 2)), n=4)
+
+
+def test_architect_second_order_step_on_search_model():
+    """The generic architect drives the recurrent search model (§7.5 knobs: clip, no momentum, tied w)."""
+    from dartsnas.architect import Architect
+    from dartsnas.supernet.rnn import TIED_EMBEDDING
+
+    torch.manual_seed(8)
+    m = RNNSearchModel(40, n=8).train()
+    tx, ty, vx, vy = (torch.randint(0, 40, (6, 4)) for _ in range(4))
+
+    def loss_fn(x, y):
+        def f(overrides=None):
+            out = m(x, None, y) if overrides is None else functional_call(m, overrides, (x, None, y), strict=False)
+            return out.nll
+        return f
+
+    w_opt = torch.optim.SGD(m.weights(), lr=20)
+    a_opt = torch.optim.Adam(m.arch_parameters(), lr=3e-3, betas=(0.9, 0.999), weight_decay=1e-3)
+    arch = Architect(m, a_opt, 2, weight_decay=5e-7, virtual_clip=0.25, use_momentum=False,
+                     frozen_in_virtual_step=(TIED_EMBEDDING,))
+    before = [p.detach().clone() for p in m.weights()]
+    alphas = m.alphas.detach().clone()
+    out = arch.step(loss_fn(tx, ty), loss_fn(vx, vy), 20.0, w_opt, 0)
+    assert torch.isfinite(out["val_loss"]) and not torch.equal(m.alphas, alphas)
+    assert all(torch.equal(p, b) for p, b in zip(m.weights(), before))
