@@ -42,15 +42,21 @@ _NAMES = ["genotype", "dataset", "data_dir", "download", "epochs", "batch_size",
           "init_channels", "layers"]
 
 
+def _rnn_train(what: str):
+    """The recurrent training module (written separately), or a one-line error when it is absent."""
+    import importlib
+
+    try:
+        return importlib.import_module("dartsnas.loops.rnn_train")
+    except ModuleNotFoundError as e:
+        if e.name != "dartsnas.loops.rnn_train":
+            raise
+        raise ConfigError(f"{what}: recurrent training is not available in this installation") from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.space == "rnn":
-        try:
-            from .loops import rnn_train
-        except ModuleNotFoundError as e:
-            if e.name != "dartsnas.loops.rnn_train":
-                raise
-            raise ConfigError("--space rnn: recurrent training is not available in this installation") from None
-        return rnn_train.cli_main(args)
+        return _rnn_train("--space rnn").cli_main(args)
     from .loops.train import TrainConfig, run_train
 
     if not args.resume and not args.preset and not args.config:
@@ -87,11 +93,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     run = Path(args.run)
     kind = load_checkpoint(run / CHECKPOINT if run.is_dir() else run).get("kind")
     if kind == "rnn-train":
-        try:
-            from .loops import rnn_train
-        except ModuleNotFoundError:
-            raise ConfigError("recurrent evaluation is not available in this installation") from None
-        return rnn_train.eval_main(args)
+        return _rnn_train("eval").eval_main(args)
     from .loops.train import evaluate_run
 
     print(json.dumps(evaluate_run(args.run, args.data_dir, args.device, args.batch_size), indent=2))
