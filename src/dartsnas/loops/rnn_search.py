@@ -266,7 +266,7 @@ def run_rnn_search(cfg: RNNSearchConfig, run_dir: str | Path | None = None, resu
                 seq_len = search_seq_len(st.len_gen, cfg.bptt)
                 x, y = get_segment(train, st.pos, seq_len)
                 xv, yv = get_segment(search, st.pos % (search.size(0) - 1), cfg.bptt)
-                _search_step(st, x, y, xv, yv)
+                _search_step(st, x, y, xv, yv, seq_len)
                 st.pos += seq_len
                 st.step_in_epoch += 1
                 st.global_step += 1
@@ -352,12 +352,16 @@ def _closure(model: RNNSearchModel, x: torch.Tensor, y: torch.Tensor, hidden, se
     return loss_fn
 
 
-def _search_step(st: _State, x, y, xv, yv) -> None:
-    """One step of §7.5: the α step on the validation window, then the weight step on the training segment."""
+def _search_step(st: _State, x, y, xv, yv, seq_len: int) -> None:
+    """One step of §7.5: the α step on the validation window, then the weight step on the training segment.
+
+    ``seq_len`` is the drawn segment length (it scales the learning rate, as in the reference, even where
+    the segment is cut short at the end of the stream).
+    """
     model, cfg = st.model, st.cfg
     step = st.global_step + 1  # 1-based, for the fault hooks
-    seq_len = x.size(0)
     lr = scaled_lr(cfg.lr, seq_len, cfg.bptt)
+    n_rows = x.size(0)
     devices = rng_devices(st.device)
     if cfg.same_masks_in_arch_step:
         seeds = torch.randint(0, 2 ** 62, (2,)).tolist()  # drawn once per step from the global stream
@@ -390,8 +394,8 @@ def _search_step(st: _State, x, y, xv, yv) -> None:
         group["lr"] = cfg.lr
     st.hidden = res.hidden.detach()
     with torch.no_grad():
-        st.sums += torch.stack([res.nll.detach().double() * seq_len,
-                                torch.tensor(float(seq_len), dtype=torch.float64, device=st.sums.device),
+        st.sums += torch.stack([res.nll.detach().double() * n_rows,
+                                torch.tensor(float(n_rows), dtype=torch.float64, device=st.sums.device),
                                 out["val_loss"].double(),
                                 torch.ones((), dtype=torch.float64, device=st.sums.device)])
 

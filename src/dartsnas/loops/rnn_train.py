@@ -1,0 +1,494 @@
+"""Training a recurrent cell from scratch (spec §7.3, §7.4, §7.6): PTB, WikiText-2 or the built-in corpus.
+
+Usage::
+
+    from dartsnas.loops.rnn_train import RNNTrainConfig, run_rnn_train
+    result = run_rnn_train(RNNTrainConfig.build("quick"), run_dir="runs/rnn-train-quick")
+    print(result.results["test_ppl"])
+
+    dartsnas train --space rnn                                   # quick run on the built-in corpus (~1 min)
+    dartsnas train --space rnn --dataset ptb --data-dir ../shared/data --genotype DARTS
+    dartsnas train --space rnn --dataset wikitext2 --data-dir ../shared/data --genotype runs/rnn-search/genotype.json
+    dartsnas eval runs/rnn-train-...                             # valid and test perplexity of the best weights
+
+The loop: segments of variable length (max(5, int(N(μ, 5))) ≤ 55, μ = 35 or 17.5), lr 20·ℓ/35 per step,
+loss NLL + TAR (β = 10⁻³), clip 0.25, SGD with weight decay. After every epoch the validation loss (B = 10)
+decides three things: the best checkpoint (``best.pt``, the weights used for the final test), the
+NT-ASGD switch (``should_switch_to_asgd``: more than ``nonmono`` = 5 earlier SGD-phase losses and the
+current one above the minimum of all but the 5 most recent), and an optional early stop.
+
+Averaged SGD is implemented here, not with ``torch.optim.ASGD``: after the switch the optimizer stays plain
+SGD at the same lr and weight decay (which is what ASGD with λ = 0 does to the weights) and a running
+average of the weights after each step since the switch is kept (t0 = 0: the first step after the switch
+starts the average). Validation, ``best.pt`` and the test use the averaged weights. One documented
+difference: ``torch.optim.ASGD`` updates its step size η *after* each step, so with the per-step lr scaling
+it applies the previous step's scaled lr; here each step uses its own. The effect is negligible.
+
+"Until convergence" is not specified (§11.9): ``epochs`` is the paper's cap (8000), and
+``early_stop_patience=N`` stops after N epochs without a better validation loss (default: off).
+
+Reliability: checkpoint after every epoch and on SIGTERM/SIGINT (mid-epoch: hidden state, stream position,
+RNGs, optimizer, average, validation history), exact resume, refusal of corrupt/incompatible checkpoints.
+A non-finite loss or gradient norm stops the run before the update with exit code 6 and leaves the last
+checkpoint as it was; rerun with ``--resume`` (the spec's automatic reload-and-continue is not done: with
+the random streams restored exactly it would replay the same step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from ..config import ConfigBase, require
+from ..data.text import CORPORA, Corpus, batchify, get_segment, load_corpus
+from ..errors import CheckpointError, ConfigError, GenotypeError, NonFiniteError
+from ..evalnet.rnn import RNNEvalModel
+from ..lm import tar_penalty
+from ..space.genotype import RNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
+from .common import (CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, inject_fault,
+                     prepare_run_dir, resolve_device, write_json)
+from .rnn_common import evaluate_lm, nan_fault, scaled_lr, train_seq_len
+from .rnn_search import _check_resume_config, _exp, steps_estimate
+
+KIND = "rnn-train"
+BEST_KIND = "rnn-train-best"
+BEST = "best.pt"
+
+
+@dataclass(kw_only=True)
+class RNNTrainConfig(ConfigBase):
+    """Recurrent training from scratch with the PTB settings as defaults (§7.4); preset paper-wt2 for WikiText-2."""
+
+    genotype: str = "DARTS"              # a published name (DARTS, DARTS_V1, ENAS), a genotype.json or a search run
+    dataset: str = "ptb"                 # ptb, wikitext2, builtin
+    data_dir: str | None = None
+    nhid: int = 850                      # emsize = nhid
+    batch_size: int = 64
+    bptt: int = 35
+    max_seq_len_delta: int = 20          # segments are at most bptt + 20 rows
+    lr: float = 20.0
+    weight_decay: float = 8e-7
+    grad_clip: float = 0.25
+    dropout: float = 0.75
+    dropouth: float = 0.25
+    dropoutx: float = 0.75
+    dropouti: float = 0.2
+    dropoute: float = 0.1
+    tar_beta: float = 1e-3
+    asgd: bool = True                    # switch to averaged SGD by the non-monotone rule
+    nonmono: int = 5
+    epochs: int = 8000                   # the cap of "until convergence"
+    early_stop_patience: int | None = None  # stop after this many epochs without a better validation loss
+    seed: int = 1267
+    max_steps_per_epoch: int | None = None
+    eval_tokens: int | None = None       # cap the per-epoch validation (quick runs)
+    test_tokens: int | None = None       # cap the final test (quick runs)
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+    device: str = "auto"
+    log_interval: int = 200
+    progress: bool = True
+
+    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "test_batch_size", "test_tokens"})
+
+    PRESETS = {
+        "paper-ptb": {},
+        "paper-wt2": {"dataset": "wikitext2", "nhid": 700, "dropouth": 0.15, "weight_decay": 5e-7},
+        # About a minute on a loaded 2-core CPU: the built-in corpus, a small model, lighter dropout.
+        "quick": {"dataset": "builtin", "nhid": 96, "batch_size": 32, "bptt": 20, "max_seq_len_delta": 10,
+                  "epochs": 16, "max_steps_per_epoch": 60, "dropout": 0.25, "dropouth": 0.1, "dropoutx": 0.25,
+                  "dropouti": 0.1, "dropoute": 0.05, "nonmono": 3, "eval_tokens": 2000, "test_tokens": 1000,
+                  "log_interval": 10},
+        "tiny": {"dataset": "builtin", "nhid": 8, "batch_size": 4, "bptt": 8, "max_seq_len_delta": 4,
+                 "epochs": 4, "max_steps_per_epoch": 3, "dropout": 0.2, "dropouth": 0.1, "dropoutx": 0.2,
+                 "dropouti": 0.1, "dropoute": 0.05, "nonmono": 1, "eval_tokens": 200, "test_tokens": 60,
+                 "eval_batch_size": 4, "log_interval": 1},
+    }
+
+    def check(self) -> list[str]:
+        p: list[str] = []
+        require(p, self.dataset in CORPORA, f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(CORPORA)}")
+        for name in ("nhid", "batch_size", "bptt", "epochs", "eval_batch_size", "test_batch_size", "log_interval",
+                     "nonmono"):
+            require(p, getattr(self, name) > 0, f"{name}: must be positive, got {getattr(self, name)}")
+        require(p, self.bptt >= 2, f"bptt: must be at least 2, got {self.bptt}")
+        for name in ("max_steps_per_epoch", "eval_tokens", "test_tokens", "early_stop_patience"):
+            v = getattr(self, name)
+            require(p, v is None or v > 0, f"{name}: must be positive, got {v}")
+        require(p, self.lr > 0, f"lr: must be positive, got {self.lr}")
+        require(p, self.grad_clip > 0, f"grad_clip: must be positive, got {self.grad_clip}")
+        for name in ("weight_decay", "tar_beta", "max_seq_len_delta"):
+            require(p, getattr(self, name) >= 0, f"{name}: must be non-negative, got {getattr(self, name)}")
+        for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
+            require(p, 0 <= getattr(self, name) < 1, f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        return p
+
+
+@dataclass
+class RNNTrainResult:
+    run_dir: Path
+    results: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def should_switch_to_asgd(earlier: Sequence[float], current: float, nonmono: int = 5) -> bool:
+    """§7.6 non-monotone trigger: more than ``nonmono`` earlier (SGD-phase) validation losses, and
+    ``current`` exceeds the minimum of all of them except the ``nonmono`` most recent."""
+    earlier = list(earlier)
+    return len(earlier) > nonmono and current > min(earlier[:-nonmono])
+
+
+def resolve_rnn_genotype(spec: str) -> RNNGenotype:
+    g = load_genotype(spec, kind="rnn")
+    if not isinstance(g, RNNGenotype):
+        raise GenotypeError("is not a recurrent genotype", spec)
+    return g
+
+
+def build_model(cfg: RNNTrainConfig, ntoken: int, genotype: RNNGenotype) -> RNNEvalModel:
+    return RNNEvalModel(ntoken, genotype, n=cfg.nhid, dropout=cfg.dropout, dropouth=cfg.dropouth,
+                        dropoutx=cfg.dropoutx, dropouti=cfg.dropouti, dropoute=cfg.dropoute)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # the tied matrix once
+
+
+class _State:
+    def __init__(self, cfg: RNNTrainConfig, ntoken: int, genotype: RNNGenotype, device: torch.device):
+        self.cfg, self.device, self.genotype, self.ntoken = cfg, device, genotype, ntoken
+        self.model = build_model(cfg, ntoken, genotype).to(device)
+        self.params = self.model.weights()
+        self.opt = torch.optim.SGD(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.len_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
+        self.epoch = self.step_in_epoch = self.global_step = self.pos = 0
+        self.hidden = None
+        self.asgd = False
+        self.switch_epoch: int | None = None
+        self.avg: list[torch.Tensor] | None = None   # running average of the weights since the switch
+        self.avg_count = 0
+        self.sgd_val_losses: list[float] = []        # the history the switch rule looks at
+        self.best_val = math.inf
+        self.best_epoch = -1
+        self.stopped_early = False
+        self.sums = torch.zeros(2, device=device, dtype=torch.float64)  # NLL·rows, rows
+        self.wall = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": KIND, "config": self.cfg.to_dict(), "genotype": genotype_to_dict(self.genotype),
+            "ntoken": self.ntoken, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "position": self.pos, "hidden": self.hidden.cpu() if self.hidden is not None else None,
+            "asgd": self.asgd, "switch_epoch": -1 if self.switch_epoch is None else self.switch_epoch,
+            "average": [a.cpu() for a in self.avg] if self.avg is not None else None, "average_count": self.avg_count,
+            "sgd_val_losses": list(self.sgd_val_losses), "best_val": self.best_val, "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early, "sums": self.sums.cpu(), "wall": self.wall,
+            "rng": capture_rng({"seq_len": self.len_gen}),
+        }
+
+    def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["optimizer"])
+            self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+            self.pos = int(ck["position"])
+            self.hidden = ck["hidden"].to(self.device) if ck["hidden"] is not None else None
+            self.asgd = bool(ck["asgd"])
+            self.switch_epoch = None if ck["switch_epoch"] < 0 else int(ck["switch_epoch"])
+            self.avg = [a.to(self.device) for a in ck["average"]] if ck["average"] is not None else None
+            if self.avg is not None and [a.shape for a in self.avg] != [p.shape for p in self.params]:
+                raise ValueError("the weight average does not fit the model")
+            self.avg_count = int(ck["average_count"])
+            self.sgd_val_losses = [float(v) for v in ck["sgd_val_losses"]]
+            self.best_val, self.best_epoch = float(ck["best_val"]), int(ck["best_epoch"])
+            self.stopped_early = bool(ck["stopped_early"])
+            self.sums = ck["sums"].to(self.device)
+            self.wall = float(ck["wall"])
+            restore_rng(ck["rng"], {"seq_len": self.len_gen})
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"does not match this training ({type(e).__name__}: {str(e)[:200]})", str(path)) from None
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Inside, the model holds the averaged weights (after the switch); the live ones come back after."""
+        if self.avg is None:
+            yield
+            return
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, saved)
+
+    def update_average(self) -> None:
+        with torch.no_grad():
+            self.avg_count += 1
+            if self.avg is None:
+                self.avg = [p.detach().clone() for p in self.params]
+            else:
+                torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1.0 / self.avg_count)
+
+
+def _best_payload(st: _State, valid_loss: float) -> dict[str, Any]:
+    return {"kind": BEST_KIND, "config": st.cfg.to_dict(), "genotype": genotype_to_dict(st.genotype),
+            "ntoken": st.ntoken, "model": st.model.state_dict(), "epoch": st.epoch, "valid_loss": valid_loss,
+            "averaged": st.avg is not None}
+
+
+def _data(cfg: RNNTrainConfig, corpus: Corpus | None) -> Corpus:
+    return corpus if corpus is not None else load_corpus(cfg.dataset, cfg.data_dir)
+
+
+def _rows(tokens: int | None, batch: int) -> int | None:
+    return None if tokens is None else max(2, tokens // batch)
+
+
+def run_rnn_train(cfg: RNNTrainConfig, run_dir: str | Path | None = None, resume: bool = False,
+                  log=print, corpus: Corpus | None = None) -> RNNTrainResult:
+    """Train (or continue training) a recurrent genotype; writes config, metrics, checkpoints, results, pictures."""
+    from ..plot import save_cell_pictures
+
+    run_dir = prepare_run_dir(run_dir or default_run_dir("rnn-train"), resume, log)
+    path = run_dir / CHECKPOINT
+    ck = None
+    if resume:
+        ck = load_checkpoint(path, expect_kind=KIND)
+        _check_resume_config(cfg, ck, path, log)
+        try:
+            genotype = genotype_from_dict(ck["genotype"])
+        except (KeyError, GenotypeError) as e:
+            raise CheckpointError(f"holds no usable genotype ({e})", str(path)) from None
+    else:
+        genotype = resolve_rnn_genotype(cfg.genotype)
+    device = resolve_device(cfg.device)
+    corpus = _data(cfg, corpus)
+    train = batchify(corpus.train, cfg.batch_size).to(device)
+    valid = batchify(corpus.valid, cfg.eval_batch_size).to(device)
+    seed_everything(cfg.seed)
+    st = _State(cfg, corpus.ntoken, genotype, device)
+    if ck is not None:
+        if int(ck.get("ntoken", -1)) != corpus.ntoken:
+            raise CheckpointError(f"vocabulary size: checkpoint={ck.get('ntoken')}, corpus={corpus.ntoken}", str(path))
+        st.load_state_dict(ck, path)
+        log(f"resumed {run_dir} at epoch {st.epoch}, step {st.step_in_epoch}")
+    n_params = count_parameters(st.model)
+    write_json(run_dir / "config.json", {"kind": KIND, **cfg.to_dict()})
+    save_genotype(genotype, run_dir / "genotype.json")
+    save_cell_pictures(genotype, run_dir)
+    metrics = Metrics(run_dir / "metrics.jsonl")
+    metrics.truncate_after(st.epoch)
+    steps = steps_estimate(train.size(0), cfg.bptt, cfg.max_steps_per_epoch)
+    log(f"rnn train: {cfg.genotype} on {cfg.dataset}, {corpus.ntoken:,} words, train {tuple(train.shape)}, "
+        f"{n_params:,} weights, device {device}, run dir {run_dir}")
+    eval_rows = _rows(cfg.eval_tokens, cfg.eval_batch_size)
+
+    def save() -> None:
+        save_checkpoint(path, st.state_dict())
+
+    with StopRequest() as stop:
+        while st.epoch < cfg.epochs and not st.stopped_early:
+            t0 = time.perf_counter()
+            st.model.train()
+            if st.step_in_epoch == 0:
+                st.hidden, st.pos = None, 0
+            bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress, interval=cfg.log_interval)
+            while st.pos < train.size(0) - 2 and (cfg.max_steps_per_epoch is None
+                                                  or st.step_in_epoch < cfg.max_steps_per_epoch):
+                seq_len = train_seq_len(st.len_gen, cfg.bptt, cfg.max_seq_len_delta)
+                x, y = get_segment(train, st.pos, seq_len)
+                _train_step(st, x, y, seq_len)
+                st.pos += seq_len
+                st.step_in_epoch += 1
+                st.global_step += 1
+                inject_fault(st.global_step)
+                if stop.requested:
+                    st.wall += time.perf_counter() - t0
+                    save()
+                    bar.close()
+                    raise Interrupted(stop.signum, path)
+                if bar.enabled and st.step_in_epoch % cfg.log_interval == 0:
+                    s = st.sums.tolist()
+                    bar.update(min(st.step_in_epoch, steps), {"ppl": _exp(s[0] / max(s[1], 1))}, force=True)
+            bar.close()
+            s = st.sums.tolist()
+            with st.averaged():
+                valid_loss, valid_ppl = evaluate_lm(st.model, valid, cfg.bptt, eval_rows)
+            if not math.isfinite(valid_loss):
+                raise NonFiniteError("validation loss", st.global_step, "validation")
+            record = {"epoch": st.epoch, "lr": cfg.lr, "optimizer": "asgd" if st.asgd else "sgd",
+                      "steps": st.step_in_epoch, "train_loss": s[0] / max(s[1], 1),
+                      "train_ppl": _exp(s[0] / max(s[1], 1)), "valid_loss": valid_loss, "valid_ppl": valid_ppl}
+            if valid_loss < st.best_val:
+                st.best_val, st.best_epoch = valid_loss, st.epoch
+                with st.averaged():
+                    save_checkpoint(run_dir / BEST, _best_payload(st, valid_loss))
+                record["best"] = True
+            if not st.asgd:
+                if cfg.asgd and should_switch_to_asgd(st.sgd_val_losses, valid_loss, cfg.nonmono):
+                    st.asgd, st.switch_epoch = True, st.epoch + 1
+                    record["switch_to_asgd"] = True
+                st.sgd_val_losses.append(valid_loss)
+            if cfg.early_stop_patience is not None and st.epoch - st.best_epoch >= cfg.early_stop_patience:
+                st.stopped_early = True
+                record["stopped_early"] = True
+            st.wall += time.perf_counter() - t0
+            record.update({"epoch_seconds": time.perf_counter() - t0, "wall_seconds": st.wall})
+            log(f"epoch {st.epoch + 1}/{cfg.epochs} ({record['optimizer']}): {st.step_in_epoch} steps | train ppl "
+                f"{record['train_ppl']:.2f} | valid ppl {valid_ppl:.2f}{' *' if record.get('best') else ''} | "
+                f"{record['epoch_seconds']:.1f}s"
+                f"{'; switching to averaged SGD' if record.get('switch_to_asgd') else ''}")
+            st.epoch += 1
+            st.step_in_epoch, st.pos, st.hidden = 0, 0, None
+            st.sums.zero_()
+            metrics.append(record)
+            _save_curves(metrics, run_dir)
+            save()
+
+    # Final test on the best weights, batch 1 (§7.6).
+    history = [r for r in metrics.read() if "epoch" in r and r.get("event") != "final"]
+    best = load_checkpoint(run_dir / BEST, expect_kind=BEST_KIND)
+    model = build_model(cfg, corpus.ntoken, genotype).to(device)
+    model.load_state_dict(best["model"])
+    test = batchify(corpus.test, cfg.test_batch_size).to(device)
+    test_loss, test_ppl = evaluate_lm(model, test, cfg.bptt, _rows(cfg.test_tokens, cfg.test_batch_size))
+    cuda = device.type == "cuda"
+    results = {
+        "genotype": cfg.genotype, "dataset": cfg.dataset, "epochs_run": st.epoch, "epochs": cfg.epochs,
+        "best_epoch": int(best["epoch"]), "valid_loss": float(best["valid_loss"]),
+        "valid_ppl": _exp(float(best["valid_loss"])), "test_loss": test_loss, "test_ppl": test_ppl,
+        "test_batch_size": cfg.test_batch_size, "test_tokens": cfg.test_tokens,
+        "asgd_from_epoch": st.switch_epoch, "stopped_early": st.stopped_early,
+        "params": n_params, "wall_seconds": st.wall, "gpu_hours": st.wall / 3600 if cuda else 0.0,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
+    }
+    write_json(run_dir / "results.json", results)
+    metrics.append({"event": "final", **results})
+    log(f"best valid ppl {results['valid_ppl']:.2f} (epoch {results['best_epoch'] + 1}), test ppl {test_ppl:.2f}")
+    return RNNTrainResult(run_dir, results, history)
+
+
+def _train_step(st: _State, x: torch.Tensor, y: torch.Tensor, seq_len: int) -> None:
+    """One weight step: NLL + TAR, clip, SGD at lr·ℓ/bptt; then the running average after the switch."""
+    cfg, model = st.cfg, st.model
+    lr = scaled_lr(cfg.lr, seq_len, cfg.bptt)
+    for group in st.opt.param_groups:
+        group["lr"] = lr
+    st.opt.zero_grad(set_to_none=True)
+    res = model(x, st.hidden, y)
+    loss = res.nll + tar_penalty(res.raw_output, cfg.tar_beta)
+    if nan_fault("train", st.global_step + 1):
+        loss = loss + float("nan")
+    if not torch.isfinite(loss).item():
+        raise NonFiniteError("training loss", st.global_step, "weights")
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(st.params, cfg.grad_clip)
+    if not torch.isfinite(norm).item():
+        raise NonFiniteError("weight gradient norm", st.global_step, "weights")
+    st.opt.step()
+    for group in st.opt.param_groups:
+        group["lr"] = cfg.lr
+    if st.asgd:
+        st.update_average()
+    st.hidden = res.hidden.detach()
+    with torch.no_grad():
+        n = x.size(0)
+        st.sums += torch.stack([res.nll.detach().double() * n,
+                                torch.tensor(float(n), dtype=torch.float64, device=st.sums.device)])
+
+
+def _save_curves(metrics: Metrics, run_dir: Path) -> None:
+    from ..checkpoint import atomic_write_text
+    from ..plot import curves_svg
+
+    history = [r for r in metrics.read() if "epoch" in r and r.get("event") != "final"]
+    atomic_write_text(run_dir / "perplexity.svg", curves_svg(
+        history, [("train_ppl", "train"), ("valid_ppl", "valid")], "perplexity"))
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+def eval_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
+             batch_size: int | None = None) -> dict[str, Any]:
+    """Valid (B = eval_batch_size) and test (B = 1, or ``batch_size``) perplexity of a run's best weights.
+
+    Reads ``best.pt`` beside the checkpoint (``dartsnas eval RUN``); the test-token cap of the run's
+    config applies (quick and tiny runs).
+    """
+    run_dir = Path(run_dir)
+    folder = run_dir if run_dir.is_dir() else run_dir.parent
+    path = folder / BEST
+    ck = load_checkpoint(path, expect_kind=BEST_KIND)
+    try:
+        cfg = RNNTrainConfig.from_dict(ck["config"])
+        genotype = genotype_from_dict(ck["genotype"])
+    except (KeyError, ConfigError, GenotypeError) as e:
+        raise CheckpointError(f"holds no usable config or genotype ({e})", str(path)) from None
+    changes: dict[str, Any] = {"device": device}
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    cfg = cfg.replace(**changes)
+    dev = resolve_device(cfg.device)
+    corpus = load_corpus(cfg.dataset, cfg.data_dir)
+    if corpus.ntoken != int(ck.get("ntoken", -1)):
+        raise CheckpointError(f"vocabulary size: checkpoint={ck.get('ntoken')}, corpus={corpus.ntoken}", str(path))
+    model = build_model(cfg, corpus.ntoken, genotype).to(dev)
+    try:
+        model.load_state_dict(ck["model"])
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"weights do not fit the model ({str(e)[:200]})", str(path)) from None
+    valid = batchify(corpus.valid, cfg.eval_batch_size).to(dev)
+    vl, vp = evaluate_lm(model, valid, cfg.bptt, _rows(cfg.eval_tokens, cfg.eval_batch_size))
+    tb = batch_size or cfg.test_batch_size
+    test = batchify(corpus.test, tb).to(dev)
+    tl, tp = evaluate_lm(model, test, cfg.bptt, _rows(cfg.test_tokens, tb))
+    return {"run": str(folder), "epoch": int(ck["epoch"]), "dataset": cfg.dataset, "valid_loss": vl,
+            "valid_ppl": vp, "test_loss": tl, "test_ppl": tp, "test_batch_size": tb,
+            "params": count_parameters(model)}
+
+
+def eval_main(args) -> int:
+    """``dartsnas eval RUN`` for a recurrent training run (called by ``dartsnas.cli_train``)."""
+    print(json.dumps(eval_run(args.run, getattr(args, "data_dir", None), getattr(args, "device", "auto") or "auto",
+                              getattr(args, "batch_size", None)), indent=2))
+    return 0
+
+
+def cli_main(args) -> int:
+    """``dartsnas train --space rnn ...`` (forwarded by ``dartsnas.cli_train``)."""
+    from ..cli import _resolve_config
+
+    for name, flag in (("subset", "--subset"), ("init_channels", "--init-channels"), ("layers", "--layers")):
+        if getattr(args, name, None) is not None:
+            raise ConfigError(f"{flag} is for image training; recurrent runs use --set nhid=N, max_steps_per_epoch=N")
+    if getattr(args, "download", False):
+        raise ConfigError("--download is for CIFAR-10; PTB and WikiText-2 are read from --data-dir")
+    names = ["genotype", "dataset", "data_dir", "epochs", "batch_size", "lr", "seed", "device"]
+    if not args.resume and not args.preset and not args.config:
+        named = args.dataset or next((s.split("=", 1)[1] for s in args.set if s.startswith("dataset=")), None)
+        if named in (None, "builtin"):
+            args.preset = "quick"   # no dataset named (or the built-in corpus): the quick run
+        elif named == "wikitext2":
+            args.preset = "paper-wt2"
+    cfg = _resolve_config(RNNTrainConfig, args, names)
+    result = run_rnn_train(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    r = result.results
+    print(f"valid ppl {r['valid_ppl']:.2f}, test ppl {r['test_ppl']:.2f}, {r['params'] / 1e6:.2f}M params")
+    print(f"results:  {result.run_dir / 'results.json'}")
+    print(f"curves:   {result.run_dir / 'perplexity.svg'}; cell: {result.run_dir / 'recurrent.svg'}")
+    return 0
