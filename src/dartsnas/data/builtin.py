@@ -33,10 +33,10 @@ def make_builtin_images(num_train: int = 2048, num_test: int = 512, size: int = 
         along = torch.where(vertical[:, None, None], coords[None, None, :].expand(n, size, size),
                             coords[None, :, None].expand(n, size, size))
         wave = torch.sin(freq[:, None, None] * along + phase[:, None, None])          # n×S×S
-        contrast = 0.25 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)
+        contrast = 0.1 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)
         base = 0.3 + 0.3 * torch.rand(n, 1, 1, 1, generator=gen)
         img = base + contrast * wave[:, None] * colour[:, :, None, None] * 1.5
-        img = img + 0.08 * torch.randn(n, 3, size, size, generator=gen)
+        img = img + 0.3 * torch.randn(n, 3, size, size, generator=gen)
         return (img.clamp(0, 1) * 255).round().to(torch.uint8), y.long()
 
     train_x, train_y = make(num_train)

@@ -67,8 +67,8 @@ class SearchConfig(ConfigBase):
         "paper": {},
         "paper-second-order": {"order": 2},
         # A few minutes on a laptop CPU: the built-in dataset and a small supernet.
-        "quick": {"dataset": "builtin", "init_channels": 8, "layers": 5, "epochs": 6, "batch_size": 32,
-                  "arch_lr": 3e-3, "log_interval": 10, "subset": 512},
+        "quick": {"dataset": "builtin", "init_channels": 8, "layers": 3, "epochs": 8, "batch_size": 32,
+                  "arch_lr": 3e-3, "log_interval": 4, "subset": 256},
         "tiny": {"dataset": "builtin", "init_channels": 4, "layers": 3, "num_nodes": 2, "epochs": 2,
                  "batch_size": 16, "subset": 64, "log_interval": 2},
     }
