@@ -60,6 +60,9 @@ class TrainConfig(ConfigBase):
     download: bool = False
     subset: int | None = None            # train on the first N training images only (quick real-data runs)
     test_subset: int | None = None       # evaluate on the first N test images only
+    # "search_valid": train on D_w and evaluate on D_alpha, the two halves of the training set that the search
+    # uses (spec §9 selection runs); the test set is then never read. "test": the test set (the default).
+    eval_split: Literal["test", "search_valid"] = "test"
     init_channels: int = 36
     layers: int = 20
     auxiliary: bool = True
@@ -125,6 +128,8 @@ class TrainConfig(ConfigBase):
         require(p, 0 <= self.momentum < 1, f"momentum: must be in [0, 1), got {self.momentum}")
         require(p, 0 <= self.drop_path_prob < 1, f"drop_path_prob: must be in [0, 1), got {self.drop_path_prob}")
         require(p, 0 <= self.label_smoothing < 1, f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        require(p, self.eval_split == "test" or self.dataset != "imagenet",
+                f"eval_split: {self.eval_split!r} needs cifar10 or builtin (ImageNet has no search split)")
         require(p, self.batch_size >= self.accum_steps,
                 f"accum_steps: {self.accum_steps} exceeds batch_size {self.batch_size}")
         return p
@@ -409,6 +414,10 @@ def _load_data(cfg: TrainConfig, device: torch.device, data: ImageData | None):
     else:
         data = ImageData(data.name, data.train_x.to(device), data.train_y.to(device), data.test_x.to(device),
                          data.test_y.to(device), data.mean, data.std, data.num_classes)
+    if cfg.eval_split == "search_valid":  # D_w / D_alpha exactly as the search splits them (train_portion 0.5)
+        half = data.train_x.shape[0] // 2
+        data = ImageData(data.name, data.train_x[:half], data.train_y[:half], data.train_x[half:],
+                         data.train_y[half:], data.mean, data.std, data.num_classes)
     return _TensorData(data, cfg, device)
 
 
@@ -717,7 +726,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool 
         "test_error_percent": 100.0 * (1.0 - last.get("test_top1", float("nan"))),
         "test_top5_error_percent": 100.0 * (1.0 - last.get("test_top5", float("nan"))),
         "test_top1": last.get("test_top1"), "test_top5": last.get("test_top5"), "test_loss": last.get("test_loss"),
-        "num_test": data.num_test,
+        "num_test": data.num_test, "eval_split": cfg.eval_split,
         "params": n_params, "params_with_auxiliary": n_params_aux, "multiply_adds": madds,
         "input_shape": list(data.input_shape),
         "wall_seconds": st.wall, "gpu_hours": hours if cuda else 0.0, "cpu_hours": 0.0 if cuda else hours,
