@@ -29,6 +29,7 @@ from .common import (CHECKPOINT, Interrupted, inject_fault, poison_batch, Metric
                      resolve_device, write_json)
 
 KIND = "cnn-search"
+FUSED_DEFAULT = False
 
 
 @dataclass(kw_only=True)
@@ -62,6 +63,14 @@ class SearchConfig(ConfigBase):
     log_interval: int = 50
     progress: bool = True
     eval_batch_size: int = 256
+    # Speed switches; neither changes the mathematics, parameters or checkpoints (so both are harmless on
+    # resume). fused_ops: the fused search-cell forward (supernet/fused.py), equal to the plain one to float
+    # rounding. cuda_graph: replay the whole step as one CUDA graph (loops/graphed.py; CUDA only, ignored
+    # elsewhere); non-finite values are then detected after the fact, at the next logging interval.
+    fused_ops: bool = FUSED_DEFAULT
+    cuda_graph: bool = False
+
+    HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph"}
 
     PRESETS = {
         "paper": {},
@@ -123,7 +132,7 @@ class _State:
             w_idx, a_idx = w_idx[:cfg.subset], a_idx[:cfg.subset]
         self.w_idx, self.a_idx = w_idx.to(device), a_idx.to(device)
         self.model = SearchNetwork(cfg.init_channels, data.num_classes, cfg.layers, cfg.num_nodes,
-                                   stem_multiplier=cfg.stem_multiplier).to(device)
+                                   stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops).to(device)
         self.w_opt = torch.optim.SGD(self.model.weights(), lr=cfg.lr, momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_lr,
@@ -218,7 +227,17 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
         x = augment(data.train_x[idx], st.aug_gen, data.mean, data.std)
         return x, data.train_y[idx]
 
+    stepper = None
+    if cfg.cuda_graph:
+        if device.type == "cuda":
+            from .graphed import GraphedSearchStep
+            stepper = GraphedSearchStep(st, criterion)
+        else:
+            log(f"note: cuda_graph needs a CUDA device; device {device} runs the eager step")
+
     def save() -> None:
+        if stepper is not None:
+            stepper.check()  # graph mode: never save a state that took a non-finite step
         save_checkpoint(run_dir / CHECKPOINT, st.state_dict())
 
     with StopRequest() as stop:
@@ -234,7 +253,12 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
                 x_v, y_v = batch(st.a_idx, st.val_stream)
                 x_t = poison_batch(x_t, "train", st.global_step + 1)
                 x_v = poison_batch(x_v, "val", st.global_step + 1)
-                _search_step(st, criterion, x_t, y_t, x_v, y_v, lr)
+                if stepper is None:
+                    _search_step(st, criterion, x_t, y_t, x_v, y_v, lr)
+                else:
+                    stepper.step(x_t, y_t, x_v, y_v, lr)
+                    if (st.step_in_epoch + 1) % cfg.log_interval == 0 or st.step_in_epoch + 1 == steps:
+                        stepper.check()
                 st.step_in_epoch += 1
                 st.global_step += 1
                 inject_fault(st.global_step)

@@ -25,7 +25,14 @@ class SearchCell(nn.Module):
                 stride = 2 if reduction and j < 2 else 1
                 self._ops.append(MixedOp(C, stride))
 
+    # Fused forward (same parameters and mathematics, fewer kernels; supernet/fused.py). A plain attribute,
+    # not state: switching it changes neither state_dict nor parameters.
+    fused: bool = False
+
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            from .fused import fused_cell_forward
+            return fused_cell_forward(self, s0, s1, weights)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.num_nodes):

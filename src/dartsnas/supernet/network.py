@@ -20,7 +20,8 @@ ARCH_NAMES = ("alphas_normal", "alphas_reduce")
 
 class SearchNetwork(nn.Module):
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, num_nodes: int = 4,
-                 multiplier: int | None = None, stem_multiplier: int = 3, in_channels: int = 3):
+                 multiplier: int | None = None, stem_multiplier: int = 3, in_channels: int = 3,
+                 fused: bool = False):
         super().__init__()
         self.num_nodes = num_nodes
         multiplier = num_nodes if multiplier is None else multiplier  # concat all intermediate nodes
@@ -43,6 +44,13 @@ class SearchNetwork(nn.Module):
         # 1e-3 * N(0, 1), as the reference code (§2; the paper says zeros).
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, n))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, n))
+        self.set_fused(fused)
+
+    def set_fused(self, fused: bool) -> "SearchNetwork":
+        """Switch every cell to the fused forward (supernet/fused.py): same parameters and mathematics."""
+        for cell in self.cells:
+            cell.fused = bool(fused)
+        return self
 
     def weights(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if name not in ARCH_NAMES]

@@ -1,0 +1,250 @@
+"""The whole CNN search step captured as one CUDA graph (``SearchConfig.cuda_graph``; CUDA only, opt-in).
+
+The search step is bound by kernel launches (thousands of small kernels, §1.2 × 14 edges × 8 cells, forward
+and backward, twice per step). Replaying a captured graph removes the launch overhead; the arithmetic is the
+one of ``loops.search._search_step`` (spec §3.3), in the same order:
+
+1. α step: first order g_α = ∇_α L_val(w, α) (``torch.autograd.grad`` wrt the alphas only); second order
+   the §3.5 hypergradient built from the ``Architect``'s own sync-free pieces (virtual step, validation
+   gradients at w', finite-difference product, ε = 0.01/‖v‖ as a device tensor). Then the α optimizer's
+   own ``torch.optim.Adam`` step with ``capturable=True``.
+2. Weight step with the updated α: forward, ∇_w L_train (weights only), clipping to global norm 5
+   (``clip_grad_norm_``'s formula, coefficient min(5/(‖g‖+1e-6), 1)), SGD with momentum and coupled weight
+   decay written with ``torch._foreach_*`` kernels on the weight optimizer's own ``momentum_buffer`` tensors
+   (so its ``state_dict``, checkpoints and resume are unchanged). The learning rate lives in a device tensor,
+   so the per-epoch cosine schedule needs no recapture.
+
+Static buffers hold the batches; each call copies the new batch into them and replays. The last batch of an
+epoch (40 images instead of 64) has another shape: it gets its own graph, captured on first use.
+
+**Non-finite values.** The eager step checks the losses and gradient norm *before* every optimizer update
+(one host sync per step). A graph cannot branch on device values, so here every step ORs the check into a
+device flag (and records the first bad step index), the updates are applied regardless, and the flag is read
+by ``check()``, which the search loop calls at every logging interval and before every checkpoint. A
+non-finite value is therefore detected after the fact, up to ``log_interval`` steps late, and the in-memory
+weights/alphas may already be corrupted; ``check()`` raises ``NonFiniteError`` naming the first bad step,
+before anything is saved, so the last checkpoint on disk is the last good state.
+
+Capture follows the PyTorch recipe: warm-up iterations on a side stream through the same function, then
+``torch.cuda.graph``. The warm-up iterations are real updates, so the state they touch (weights, alphas,
+both optimizers' state, BN buffers, sums, flags) is snapshotted before and restored after them; capture
+executes nothing, and one replay then takes the step: each loop step is exactly one update, as in eager mode. Autocast, if used, must be entered with
+``cache_enabled=False`` around the calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor
+
+from ..architect import exact_hvp, finite_difference_hvp, hypergradient, make_loss_fn
+from ..errors import NonFiniteError
+
+# bits of the device flag: which check failed first
+_ARCH, _TRAIN_LOSS, _GRAD_NORM = 1, 2, 4
+_WHAT = {_ARCH: ("validation loss or architecture gradient", "architecture"),
+         _TRAIN_LOSS: ("training loss", "weights"),
+         _GRAD_NORM: ("weight gradient norm", "weights")}
+
+
+class GraphedSearchStep:
+    """Drop-in for ``_search_step(st, criterion, x_t, y_t, x_v, y_v, lr)`` on CUDA; see the module docstring.
+
+    ``warmup``: eager iterations on a side stream before each capture (undone afterwards). ``autocast``: a callable
+    returning a context manager entered around warm-up and capture (e.g. bf16 autocast with
+    ``cache_enabled=False``), or None.
+    """
+
+    def __init__(self, st, criterion, warmup: int = 3, autocast: Callable | None = None,
+                 eager: bool = False):
+        device = next(st.model.parameters()).device
+        # eager=True runs the step body without capture (any device): for testing its arithmetic on CPU.
+        self.eager = eager
+        if device.type != "cuda" and not eager:
+            raise ValueError("cuda_graph needs a CUDA device")
+        self.st, self.criterion, self.device = st, criterion, device
+        self.warmup = warmup
+        self.autocast = autocast or nullcontext
+        cfg = st.cfg
+        self.model = st.model
+        self.weights = list(self.model.weights())
+        self.alphas = list(self.model.arch_parameters())
+        self.lr = torch.full((), float(cfg.lr), device=device)
+        self._lr_value = None
+        self.flag = torch.zeros((), dtype=torch.int32, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.counter = torch.zeros((), dtype=torch.int64, device=device)  # global step index of the step
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, Tensor]]] = {}
+        self.pool = None
+        # The α optimizer: torch's Adam, made capturable (its step counter moves to the device).
+        # Its state is created here if absent, exactly as Adam's lazy initialisation would (step 0, zero
+        # moments), so that the tensors are fixed before capture; ``capturable`` is switched on only while
+        # capturing (the flag is read in Python at capture time), so a checkpoint resumes in eager mode too.
+        for a in self.alphas:
+            s = st.a_opt.state[a]
+            step_device = device if device.type == "cuda" else torch.device("cpu")
+            if not s:
+                s["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
+                s["exp_avg"] = torch.zeros_like(a, memory_format=torch.preserve_format)
+                s["exp_avg_sq"] = torch.zeros_like(a, memory_format=torch.preserve_format)
+            elif not (torch.is_tensor(s["step"]) and s["step"].device == step_device):
+                s["step"] = torch.as_tensor(float(s["step"]), dtype=torch.float32, device=step_device)
+        if any(g.get("amsgrad") for g in st.a_opt.param_groups):
+            raise ValueError("cuda_graph does not support amsgrad")
+        # The weight optimizer's momentum buffers must exist (zeros = no momentum yet, exactly as SGD's
+        # first step) so that the graph owns fixed tensors; they stay in w_opt.state for checkpoints.
+        for p in self.weights:
+            s = st.w_opt.state[p]
+            if s.get("momentum_buffer") is None:
+                s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self.bufs = [st.w_opt.state[p]["momentum_buffer"] for p in self.weights]
+        group = st.w_opt.param_groups[0]
+        if len(st.w_opt.param_groups) != 1 or group["nesterov"] or group["dampening"] != 0:
+            raise ValueError("cuda_graph expects one SGD group without Nesterov or dampening")
+        self.momentum, self.weight_decay = group["momentum"], group["weight_decay"]
+
+    # -- the step body (eager during warm-up, recorded during capture) --
+
+    def _mark(self, ok: Tensor, bit: int) -> None:
+        bad = ~ok
+        first = (self.flag == 0) & bad
+        self.first_bad.copy_(torch.where(first, self.counter, self.first_bad))
+        self.flag.bitwise_or_(bad.to(torch.int32) * bit)
+
+    def _body(self, b: dict[str, Tensor]) -> None:
+        st, model, crit = self.st, self.model, self.criterion
+        arch = st.architect
+        # 1. α step (§3.3 step 1)
+        if arch.order == 1:
+            val_loss = crit(model(b["x_v"]), b["y_v"])
+            g_alpha = list(torch.autograd.grad(val_loss, self.alphas))
+            checks = [val_loss.detach()]
+        else:
+            train_fn = make_loss_fn(model, b["x_t"], b["y_t"], crit)
+            val_fn = make_loss_fn(model, b["x_v"], b["y_v"], crit)
+            vs = arch.virtual_step(train_fn, self.lr, st.w_opt)
+            vg = arch.virtual_val_grads(val_fn, vs["w_prime"])
+            val_loss = vg["val_loss"]
+            checks = [vs["train_loss"], val_loss]
+            if arch.hvp == "finite_difference":
+                h, eps, lp, lm = finite_difference_hvp(train_fn, arch.weight_names, self.weights, self.alphas,
+                                                       vg["v"], arch.eps_scale)
+                checks += [lp, lm, eps.detach()]
+            else:
+                h, lh = exact_hvp(train_fn, self.weights, self.alphas, vg["v"])
+                checks.append(lh)
+            g_alpha = hypergradient(vg["d_alpha"], h, self.lr, vs["kappa"])
+        g_alpha = [g.detach() for g in g_alpha]
+        ok = torch.stack([torch.isfinite(c).all() for c in checks + g_alpha]).all()
+        self._mark(ok, _ARCH)
+        for a, g in zip(self.alphas, g_alpha):
+            if a.grad is None:
+                a.grad = g.clone()
+            else:
+                a.grad.copy_(g)
+        st.a_opt.step()
+        # 2. weight step with the updated α (§3.3 step 2)
+        logits = model(b["x_t"])
+        loss = crit(logits, b["y_t"])
+        grads = list(torch.autograd.grad(loss, self.weights))
+        self._mark(torch.isfinite(loss.detach()), _TRAIN_LOSS)
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self._mark(torch.isfinite(norm), _GRAD_NORM)
+        coef = torch.clamp(st.cfg.grad_clip / (norm + 1e-6), max=1.0)
+        torch._foreach_mul_(grads, coef)
+        with torch.no_grad():
+            if self.weight_decay:
+                torch._foreach_add_(grads, self.weights, alpha=self.weight_decay)   # d = g + λw
+            torch._foreach_mul_(self.bufs, self.momentum)                           # m = μm + d
+            torch._foreach_add_(self.bufs, grads)
+            torch._foreach_add_(self.weights, torch._foreach_mul(self.bufs, -self.lr))  # w -= η m
+            n = b["y_t"].numel()
+            st_sums = self.sums
+            st_sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == b["y_t"]).sum().double(),
+                                    torch.full((), float(n), device=loss.device, dtype=torch.float64),
+                                    val_loss.detach().double()])
+
+    # -- public --
+
+    def _capture(self, key, x_t, y_t, x_v, y_v):
+        b = {"x_t": x_t.clone(), "y_t": y_t.clone(), "x_v": x_v.clone(), "y_v": y_v.clone()}
+        self._capturable(True)  # warm-up runs the same (capturable) Adam code path
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), self.autocast():
+            for _ in range(self.warmup):
+                self._body(b)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        self._capturable(True)
+        try:
+            with torch.cuda.graph(g, pool=self.pool), self.autocast():
+                self._body(b)
+        finally:
+            self._capturable(False)
+        if self.pool is None:
+            self.pool = g.pool()
+        self.graphs[key] = (g, b)
+
+    def _capturable(self, on: bool) -> None:
+        for group in self.st.a_opt.param_groups:
+            group["capturable"] = on
+
+    def step(self, x_t, y_t, x_v, y_v, lr: float) -> None:
+        """One search step. Returns nothing; losses accumulate into ``st.sums`` as in ``_search_step``."""
+        st = self.st
+        if getattr(self, "sums", None) is not st.sums:  # st.sums replaced (resume, new object): adopt it
+            self.sums = st.sums
+            self.graphs.clear()
+        if lr != self._lr_value:
+            self.lr.fill_(lr)
+            self._lr_value = lr
+        self.counter.fill_(st.global_step)
+        if self.eager:
+            with self.autocast():
+                self._body({"x_t": x_t, "y_t": y_t, "x_v": x_v, "y_v": y_v})
+            return
+        key = (tuple(x_t.shape), tuple(x_v.shape))
+        if key not in self.graphs:
+            self._capture_and_run(key, x_t, y_t, x_v, y_v)
+            return
+        g, b = self.graphs[key]
+        b["x_t"].copy_(x_t), b["y_t"].copy_(y_t), b["x_v"].copy_(x_v), b["y_v"].copy_(y_v)
+        g.replay()
+
+    def _capture_and_run(self, key, x_t, y_t, x_v, y_v):
+        # Warm-up steps are real steps on this same batch; to keep exactly one update per loop step we
+        # snapshot the state, warm up, restore, capture, then replay once.
+        snap = self._snapshot()
+        self._capture(key, x_t, y_t, x_v, y_v)
+        self._restore(snap)  # (capture itself executes nothing)
+        g, b = self.graphs[key]
+        b["x_t"].copy_(x_t), b["y_t"].copy_(y_t), b["x_v"].copy_(x_v), b["y_v"].copy_(y_v)
+        g.replay()
+
+    def _snapshot(self):
+        st = self.st
+        tensors = [*self.weights, *self.alphas, *self.bufs, *self.model.buffers(), self.sums, self.flag,
+                   self.first_bad, self.counter]
+        for a in self.alphas:
+            tensors += [v for v in st.a_opt.state.get(a, {}).values() if torch.is_tensor(v)]
+        return [(t, t.detach().clone()) for t in tensors]
+
+    @staticmethod
+    def _restore(snap):
+        with torch.no_grad():
+            for t, v in snap:
+                t.copy_(v)
+
+    def check(self) -> None:
+        """Read the device flag (one host sync); raise ``NonFiniteError`` if any step since the start failed."""
+        flag = int(self.flag.item())
+        if flag:
+            bit = next(b for b in (_ARCH, _TRAIN_LOSS, _GRAD_NORM) if flag & b)
+            what, phase = _WHAT[bit]
+            raise NonFiniteError(what + " (CUDA-graph mode: detected after the fact, at the next check; the "
+                                 "in-memory state has taken the bad steps, nothing was saved since)",
+                                 int(self.first_bad.item()), phase)

@@ -1,0 +1,191 @@
+"""The fused search-cell forward (supernet/fused.py) against the plain one: same parameters, same numbers.
+
+float64, tiny networks; outputs, weight gradients, alpha gradients and BN running statistics must agree
+within 1e-10, in training and eval mode, stride 1 and 2 (reduction cells), odd spatial sizes, and through
+the Architect (first and second order, where the virtual network runs under functional_call).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dartsnas.architect import Architect, make_loss_fn
+from dartsnas.supernet.network import SearchNetwork
+
+torch.set_num_threads(1)
+TOL = 1e-10
+
+
+def _pair(C=4, layers=3, nodes=4, seed=0):
+    torch.manual_seed(seed)
+    plain = SearchNetwork(C, 10, layers, nodes).double()
+    fused = copy.deepcopy(plain).set_fused(True)
+    return plain, fused
+
+
+def _close(a, b, what):
+    assert a.shape == b.shape, what
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    assert err <= TOL, f"{what}: max abs diff {err}"
+
+
+def _compare_state(plain, fused):
+    sp, sf = plain.state_dict(), fused.state_dict()
+    assert list(sp) == list(sf)
+    for k in sp:
+        if sp[k].dtype == torch.long:
+            assert torch.equal(sp[k], sf[k]), k
+        else:
+            _close(sp[k], sf[k], k)
+
+
+def test_parameters_unchanged():
+    a = SearchNetwork()
+    b = SearchNetwork(fused=True)
+    n = sum(p.numel() for p in b.weights())
+    assert n == sum(p.numel() for p in a.weights()) == 1_930_618
+    assert [(k, v.shape) for k, v in a.state_dict().items()] == [(k, v.shape) for k, v in b.state_dict().items()]
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_forward_backward_and_running_stats(size):
+    plain, fused = _pair()
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    y = torch.randint(0, 10, (3,))
+    for step in range(2):
+        outs = []
+        for net in (plain, fused):
+            net.train()
+            net.zero_grad(set_to_none=True)
+            out = net(x)
+            torch.nn.functional.cross_entropy(out, y).backward()
+            outs.append(out)
+        _close(outs[0], outs[1], f"logits step {step}")
+        for (name, p), (_, q) in zip(plain.named_parameters(), fused.named_parameters()):
+            assert (p.grad is None) == (q.grad is None), name
+            if p.grad is not None:
+                _close(p.grad, q.grad, f"grad {name}")
+        _compare_state(plain, fused)
+    plain.eval(), fused.eval()
+    with torch.no_grad():
+        _close(plain(x), fused(x), "eval logits")
+    _compare_state(plain, fused)
+
+
+def test_reduction_cells_and_two_nodes():
+    plain, fused = _pair(C=6, layers=5, nodes=2, seed=1)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    for net in (plain, fused):
+        net(x).square().sum().backward()
+    for (name, p), (_, q) in zip(plain.named_parameters(), fused.named_parameters()):
+        _close(p.grad, q.grad, name)
+    _compare_state(plain, fused)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_architect_step_matches(order):
+    plain, fused = _pair(seed=3)
+    x_t, x_v = torch.randn(2, 4, 3, 8, 8, dtype=torch.float64)
+    y_t, y_v = torch.randint(0, 10, (2, 4))
+    crit = torch.nn.CrossEntropyLoss()
+    results = []
+    for net in (plain, fused):
+        a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+        w_opt = torch.optim.SGD(net.weights(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+        arch = Architect(net, a_opt, order=order)
+        for step in range(2):
+            arch.step(make_loss_fn(net, x_t, y_t, crit), make_loss_fn(net, x_v, y_v, crit), 0.025, w_opt, step)
+            w_opt.zero_grad(set_to_none=True)
+            crit(net(x_t), y_t).backward()
+            torch.nn.utils.clip_grad_norm_(net.weights(), 5.0)
+            w_opt.step()
+        results.append(net)
+    _compare_state(*results)
+
+
+def test_toggle_does_not_change_state():
+    net = SearchNetwork(4, 10, 3, 2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.set_fused(True)
+    net.set_fused(False)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("fused", [False, True])
+def test_graph_step_body_matches_eager_step(order, fused):
+    """The arithmetic of the CUDA-graph step (loops/graphed.py), run uncaptured on CPU, equals _search_step."""
+    from dartsnas.data.images import ImageData
+    from dartsnas.loops.graphed import GraphedSearchStep
+    from dartsnas.loops.search import SearchConfig, _search_step, _State
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        cfg = SearchConfig.build("tiny", order=order, fused_ops=fused, device="cpu")
+        z = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+        data = ImageData("synthetic", z, torch.zeros(2, dtype=torch.long), z, torch.zeros(2, dtype=torch.long),
+                         (0.5,) * 3, (0.25,) * 3, 10)
+        states = []
+        for graphed in (False, True):
+            torch.manual_seed(0)
+            st = _State(cfg, data, torch.device("cpu"))
+            st.model.train()
+            crit = torch.nn.CrossEntropyLoss()
+            runner = GraphedSearchStep(st, crit, eager=True) if graphed else None
+            gen = torch.Generator().manual_seed(1)
+            for step in range(3):
+                x_t, x_v = torch.randn(2, 4, 3, 8, 8, generator=gen)
+                y_t, y_v = torch.randint(0, 10, (2, 4), generator=gen)
+                if runner is None:
+                    for group in st.w_opt.param_groups:  # as run_search sets it
+                        group["lr"] = 0.025 - 0.005 * step
+                    _search_step(st, crit, x_t, y_t, x_v, y_v, 0.025 - 0.005 * step)
+                else:
+                    runner.step(x_t, y_t, x_v, y_v, 0.025 - 0.005 * step)
+                st.global_step += 1
+            if runner is not None:
+                runner.check()
+            states.append(st)
+        a, b = states
+        _compare_state(a.model, b.model)
+        _close(a.sums, b.sums, "sums")
+        bufs_a = [a.w_opt.state[p]["momentum_buffer"] for p in a.model.weights()]
+        bufs_b = [b.w_opt.state[p]["momentum_buffer"] for p in b.model.weights()]
+        for x, y in zip(bufs_a, bufs_b):
+            _close(x, y, "momentum buffer")
+        for pa, pb in zip(a.model.arch_parameters(), b.model.arch_parameters()):
+            for k in ("exp_avg", "exp_avg_sq"):
+                _close(a.a_opt.state[pa][k], b.a_opt.state[pb][k], k)
+            assert float(a.a_opt.state[pa]["step"]) == float(b.a_opt.state[pb]["step"]) == 3
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_graph_step_flags_non_finite_after_the_fact():
+    from dartsnas.data.images import ImageData
+    from dartsnas.errors import NonFiniteError
+    from dartsnas.loops.graphed import GraphedSearchStep
+    from dartsnas.loops.search import SearchConfig, _State
+
+    cfg = SearchConfig.build("tiny", device="cpu")
+    z = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    data = ImageData("s", z, torch.zeros(2, dtype=torch.long), z, torch.zeros(2, dtype=torch.long),
+                     (0.5,) * 3, (0.25,) * 3, 10)
+    st = _State(cfg, data, torch.device("cpu"))
+    runner = GraphedSearchStep(st, torch.nn.CrossEntropyLoss(), eager=True)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    runner.step(x, y, x, y, 0.025)
+    runner.check()
+    st.global_step = 1
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    runner.step(x, y, bad, y, 0.025)
+    st.global_step = 2
+    runner.step(x, y, x, y, 0.025)
+    with pytest.raises(NonFiniteError) as e:
+        runner.check()
+    assert e.value.step == 1 and e.value.phase == "architecture"
