@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
                     torch.cuda.empty_cache()
             result["results"].append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
+            if args.out:  # after every mode, so that a killed run still leaves what it measured
+                Path(args.out).write_text(json.dumps({**result, "partial": True}, indent=1) + "\n")
     result["total_seconds"] = round(time.perf_counter() - t_start, 1)
     text = json.dumps(result, indent=1)
     print(text)
