@@ -212,3 +212,18 @@ def poison_batch(x: "torch.Tensor", which: str, global_step: int) -> "torch.Tens
     if os.environ.get("DARTSNAS_FAULT", "") == f"nan_{which}_at_step:{global_step}":
         return torch.full_like(x, float("nan"))
     return x
+
+
+def set_determinism(device: torch.device, deterministic: bool) -> None:
+    """``--set deterministic=true``: deterministic cuDNN/cuBLAS kernels (repeatable GPU runs, slower).
+
+    Otherwise cuDNN autotunes its kernels (as the reference does) and two GPU runs with one seed differ
+    slightly; CPU runs are bit-identical either way.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)

@@ -25,7 +25,7 @@ from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from ..supernet.network import SearchNetwork
-from .common import (CHECKPOINT, Interrupted, inject_fault, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
+from .common import (CHECKPOINT, set_determinism, Interrupted, inject_fault, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
                      resolve_device, write_json)
 
 KIND = "cnn-search"
@@ -69,6 +69,8 @@ class SearchConfig(ConfigBase):
     # elsewhere); non-finite values are then detected after the fact, at the next logging interval.
     fused_ops: bool = FUSED_DEFAULT
     cuda_graph: bool = False
+    # GPU runs repeat bit for bit only with deterministic kernels (slower); CPU runs always do.
+    deterministic: bool = False
 
     HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph"}
 
@@ -209,6 +211,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
     else:
         data = ImageData(data.name, data.train_x.to(device), data.train_y.to(device), data.test_x.to(device),
                          data.test_y.to(device), data.mean, data.std, data.num_classes)
+    set_determinism(device, cfg.deterministic)
     seed_everything(cfg.seed)
     st = _State(cfg, data, device)
     if ck is not None:
