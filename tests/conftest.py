@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# Small CPU models are launch-bound: one intra-op thread is faster and immune to oversubscription when
+# several test processes share the cores. Subprocesses inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 if str(SRC) not in sys.path:

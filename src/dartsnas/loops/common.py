@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import torch
 
 from ..checkpoint import atomic_write_text, clean_leftovers
-from ..errors import ConfigError, RunDirError
+from ..errors import CheckpointError, ConfigError, RunDirError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -227,3 +227,16 @@ def set_determinism(device: torch.device, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def check_resume_config(cfg: Any, ck: dict[str, Any], path: Path, log=print) -> None:
+    """Refuse to resume with a config whose non-harmless fields differ from the checkpoint's, field by field."""
+    try:
+        old = type(cfg).from_dict(ck["config"])
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"holds an unreadable config ({e})", str(path)) from None
+    bad, harmless = cfg.diff(old)
+    if bad:
+        raise CheckpointError("incompatible config: " + "; ".join(bad), str(path))
+    for line in harmless:
+        log(f"note: config changed on resume: {line}")

@@ -53,7 +53,7 @@ from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_to_dict, save_genotype
 from ..supernet.rnn import TIED_EMBEDDING, RNNSearchModel
-from .common import (CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, inject_fault,
+from .common import (check_resume_config, CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, inject_fault,
                      prepare_run_dir, resolve_device, write_json)
 from .rnn_common import evaluate_lm, nan_fault, rng_devices, scaled_lr, search_seq_len
 
@@ -201,16 +201,6 @@ class _State:
             raise CheckpointError(f"does not match this search ({type(e).__name__}: {str(e)[:200]})", str(path)) from None
 
 
-def _check_resume_config(cfg: ConfigBase, ck: dict[str, Any], path: Path, log) -> None:
-    try:
-        old = type(cfg).from_dict(ck["config"])
-    except (ConfigError, KeyError) as e:
-        raise CheckpointError(f"holds an unreadable config ({e})", str(path)) from None
-    bad, harmless = cfg.diff(old)
-    if bad:
-        raise CheckpointError("incompatible config: " + "; ".join(bad), str(path))
-    for line in harmless:
-        log(f"note: config changed on resume: {line}")
 
 
 def steps_estimate(rows: int, bptt: int, cap: int | None) -> int:
@@ -229,7 +219,7 @@ def run_rnn_search(cfg: RNNSearchConfig, run_dir: str | Path | None = None, resu
     ck = None
     if resume:
         ck = load_checkpoint(run_dir / CHECKPOINT, expect_kind=KIND)
-        _check_resume_config(cfg, ck, run_dir / CHECKPOINT, log)
+        check_resume_config(cfg, ck, run_dir / CHECKPOINT, log)
     device = resolve_device(cfg.device)
     if corpus is None:
         corpus = load_corpus(cfg.dataset, cfg.data_dir)

@@ -56,7 +56,8 @@ from ..space.genotype import RNNGenotype, genotype_from_dict, genotype_to_dict, 
 from .common import (CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, inject_fault,
                      prepare_run_dir, resolve_device, write_json)
 from .rnn_common import evaluate_lm, nan_fault, scaled_lr, train_seq_len
-from .rnn_search import _check_resume_config, _exp, steps_estimate
+from .common import check_resume_config
+from .rnn_search import _exp, steps_estimate
 
 KIND = "rnn-train"
 BEST_KIND = "rnn-train-best"
@@ -269,7 +270,7 @@ def run_rnn_train(cfg: RNNTrainConfig, run_dir: str | Path | None = None, resume
     ck = None
     if resume:
         ck = load_checkpoint(path, expect_kind=KIND)
-        _check_resume_config(cfg, ck, path, log)
+        check_resume_config(cfg, ck, path, log)
         try:
             genotype = genotype_from_dict(ck["genotype"])
         except (KeyError, GenotypeError) as e:

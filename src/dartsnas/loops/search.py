@@ -25,7 +25,7 @@ from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from ..supernet.network import SearchNetwork
-from .common import (CHECKPOINT, set_determinism, Interrupted, inject_fault, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
+from .common import (check_resume_config, CHECKPOINT, set_determinism, Interrupted, inject_fault, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
                      resolve_device, write_json)
 
 KIND = "cnn-search"
@@ -179,16 +179,6 @@ class _State:
             raise CheckpointError(f"does not match this search ({type(e).__name__}: {str(e)[:200]})", str(path)) from None
 
 
-def _check_resume_config(cfg: SearchConfig, ck: dict[str, Any], path: Path, log) -> None:
-    try:
-        old = SearchConfig.from_dict(ck["config"])
-    except (ConfigError, KeyError) as e:
-        raise CheckpointError(f"holds an unreadable config ({e})", str(path)) from None
-    bad, harmless = cfg.diff(old)
-    if bad:
-        raise CheckpointError("incompatible config: " + "; ".join(bad), str(path))
-    for line in harmless:
-        log(f"note: config changed on resume: {line}")
 
 
 def load_for_resume(run_dir: Path) -> dict[str, Any]:
@@ -204,7 +194,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
     ck = None
     if resume:
         ck = load_for_resume(run_dir)
-        _check_resume_config(cfg, ck, run_dir / CHECKPOINT, log)
+        check_resume_config(cfg, ck, run_dir / CHECKPOINT, log)
     device = resolve_device(cfg.device)
     if data is None:
         data = load_images(cfg.dataset, cfg.data_dir, device, cfg.download)

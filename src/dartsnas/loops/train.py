@@ -40,7 +40,7 @@ from ..errors import CheckpointError, ConfigError, DartsError, DataError, Genoty
 from ..evalnet.cnn import NetworkCIFAR, NetworkImageNet, count_parameters
 from ..evalnet.flops import count_multiply_adds
 from ..space.genotype import Genotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
-from .common import (CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
+from .common import (check_resume_config, CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
                      resolve_device, write_json)
 
 KIND = "cnn-train"
@@ -547,16 +547,6 @@ class _State:
                                   str(path)) from None
 
 
-def _check_resume_config(cfg: TrainConfig, ck: dict[str, Any], path: Path, log) -> None:
-    try:
-        old = TrainConfig.from_dict(ck["config"])
-    except (ConfigError, KeyError) as e:
-        raise CheckpointError(f"holds an unreadable config ({e})", str(path)) from None
-    bad, harmless = cfg.diff(old)
-    if bad:
-        raise CheckpointError("incompatible config: " + "; ".join(bad), str(path))
-    for line in harmless:
-        log(f"note: config changed on resume: {line}")
 
 
 def resolve_genotype(spec: str) -> Genotype:
@@ -637,7 +627,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool 
     path = run_dir / CHECKPOINT
     if resume:
         ck = load_checkpoint(path, expect_kind=KIND)
-        _check_resume_config(cfg, ck, path, say)
+        check_resume_config(cfg, ck, path, say)
         try:
             genotype = genotype_from_dict(ck["genotype"])
         except (KeyError, GenotypeError) as e:
