@@ -149,18 +149,23 @@ def heatmap_svg(matrix: Sequence[Sequence[float]], row_labels: Sequence[str], co
                 title: str, cell: int = 22) -> str:
     """A matrix of values in [0, 1] as coloured squares (e.g. softmax(alpha) of one cell type)."""
     left, top = 90, 40 + 7 * max((len(c) for c in col_labels), default=0)
-    width, height = left + cell * len(col_labels) + 20, top + cell * len(row_labels) + 20
+    width, height = max(left + cell * len(col_labels) + 20, 260), top + cell * len(row_labels) + 24
     body = [f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>']
     for j, label in enumerate(col_labels):
         x = left + cell * j + cell / 2
         body.append(f'<text x="{x}" y="{top - 6}" font-size="10" transform="rotate(-60 {x} {top - 6})">{escape(label)}</text>')
+    # One colour scale for the whole matrix, from its smallest to its largest value, so that nearly uniform
+    # alphas look nearly uniform and small differences are still visible; the range is printed below.
+    values = [v for row in matrix for v in row]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    span = hi - lo if hi > lo else 1.0
     for i, (label, row) in enumerate(zip(row_labels, matrix)):
         y = top + cell * i
         body.append(f'<text x="{left - 6}" y="{y + cell * 0.7}" text-anchor="end" font-size="10">{escape(label)}</text>')
-        hi = max(row) if row else 1.0
         for j, v in enumerate(row):
-            t = max(0.0, min(1.0, v / hi if hi > 0 else 0.0))
+            t = max(0.0, min(1.0, (v - lo) / span))
             r, g, b = int(255 - 200 * t), int(255 - 120 * t), int(255 - 40 * t)
             body.append(f'<rect x="{left + cell * j}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
                         f'fill="rgb({r},{g},{b})"><title>{escape(label)} / {escape(col_labels[j])}: {v:.3f}</title></rect>')
+    body.append(f'<text x="{left}" y="{height - 4}" font-size="10">colour: {lo:.3f} (white) to {hi:.3f} (blue)</text>')
     return _svg(width, height, body, title)
