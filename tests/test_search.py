@@ -175,3 +175,26 @@ def test_short_search_on_real_cifar10(tmp_path):
     assert res.returncode == 0, res.stderr
     rec = _metrics(tmp_path / "r")[0]
     assert abs(rec["train_loss"] - math.log(10)) < 0.7
+
+
+def test_skip_collapse_guard_stops_and_keeps_last_good_cell(tmp_path, monkeypatch):
+    import dartsnas.loops.search as search_mod
+    from dartsnas.loops.search import skip_count, too_many_skips
+    from dartsnas.space.genotype import PUBLISHED
+
+    v2 = PUBLISHED["DARTS_V2"]
+    assert skip_count(v2) == 2 and too_many_skips(v2, 1) and not too_many_skips(v2, 2) and not too_many_skips(v2, None)
+    bad = run_cli("search", *TINY, "--set", "max_skip_normal=-1", "--run-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "max_skip_normal" in bad.stderr
+    # Pretend the cell of the second epoch collapsed: the run stops there and keeps the first epoch's cell.
+    calls = []
+    monkeypatch.setattr(search_mod, "too_many_skips", lambda g, limit: bool(calls.append(g)) or len(calls) == 2)
+    cfg = SearchConfig.build("tiny", overrides=["epochs=4", "max_skip_normal=1"], progress=False)
+    result = search_mod.run_search(cfg, run_dir=tmp_path / "r", log=lambda *a: None)
+    records = _metrics(tmp_path / "r")
+    assert len(records) == 2 and records[-1]["stopped_early"] is True and "stopped_early" not in records[0]
+    assert json.loads((tmp_path / "r" / "genotype.json").read_text()) == records[0]["genotype"]
+    assert result.genotype == calls[0]
+    # Resuming a run that stopped early does not continue it.
+    again = search_mod.run_search(cfg, run_dir=tmp_path / "r", resume=True, log=lambda *a: None)
+    assert len(_metrics(tmp_path / "r")) == 2 and again.genotype == result.genotype

@@ -71,6 +71,11 @@ class SearchConfig(ConfigBase):
     cuda_graph: bool = False
     # GPU runs repeat bit for bit only with deterministic kernels (slower); CPU runs always do.
     deterministic: bool = False
+    # Guard against the collapse to parameter-free cells (the normal cell filling with skip connections):
+    # stop the search at the first epoch whose derived normal cell has more than this many skip_connect
+    # edges and keep the last cell within the limit (an early-stopping rule in the spirit of DARTS+; off by
+    # default, as in the paper).
+    max_skip_normal: int | None = None
 
     HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph"}
 
@@ -97,6 +102,8 @@ class SearchConfig(ConfigBase):
             require(p, getattr(self, name) > 0, f"{name}: must be positive, got {getattr(self, name)}")
         for name in ("lr_min", "weight_decay", "arch_weight_decay", "grad_clip"):
             require(p, getattr(self, name) >= 0, f"{name}: must be non-negative, got {getattr(self, name)}")
+        require(p, self.max_skip_normal is None or 0 <= self.max_skip_normal <= 2 * self.num_nodes,
+                f"max_skip_normal: must be in 0..{2 * self.num_nodes}, got {self.max_skip_normal}")
         require(p, self.lr_min <= self.lr, f"lr_min: {self.lr_min} exceeds lr {self.lr}")
         for name in ("momentum", "arch_beta1", "arch_beta2"):
             require(p, 0 <= getattr(self, name) < 1, f"{name}: must be in [0, 1), got {getattr(self, name)}")
@@ -149,6 +156,7 @@ class _State:
         self.global_step = 0
         self.sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, correct, count, val loss sum
         self.wall = 0.0
+        self.stopped_early = False
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -159,7 +167,7 @@ class _State:
             "arch_optimizer": self.a_opt.state_dict(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "train_stream": self.train_stream.state_dict(), "val_stream": self.val_stream.state_dict(),
-            "sums": self.sums.cpu(), "wall": self.wall,
+            "sums": self.sums.cpu(), "wall": self.wall, "stopped_early": self.stopped_early,
             "rng": capture_rng({"augment": self.aug_gen}),
             "genotype": genotype_to_dict(self.model.genotype()),
         }
@@ -174,6 +182,7 @@ class _State:
             self.val_stream.load_state_dict(ck["val_stream"])
             self.sums = ck["sums"].to(self.sums.device)
             self.wall = float(ck["wall"])
+            self.stopped_early = bool(ck.get("stopped_early", False))
             restore_rng(ck["rng"], {"augment": self.aug_gen})
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"does not match this search ({type(e).__name__}: {str(e)[:200]})", str(path)) from None
@@ -234,7 +243,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
         save_checkpoint(run_dir / CHECKPOINT, st.state_dict())
 
     with StopRequest() as stop:
-        while st.epoch < cfg.epochs:
+        while st.epoch < cfg.epochs and not st.stopped_early:
             t0 = time.perf_counter()
             lr = cosine_lr(st.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
             for group in st.w_opt.param_groups:
@@ -282,17 +291,34 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
             }
             log(f"epoch {st.epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} acc "
                 f"{record['train_acc']:.3f} | valid loss {val_loss:.4f} acc {val_acc:.3f} | lr {lr:.5f}")
+            collapsed = too_many_skips(genotype, cfg.max_skip_normal)
+            if collapsed:
+                st.stopped_early = True
+                record["stopped_early"] = True
+                log(f"stopping early: the normal cell has {skip_count(genotype)} skip connections, more than "
+                    f"max_skip_normal={cfg.max_skip_normal}; genotype.json keeps the last cell within the limit")
             st.epoch += 1
             st.step_in_epoch = 0
             st.sums.zero_()
             st.train_stream.new_epoch()
             metrics.append(record)
-            save_genotype(genotype, run_dir / "genotype.json")
-            save_cell_pictures(genotype, run_dir)
+            if not collapsed or not (run_dir / "genotype.json").exists():
+                save_genotype(genotype, run_dir / "genotype.json")
+                save_cell_pictures(genotype, run_dir)
             save()
     history = [r for r in metrics.read() if "epoch" in r]
-    return SearchResult(run_dir, st.model.genotype(), st.model.alphas_normal.detach().cpu(),
+    from ..space.genotype import load_genotype
+
+    return SearchResult(run_dir, load_genotype(run_dir / "genotype.json", kind="cnn"), st.model.alphas_normal.detach().cpu(),
                         st.model.alphas_reduce.detach().cpu(), history)
+
+
+def skip_count(genotype: Genotype) -> int:
+    return sum(op == "skip_connect" for op, _ in genotype.normal)
+
+
+def too_many_skips(genotype: Genotype, limit: int | None) -> bool:
+    return limit is not None and skip_count(genotype) > limit
 
 
 def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> None:
