@@ -218,16 +218,6 @@ def test_imagenet_missing_folder_and_torchvision_errors(tmp_path):
         assert "pip install 'dartsnas[imagenet]'" in _one_line_error(proc)
 
 
-def test_rnn_space_forwarded_or_clear_error(tmp_path):
-    try:
-        import dartsnas.loops.rnn_train  # noqa: F401
-        pytest.skip("recurrent training present; its own tests cover it")
-    except ModuleNotFoundError:
-        pass
-    proc = run_cli("train", "--space", "rnn", "--run-dir", str(tmp_path / "r"))
-    assert proc.returncode == 2 and "recurrent" in _one_line_error(proc)
-
-
 # ------------------------------------------------------------------------------------------- DDP
 
 def test_two_process_gloo_matches_one_process(tmp_path):
