@@ -35,6 +35,7 @@ def _dag(title: str, nodes: list[tuple[str, str, float, float]], edges: list[tup
     pos = {n[0]: (n[2], n[3]) for n in nodes}
     body = [f'<text x="{width / 2:.0f}" y="22" text-anchor="middle" font-size="16" font-weight="bold">'
             f"{escape(title)}</text>"]
+    centre_y = sum(y for _, _, _, y in nodes) / max(len(nodes), 1)
     seen: dict[tuple[str, str], int] = {}
     for src, dst, label in edges:
         (x1, y1), (x2, y2) = pos[src], pos[dst]
@@ -42,12 +43,18 @@ def _dag(title: str, nodes: list[tuple[str, str, float, float]], edges: list[tup
         seen[(src, dst)] = k + 1
         dx, dy = x2 - x1, y2 - y1
         length = math.hypot(dx, dy) or 1.0
-        bend = (18 + 26 * k) * (1 if (k % 2 == 0) else -1)
+        # Bow each edge away from the figure's centre line, more for longer edges, so that an edge that
+        # skips over a node does not run through it and parallel edges stay apart.
+        outward = -1.0 if (y1 + y2) / 2 <= centre_y else 1.0
+        bend = outward * (10 + 0.26 * length + 22 * k) * (1 if dx >= 0 else -1)
         cx, cy = (x1 + x2) / 2 - dy / length * bend, (y1 + y2) / 2 + dx / length * bend
-        # shorten the end so the arrow head stops at the node's edge (radius 24)
-        ex, ey = x2 - (x2 - cx) / (math.hypot(x2 - cx, y2 - cy) or 1) * 26, y2 - (y2 - cy) / (math.hypot(x2 - cx, y2 - cy) or 1) * 26
+        # shorten both ends so the arrow starts and stops at the nodes' edges (radius 24)
+        d1 = math.hypot(cx - x1, cy - y1) or 1.0
+        d2 = math.hypot(x2 - cx, y2 - cy) or 1.0
+        sx_, sy_ = x1 + (cx - x1) / d1 * 24, y1 + (cy - y1) / d1 * 24
+        ex, ey = x2 - (x2 - cx) / d2 * 26, y2 - (y2 - cy) / d2 * 26
         colour = OP_COLOURS.get(label, "#444444")
-        body.append(f'<path d="M {x1:.1f} {y1:.1f} Q {cx:.1f} {cy:.1f} {ex:.1f} {ey:.1f}" fill="none" '
+        body.append(f'<path d="M {sx_:.1f} {sy_:.1f} Q {cx:.1f} {cy:.1f} {ex:.1f} {ey:.1f}" fill="none" '
                     f'stroke="{colour}" stroke-width="2" marker-end="url(#arrow)"/>')
         if label:
             lx, ly = 0.25 * x1 + 0.5 * cx + 0.25 * x2, 0.25 * y1 + 0.5 * cy + 0.25 * y2
@@ -62,11 +69,11 @@ def _dag(title: str, nodes: list[tuple[str, str, float, float]], edges: list[tup
 
 def cnn_cell_svg(pairs: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> str:
     num_nodes = len(pairs) // 2
-    width, height = 170 + 150 * (num_nodes + 1), 360
-    nodes = [("in0", "c_{k-2}", 60, 110), ("in1", "c_{k-1}", 60, 270)]
+    width, height = 170 + 150 * (num_nodes + 1), 460
+    nodes = [("in0", "c_{k-2}", 60, 110), ("in1", "c_{k-1}", 60, 350)]
     for i in range(num_nodes):
-        nodes.append((f"n{i + 2}", str(i), 190 + 150 * i, 130 if i % 2 == 0 else 250))
-    nodes.append(("out", "c_{k}", 190 + 150 * num_nodes, 190))
+        nodes.append((f"n{i + 2}", str(i), 200 + 150 * i, 190 if i % 2 == 0 else 270))
+    nodes.append(("out", "c_{k}", 200 + 150 * num_nodes, 230))
     name = {0: "in0", 1: "in1", **{i + 2: f"n{i + 2}" for i in range(num_nodes)}}
     edges = [(name[src], name[2 + k // 2], op) for k, (op, src) in enumerate(pairs)]
     edges += [(name[c], "out", "") for c in concat]
