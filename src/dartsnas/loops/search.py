@@ -329,13 +329,15 @@ def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> None:
     st.w_opt.zero_grad(set_to_none=True)
     logits = model(x_t)
     loss = criterion(logits, y_t)
-    if not torch.isfinite(loss).item():
-        raise NonFiniteError("training loss", st.global_step, "weights")
     loss.backward()
     for a in model.arch_parameters():  # the weight pass must not leave gradients on alpha
         a.grad = None
     norm = torch.nn.utils.clip_grad_norm_(model.weights(), cfg.grad_clip)
-    if not torch.isfinite(norm).item():
+    # One host synchronisation for both checks, still before the optimizer step touches anything.
+    loss_ok, norm_ok = torch.isfinite(torch.stack([loss.detach(), norm.detach()])).tolist()
+    if not loss_ok:
+        raise NonFiniteError("training loss", st.global_step, "weights")
+    if not norm_ok:
         raise NonFiniteError("weight gradient norm", st.global_step, "weights")
     st.w_opt.step()
     with torch.no_grad():
