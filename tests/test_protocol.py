@@ -212,3 +212,28 @@ def test_kill_and_resume_experiment(tmp_path):
     assert [m["epoch"] for m in metrics] == [0, 1]
     s = json.loads((exp / "summary.json").read_text())
     assert s["complete"] and s["chosen"] and not s["failed"]
+
+
+def test_recurrent_protocol_select_random_final_and_report(tmp_path):
+    """The same commands for recurrent cells: search, perplexity-based pick, random RNN cells, final runs."""
+    sel = tmp_path / "rsel"
+    r = run_cli("select", "--space", "rnn", "--preset", "tiny", "--searches", "1", "--search-epochs", "1",
+                "--experiment", str(sel))
+    assert r.returncode == 0, r.stderr + r.stdout
+    s = json.loads((sel / "summary.json").read_text())
+    assert s["chosen"]["run"] == "select-seed1"
+    chosen = genotype_from_dict(json.loads((sel / "genotypes/chosen.json").read_text()))
+    assert chosen.kind == "rnn"
+    rnd = tmp_path / "rrnd"
+    r = run_cli("random", "--space", "rnn", "--preset", "tiny", "--samples", "2", "--experiment", str(rnd))
+    assert r.returncode == 0, r.stderr + r.stdout
+    for k in range(2):
+        assert genotype_from_dict(json.loads((rnd / "genotypes" / f"random-{k}.json").read_text())).kind == "rnn"
+    fin = run_cli("evaluate-final", "--experiment", str(sel), "--runs", "2")
+    assert fin.returncode == 0, fin.stderr + fin.stdout
+    s = json.loads((sel / "summary.json").read_text())
+    assert len([x for x in s["runs"] if x["name"].startswith("final-") and x["status"] == "done"]) == 2
+    rep = run_cli("report", str(sel), str(rnd), "--out", str(tmp_path / "rep"))
+    assert rep.returncode == 0, rep.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "perplexity" in md.lower() and md.count("\n|") >= 3
