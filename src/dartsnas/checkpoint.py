@@ -107,7 +107,19 @@ def save_checkpoint(path: Path, payload: dict[str, Any], keep_previous: bool = T
 
 
 def load_checkpoint(path: Path, expect_kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
-    path = Path(path)
+    """Load and verify a checkpoint; a bad file raises CheckpointError naming it, the reason, and the
+    previous checkpoint (``.prev``) when one is there to fall back to by hand."""
+    try:
+        return _load_checkpoint(Path(path), expect_kind, map_location)
+    except CheckpointError as e:
+        prev = Path(path).with_name(Path(path).name + ".prev")
+        if prev.exists() and "no such checkpoint" not in e.message:
+            raise CheckpointError(f"{e.message}; the previous checkpoint is kept as {prev} "
+                                  f"(copy it over {Path(path).name} to resume from it)", e.path) from None
+        raise
+
+
+def _load_checkpoint(path: Path, expect_kind: str | None, map_location: str | torch.device) -> dict:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
