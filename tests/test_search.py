@@ -41,7 +41,8 @@ def reference_run(tmp_path_factory):
 
 def test_search_writes_run_directory(reference_run):
     run = reference_run
-    for name in ("config.json", "metrics.jsonl", "genotype.json", "normal.svg", "reduce.svg", "checkpoint.pt"):
+    for name in ("config.json", "metrics.jsonl", "genotype.json", "normal.svg", "reduce.svg", "curves.svg",
+                 "alphas.svg", "checkpoint.pt"):
         assert (run / name).is_file(), name
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["kind"] == "cnn-search" and cfg["epochs"] == 3 and cfg["num_nodes"] == 2
@@ -55,6 +56,8 @@ def test_search_writes_run_directory(reference_run):
     assert records[0]["lr"] == pytest.approx(0.025)
     svg = (run / "normal.svg").read_text()
     assert svg.startswith("<svg") and "c_{k-1}" in svg
+    alphas = (run / "alphas.svg").read_text()
+    assert alphas.count("<rect") >= 2 * 5 * 8 and "epoch 3" in alphas  # both cells, 5 edges x 8 ops, last epoch
 
 
 def test_derive_matches_search_genotype(reference_run):

@@ -173,6 +173,54 @@ def heatmap_svg(matrix: Sequence[Sequence[float]], row_labels: Sequence[str], co
             t = max(0.0, min(1.0, (v - lo) / span))
             r, g, b = int(255 - 200 * t), int(255 - 120 * t), int(255 - 40 * t)
             body.append(f'<rect x="{left + cell * j}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
-                        f'fill="rgb({r},{g},{b})"><title>{escape(label)} / {escape(col_labels[j])}: {v:.3f}</title></rect>')
-    body.append(f'<text x="{left}" y="{height - 4}" font-size="10">colour: {lo:.3f} (white) to {hi:.3f} (blue)</text>')
+                        f'fill="rgb({r},{g},{b})"><title>{escape(label)} / {escape(col_labels[j])}: {v:.4f}</title></rect>')
+    body.append(f'<text x="{left}" y="{height - 4}" font-size="10">colour: {lo:.4f} (white) to {hi:.4f} (blue)</text>')
     return _svg(width, height, body, title)
+
+
+def cnn_edge_labels(num_nodes: int) -> list[str]:
+    """Row labels of a CNN alpha matrix: ``node ← input`` in the spec's row order (§1.3)."""
+    names = {0: "c_{k-2}", 1: "c_{k-1}"}
+    return [f"{i} ← {names.get(j, str(j - 2))}" for i in range(num_nodes) for j in range(i + 2)]
+
+
+def save_search_pictures(history: Sequence[dict[str, Any]], folder: str | Path, primitives: Sequence[str]) -> list[Path]:
+    """``curves.svg`` (loss and accuracy per epoch) and ``alphas.svg`` (softmax(alpha) of the last epoch,
+    normal and reduction side by side) for a CNN search run directory; reads the metrics records only."""
+    from .checkpoint import atomic_write_text
+
+    folder = Path(folder)
+    if not history:
+        return []
+    out = []
+    charts = [curves_svg(history, [("train_loss", "train loss"), ("valid_loss", "valid loss")], "loss"),
+              curves_svg(history, [("train_acc", "train accuracy"), ("valid_acc", "valid accuracy")], "accuracy")]
+    path = folder / "curves.svg"
+    atomic_write_text(path, _side_by_side(charts, "search curves"))
+    out.append(path)
+    last = history[-1]
+    if "alphas_normal" in last and "alphas_reduce" in last:
+        num_nodes = len(last["genotype"]["normal"]) // 2 if "genotype" in last else 4
+        rows = cnn_edge_labels(num_nodes)
+        maps = [heatmap_svg(last[key], rows, list(primitives), f"{name} cell, epoch {last['epoch'] + 1}")
+                for key, name in (("alphas_normal", "normal"), ("alphas_reduce", "reduction"))]
+        path = folder / "alphas.svg"
+        atomic_write_text(path, _side_by_side(maps, "softmax(alpha)"))
+        out.append(path)
+    return out
+
+
+def _side_by_side(svgs: Sequence[str], title: str) -> str:
+    """Place complete SVG documents next to each other in one SVG (nested <svg> elements)."""
+    import re
+
+    parts, x, height = [], 0.0, 0.0
+    for svg in svgs:
+        m = re.search(r'width="([0-9.]+)" height="([0-9.]+)"', svg)
+        w, h = (float(m.group(1)), float(m.group(2))) if m else (500.0, 300.0)
+        inner = svg[svg.index("<svg"):]
+        parts.append(inner.replace("<svg ", f'<svg x="{x:.0f}" y="0" ', 1))
+        x += w + 10
+        height = max(height, h)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{x:.0f}" height="{height:.0f}" '
+            f'viewBox="0 0 {x:.0f} {height:.0f}"><title>{escape(title)}</title>\n' + "\n".join(parts) + "\n</svg>\n")

@@ -197,7 +197,8 @@ def load_for_resume(run_dir: Path) -> dict[str, Any]:
 def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: bool = False,
                log=print, data: ImageData | None = None) -> SearchResult:
     """Run (or continue) a search; writes config, metrics, checkpoints, genotype and pictures to ``run_dir``."""
-    from ..plot import save_cell_pictures
+    from ..plot import save_cell_pictures, save_search_pictures
+    from ..space.ops import PRIMITIVES
 
     run_dir = prepare_run_dir(run_dir or default_run_dir("search"), resume, log)
     ck = None
@@ -305,6 +306,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
             if not collapsed or not (run_dir / "genotype.json").exists():
                 save_genotype(genotype, run_dir / "genotype.json")
                 save_cell_pictures(genotype, run_dir)
+            save_search_pictures([r for r in metrics.read() if "epoch" in r], run_dir, PRIMITIVES)
             save()
     history = [r for r in metrics.read() if "epoch" in r]
     from ..space.genotype import load_genotype
