@@ -201,3 +201,10 @@ def test_skip_collapse_guard_stops_and_keeps_last_good_cell(tmp_path, monkeypatc
     # Resuming a run that stopped early does not continue it.
     again = search_mod.run_search(cfg, run_dir=tmp_path / "r", resume=True, log=lambda *a: None)
     assert len(_metrics(tmp_path / "r")) == 2 and again.genotype == result.genotype
+
+
+def test_show_config_lists_every_field():
+    res = run_cli("search", "--preset", "paper", "--show-config", "--set", "layers=5")
+    assert res.returncode == 0, res.stderr
+    shown = json.loads(res.stdout)
+    assert set(shown) == set(SearchConfig.field_names()) and shown["layers"] == 5 and shown["epochs"] == 50

@@ -69,7 +69,7 @@ def _resolve_config(cls, args: argparse.Namespace, names: list[str]):
 def _search_parser(sub) -> None:
     from .loops.search import SearchConfig
 
-    p = sub.add_parser("search", help="search a cell (CNN on CIFAR-10 or the built-in data)",
+    p = sub.add_parser("search", help="search a cell: CNN (CIFAR-10, built-in data) or recurrent with --space rnn (PTB, built-in corpus)",
                        description="DARTS architecture search. Defaults are the paper's (50 epochs on CIFAR-10); "
                                    "with no dataset given, a quick search on the built-in data.")
     _add_config_options(p, list(SearchConfig.PRESETS))
@@ -83,6 +83,8 @@ def _search_parser(sub) -> None:
     p.add_argument("--seed", type=str)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--subset", type=str, help="use only the first N images of each half")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the resolved config (every field --set accepts) as JSON and exit")
     p.set_defaults(func=_cmd_search)
 
 
@@ -98,6 +100,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
             s.startswith("dataset=") for s in args.set):
         args.preset = "quick"  # no dataset named: the quick search on the built-in data
     cfg = _resolve_config(SearchConfig, args, names)
+    if args.show_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     result = run_search(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
     print(f"genotype: {result.run_dir / 'genotype.json'}")
     print(f"cells:    {result.run_dir / 'normal.svg'}, {result.run_dir / 'reduce.svg'}")
@@ -203,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dartsnas: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a command that stopped reading (e.g. `| head`)
+        try:
+            sys.stdout = open("/dev/null", "w")
+        except OSError:
+            pass
+        return 0
     except MemoryError:
         print("dartsnas: out of memory; try a smaller --batch-size", file=sys.stderr)
         return 8

@@ -417,6 +417,11 @@ def cli_main(args) -> int:
             s.startswith("dataset=") for s in args.set):
         args.preset = "quick"  # no dataset named: the quick search on the built-in corpus
     cfg = _resolve_config(RNNSearchConfig, args, names)
+    if getattr(args, "show_config", False):
+        import json
+
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     result = run_rnn_search(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
     final = result.final
     if final:
