@@ -208,3 +208,19 @@ def test_show_config_lists_every_field():
     assert res.returncode == 0, res.stderr
     shown = json.loads(res.stdout)
     assert set(shown) == set(SearchConfig.field_names()) and shown["layers"] == 5 and shown["epochs"] == 50
+
+
+def test_auto_resume_starts_then_continues(reference_run, tmp_path):
+    run = tmp_path / "run"
+    cmd = ["search", *TINY, "--set", "epochs=3", "--run-dir", str(run), "--auto-resume"]
+    first = run_cli(*cmd, env={"DARTSNAS_FAULT": "kill_at_step:6"})
+    assert first.returncode == -9
+    second = run_cli(*cmd)  # the same command line continues the killed run
+    assert second.returncode == 0, second.stderr
+    assert "resumed" in second.stdout
+    assert (run / "genotype.json").read_text() == (reference_run / "genotype.json").read_text()
+    assert _metrics(run) == _metrics(reference_run)
+    changed = run_cli("search", *TINY, "--set", "epochs=3", "--set", "layers=4", "--run-dir", str(run), "--auto-resume")
+    assert changed.returncode == 5 and "layers: checkpoint=3, config=4" in changed.stderr
+    alone = run_cli("search", *TINY, "--auto-resume")
+    assert alone.returncode == 2 and "--auto-resume needs --run-dir" in alone.stderr

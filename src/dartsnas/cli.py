@@ -32,6 +32,9 @@ def _add_config_options(p: argparse.ArgumentParser, presets: list[str]) -> None:
                    help="override any config field (repeatable), e.g. --set layers=5")
     p.add_argument("--run-dir", metavar="DIR", help="where to write the run (default runs/<kind>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="with --run-dir: continue the run there if it has a checkpoint, else start it (for job "
+                        "schedulers and torchrun --max-restarts: the same command line starts and continues)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -44,6 +47,23 @@ def _overrides(args: argparse.Namespace, names: list[str]) -> list[str]:
     if getattr(args, "no_progress", False):
         out.append("progress=false")
     return out
+
+
+def run_target(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """(run directory, resume?) for a run command, with ``--resume RUN`` or ``--auto-resume --run-dir DIR``.
+
+    With --auto-resume the config still comes from the command line; the loop then refuses a checkpoint
+    whose config differs (field by field), so a changed command cannot silently continue another run.
+    """
+    if getattr(args, "auto_resume", False):
+        if args.resume:
+            raise ConfigError("--auto-resume and --resume exclude each other")
+        if not args.run_dir:
+            raise ConfigError("--auto-resume needs --run-dir")
+        from .loops.common import CHECKPOINT
+
+        return args.run_dir, (Path(args.run_dir) / CHECKPOINT).exists()
+    return args.resume or args.run_dir, bool(args.resume)
 
 
 def _resolve_config(cls, args: argparse.Namespace, names: list[str]):
@@ -103,7 +123,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    result = run_search(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    run_dir, resume = run_target(args)
+    result = run_search(cfg, run_dir=run_dir, resume=resume)
     print(f"genotype: {result.run_dir / 'genotype.json'}")
     print(f"cells:    {result.run_dir / 'normal.svg'}, {result.run_dir / 'reduce.svg'}")
     return 0

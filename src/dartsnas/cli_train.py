@@ -65,7 +65,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         elif not args.dataset and not any(s.startswith("dataset=") for s in args.set):
             args.preset = "quick"  # no dataset named: the quick run on the built-in data
     cfg = _resolve_config(TrainConfig, args, _NAMES)
-    result = run_train(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    from .cli import run_target
+
+    run_dir, resume = run_target(args)
+    result = run_train(cfg, run_dir=run_dir, resume=resume)
     r = result.results
     if result.history:
         print(f"test error {r['test_error_percent']:.2f}% (top-5 {r['test_top5_error_percent']:.2f}%), "

@@ -422,7 +422,10 @@ def cli_main(args) -> int:
 
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    result = run_rnn_search(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    from ..cli import run_target
+
+    run_dir, resume = run_target(args)
+    result = run_rnn_search(cfg, run_dir=run_dir, resume=resume)
     final = result.final
     if final:
         print(f"valid ppl {final['valid_ppl']:.2f} after {final['epoch'] + 1} epochs")

@@ -487,7 +487,10 @@ def cli_main(args) -> int:
         elif named == "wikitext2":
             args.preset = "paper-wt2"
     cfg = _resolve_config(RNNTrainConfig, args, names)
-    result = run_rnn_train(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    from ..cli import run_target
+
+    run_dir, resume = run_target(args)
+    result = run_rnn_train(cfg, run_dir=run_dir, resume=resume)
     r = result.results
     print(f"valid ppl {r['valid_ppl']:.2f}, test ppl {r['test_ppl']:.2f}, {r['params'] / 1e6:.2f}M params")
     print(f"results:  {result.run_dir / 'results.json'}")
