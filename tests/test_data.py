@@ -391,3 +391,18 @@ def test_no_such_folder(tmp_path):
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path / "absent")
     assert str(tmp_path / "absent") in str(info.value)
+
+
+def test_small_tensors_reach_the_device_without_a_blocking_copy():
+    import torch
+
+    from dartsnas.data.images import _channel_constants, to_device
+
+    t = torch.arange(4)
+    assert to_device(t, torch.device("cpu")) is t  # CPU: no copy at all
+    a = _channel_constants((0.5, 0.25, 0.125), torch.device("cpu"))
+    assert a is _channel_constants((0.5, 0.25, 0.125), torch.device("cpu"))  # made once, not per batch
+    assert a.shape == (1, 3, 1, 1) and a.flatten().tolist() == [0.5, 0.25, 0.125]
+    if torch.cuda.is_available():  # on a GPU the copy goes through pinned memory and is asynchronous
+        moved = to_device(t, torch.device("cuda"))
+        assert moved.is_cuda and moved.cpu().tolist() == [0, 1, 2, 3]

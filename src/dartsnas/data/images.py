@@ -8,6 +8,7 @@ No data loader, no per-image Python work.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,23 @@ class BatchStream:
         self.gen.set_state(state["gen"])
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a small CPU tensor (indices, random draws) to ``device`` without stalling the host.
+
+    A plain copy from pageable memory to a GPU waits for the stream, i.e. for every kernel queued before
+    it; going through pinned memory makes the copy asynchronous. On the CPU this returns ``t`` itself.
+    """
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_constants(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """Normalisation constants as a 1×C×1×1 tensor, made once per device instead of once per batch."""
+    return torch.tensor(values, device=device).view(1, len(values), 1, 1)
+
+
 def augment(x: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std: tuple[float, ...],
             pad: int = 4, flip: bool = True, cutout: int = 0, train: bool = True) -> torch.Tensor:
     """uint8 batch -> normalised float batch; random crop (zero padding), flip and cutout when ``train``.
@@ -117,27 +135,27 @@ def augment(x: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std:
     """
     device = x.device
     B, C, H, W = x.shape
-    m = torch.tensor(mean, device=device).view(1, C, 1, 1)
-    s = torch.tensor(std, device=device).view(1, C, 1, 1)
+    m = _channel_constants(tuple(mean), device)
+    s = _channel_constants(tuple(std), device)
     out = (x.float() / 255.0 - m) / s
     if not train:
         return out
     if pad > 0:
         # Zero padding of the raw image = padding with -mean/std after normalisation.
         padded = torch.nn.functional.pad(x.float() / 255.0, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(device)
-        ox = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(device)
+        oy = to_device(torch.randint(0, 2 * pad + 1, (B,), generator=gen), device)
+        ox = to_device(torch.randint(0, 2 * pad + 1, (B,), generator=gen), device)
         rows = (oy[:, None] + torch.arange(H, device=device)[None])            # B×H
         cols = (ox[:, None] + torch.arange(W, device=device)[None])            # B×W
         b = torch.arange(B, device=device)[:, None, None]
         crop = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # B×H×W×C
         out = (crop.permute(0, 3, 1, 2) - m) / s
     if flip:
-        mask = (torch.rand(B, generator=gen) < 0.5).to(device)
+        mask = to_device(torch.rand(B, generator=gen) < 0.5, device)
         out = torch.where(mask[:, None, None, None], out.flip(3), out)
     if cutout > 0:
-        cy = torch.randint(0, H, (B,), generator=gen).to(device)
-        cx = torch.randint(0, W, (B,), generator=gen).to(device)
+        cy = to_device(torch.randint(0, H, (B,), generator=gen), device)
+        cx = to_device(torch.randint(0, W, (B,), generator=gen), device)
         ys = torch.arange(H, device=device)[None, :, None]
         xs = torch.arange(W, device=device)[None, None, :]
         half = cutout // 2

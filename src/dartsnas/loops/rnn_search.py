@@ -385,7 +385,7 @@ def _search_step(st: _State, x, y, xv, yv, seq_len: int) -> None:
     st.hidden = res.hidden.detach()
     with torch.no_grad():
         st.sums += torch.stack([res.nll.detach().double() * n_rows,
-                                torch.tensor(float(n_rows), dtype=torch.float64, device=st.sums.device),
+                                torch.full((), float(n_rows), dtype=torch.float64, device=st.sums.device),
                                 out["val_loss"].double(),
                                 torch.ones((), dtype=torch.float64, device=st.sums.device)])
 

@@ -410,7 +410,7 @@ def _train_step(st: _State, x: torch.Tensor, y: torch.Tensor, seq_len: int) -> N
     with torch.no_grad():
         n = x.size(0)
         st.sums += torch.stack([res.nll.detach().double() * n,
-                                torch.tensor(float(n), dtype=torch.float64, device=st.sums.device)])
+                                torch.full((), float(n), dtype=torch.float64, device=st.sums.device)])
 
 
 def _save_curves(metrics: Metrics, run_dir: Path) -> None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..architect import Architect, make_loss_fn
 from ..checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from ..config import ConfigBase, require
-from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images
+from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images, to_device
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from ..supernet.network import SearchNetwork
@@ -226,7 +226,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
         f"{sum(p.numel() for p in st.model.weights()):,} weights, device {device}, run dir {run_dir}")
 
     def batch(idx_pool: torch.Tensor, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = idx_pool[stream.next().to(device)]
+        idx = idx_pool[to_device(stream.next(), device)]
         x = augment(data.train_x[idx], st.aug_gen, data.mean, data.std)
         return x, data.train_y[idx]
 
@@ -346,7 +346,7 @@ def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> None:
         n = y_t.numel()
         val_loss = out.get("val_loss") if isinstance(out, dict) else None
         st.sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y_t).sum().double(),
-                                torch.tensor(float(n), device=loss.device, dtype=torch.float64),
+                                torch.full((), float(n), device=loss.device, dtype=torch.float64),
                                 (val_loss.detach().double() if val_loss is not None
                                  else torch.zeros((), device=loss.device, dtype=torch.float64))])
 

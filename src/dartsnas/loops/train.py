@@ -35,7 +35,7 @@ from torch import nn
 
 from ..checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from ..config import ConfigBase, require
-from ..data.images import BatchStream, ImageData, augment, load_images
+from ..data.images import BatchStream, ImageData, augment, load_images, to_device
 from ..errors import CheckpointError, ConfigError, DartsError, DataError, GenotypeError, NonFiniteError
 from ..evalnet.cnn import NetworkCIFAR, NetworkImageNet, count_parameters
 from ..evalnet.flops import count_multiply_adds
@@ -311,7 +311,7 @@ class Stepper:
                 m = ym.shape[0]
                 sums += torch.stack([main.detach().double() * m, aux_loss.detach().double() * m,
                                      (logits.argmax(1) == ym).sum().double(),
-                                     torch.tensor(float(m), device=x.device, dtype=torch.float64)])
+                                     torch.full((), float(m), device=x.device, dtype=torch.float64)])
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         # One host sync per step checks both the loss and the (all-reduced) gradient norm.
         finite = torch.isfinite(torch.stack([loss_check.float(), norm.float()]))
@@ -338,7 +338,7 @@ class _TensorData:
     def train_batches(self, stream: BatchStream, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         d = self.data
         while stream.pos < stream.num:
-            idx = stream.next().to(self.device)
+            idx = to_device(stream.next(), self.device)
             yield augment(d.train_x[idx], gen, d.mean, d.std, cutout=self.cfg.cutout), d.train_y[idx]
 
     def test_batches(self, rank: int, world: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -577,8 +577,8 @@ def evaluate(model: nn.Module, data, rt: Runtime, batch_size: int, autocast=None
         top = out.topk(k, dim=1).indices
         hit = top == y[:, None]
         sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(), hit[:, 0].sum().double(),
-                             hit.any(1).sum().double(), torch.tensor(float(y.numel()), device=rt.device,
-                                                                     dtype=torch.float64)])
+                             hit.any(1).sum().double(), torch.full((), float(y.numel()), device=rt.device,
+                                                                   dtype=torch.float64)])
     model.train(was)
     s = _all_reduce(sums, rt).tolist()
     n = max(s[3], 1.0)
