@@ -240,3 +240,39 @@ def check_resume_config(cfg: Any, ck: dict[str, Any], path: Path, log=print) -> 
         raise CheckpointError("incompatible config: " + "; ".join(bad), str(path))
     for line in harmless:
         log(f"note: config changed on resume: {line}")
+
+
+def end_of_step(st: Any, stop: StopRequest, t0: float, save, bar: Progress, checkpoint: Path) -> None:
+    """Count the finished step, fire a test fault if one is set for it, and on SIGTERM/SIGINT save a
+    checkpoint at this step boundary and raise Interrupted. ``st`` holds step_in_epoch, global_step, wall."""
+    st.step_in_epoch += 1
+    st.global_step += 1
+    inject_fault(st.global_step)
+    if stop.requested:
+        st.wall += time.perf_counter() - t0
+        save()
+        bar.close()
+        raise Interrupted(stop.signum, checkpoint)
+
+
+def bilevel_state(st: Any, kind: str) -> dict[str, Any]:
+    """The checkpoint entries every architecture search shares: config, supernet (weights, alphas, BN
+    buffers), both optimizers, the step counters, the epoch's running sums and the derived genotype."""
+    from ..space.genotype import genotype_to_dict
+
+    return {
+        "kind": kind, "config": st.cfg.to_dict(), "model": st.model.state_dict(),
+        "weight_optimizer": st.w_opt.state_dict(), "arch_optimizer": st.a_opt.state_dict(),
+        "epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step,
+        "sums": st.sums.cpu(), "wall": st.wall, "genotype": genotype_to_dict(st.model.genotype()),
+    }
+
+
+def load_bilevel_state(st: Any, ck: dict[str, Any]) -> None:
+    """Inverse of ``bilevel_state`` (KeyError/RuntimeError on a mismatch, for the caller to report)."""
+    st.model.load_state_dict(ck["model"])
+    st.w_opt.load_state_dict(ck["weight_optimizer"])
+    st.a_opt.load_state_dict(ck["arch_optimizer"])
+    st.epoch, st.step_in_epoch, st.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+    st.sums = ck["sums"].to(st.sums.device)
+    st.wall = float(ck["wall"])

@@ -53,8 +53,7 @@ from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_to_dict, save_genotype
 from ..supernet.rnn import TIED_EMBEDDING, RNNSearchModel
-from .common import (check_resume_config, CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, inject_fault,
-                     prepare_run_dir, resolve_device, write_json)
+from .common import (bilevel_state, load_bilevel_state, end_of_step, check_resume_config, CHECKPOINT, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir, resolve_device, write_json)
 from .rnn_common import evaluate_lm, nan_fault, rng_devices, scaled_lr, search_seq_len
 
 KIND = "rnn-search"
@@ -171,31 +170,19 @@ class _State:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "kind": KIND,
-            "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "weight_optimizer": self.w_opt.state_dict(),
-            "arch_optimizer": self.a_opt.state_dict(),
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            **bilevel_state(self, KIND),
             "position": self.pos,
             "hidden": self.hidden.cpu() if self.hidden is not None else None,
             "hidden_valid": self.hidden_valid.cpu() if self.hidden_valid is not None else None,
-            "sums": self.sums.cpu(), "wall": self.wall,
             "rng": capture_rng({"seq_len": self.len_gen}),
-            "genotype": genotype_to_dict(self.model.genotype()),
         }
 
     def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
         try:
-            self.model.load_state_dict(ck["model"])
-            self.w_opt.load_state_dict(ck["weight_optimizer"])
-            self.a_opt.load_state_dict(ck["arch_optimizer"])
-            self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+            load_bilevel_state(self, ck)
             self.pos = int(ck["position"])
             self.hidden = ck["hidden"].to(self.device) if ck["hidden"] is not None else None
             self.hidden_valid = ck["hidden_valid"].to(self.device) if ck["hidden_valid"] is not None else None
-            self.sums = ck["sums"].to(self.device)
-            self.wall = float(ck["wall"])
             restore_rng(ck["rng"], {"seq_len": self.len_gen})
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
             raise CheckpointError(f"does not match this search ({type(e).__name__}: {str(e)[:200]})", str(path)) from None
@@ -258,14 +245,7 @@ def run_rnn_search(cfg: RNNSearchConfig, run_dir: str | Path | None = None, resu
                 xv, yv = get_segment(search, st.pos % (search.size(0) - 1), cfg.bptt)
                 _search_step(st, x, y, xv, yv, seq_len)
                 st.pos += seq_len
-                st.step_in_epoch += 1
-                st.global_step += 1
-                inject_fault(st.global_step)
-                if stop.requested:
-                    st.wall += time.perf_counter() - t0
-                    save()
-                    bar.close()
-                    raise Interrupted(stop.signum, run_dir / CHECKPOINT)
+                end_of_step(st, stop, t0, save, bar, run_dir / CHECKPOINT)
                 if bar.enabled and st.step_in_epoch % cfg.log_interval == 0:
                     s = st.sums.tolist()
                     bar.update(min(st.step_in_epoch, steps), {"ppl": _exp(s[0] / max(s[1], 1)),

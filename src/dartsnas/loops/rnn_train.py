@@ -53,8 +53,7 @@ from ..errors import CheckpointError, ConfigError, GenotypeError, NonFiniteError
 from ..evalnet.rnn import RNNEvalModel
 from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
-from .common import (CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, inject_fault,
-                     prepare_run_dir, resolve_device, write_json)
+from .common import (end_of_step, CHECKPOINT, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir, resolve_device, write_json)
 from .rnn_common import evaluate_lm, nan_fault, scaled_lr, train_seq_len
 from .common import check_resume_config
 from .rnn_search import _exp, steps_estimate
@@ -315,14 +314,7 @@ def run_rnn_train(cfg: RNNTrainConfig, run_dir: str | Path | None = None, resume
                 x, y = get_segment(train, st.pos, seq_len)
                 _train_step(st, x, y, seq_len)
                 st.pos += seq_len
-                st.step_in_epoch += 1
-                st.global_step += 1
-                inject_fault(st.global_step)
-                if stop.requested:
-                    st.wall += time.perf_counter() - t0
-                    save()
-                    bar.close()
-                    raise Interrupted(stop.signum, path)
+                end_of_step(st, stop, t0, save, bar, path)
                 if bar.enabled and st.step_in_epoch % cfg.log_interval == 0:
                     s = st.sums.tolist()
                     bar.update(min(st.step_in_epoch, steps), {"ppl": _exp(s[0] / max(s[1], 1))}, force=True)

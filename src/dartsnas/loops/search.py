@@ -25,7 +25,7 @@ from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from ..supernet.network import SearchNetwork
-from .common import (check_resume_config, CHECKPOINT, set_determinism, Interrupted, inject_fault, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
+from .common import (bilevel_state, load_bilevel_state, end_of_step, check_resume_config, CHECKPOINT, set_determinism, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
                      resolve_device, write_json)
 
 KIND = "cnn-search"
@@ -160,28 +160,16 @@ class _State:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "kind": KIND,
-            "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "weight_optimizer": self.w_opt.state_dict(),
-            "arch_optimizer": self.a_opt.state_dict(),
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            **bilevel_state(self, KIND),
             "train_stream": self.train_stream.state_dict(), "val_stream": self.val_stream.state_dict(),
-            "sums": self.sums.cpu(), "wall": self.wall, "stopped_early": self.stopped_early,
-            "rng": capture_rng({"augment": self.aug_gen}),
-            "genotype": genotype_to_dict(self.model.genotype()),
+            "stopped_early": self.stopped_early, "rng": capture_rng({"augment": self.aug_gen}),
         }
 
     def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
         try:
-            self.model.load_state_dict(ck["model"])
-            self.w_opt.load_state_dict(ck["weight_optimizer"])
-            self.a_opt.load_state_dict(ck["arch_optimizer"])
-            self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+            load_bilevel_state(self, ck)
             self.train_stream.load_state_dict(ck["train_stream"])
             self.val_stream.load_state_dict(ck["val_stream"])
-            self.sums = ck["sums"].to(self.sums.device)
-            self.wall = float(ck["wall"])
             self.stopped_early = bool(ck.get("stopped_early", False))
             restore_rng(ck["rng"], {"augment": self.aug_gen})
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -262,14 +250,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
                     stepper.step(x_t, y_t, x_v, y_v, lr)
                     if (st.step_in_epoch + 1) % cfg.log_interval == 0 or st.step_in_epoch + 1 == steps:
                         stepper.check()
-                st.step_in_epoch += 1
-                st.global_step += 1
-                inject_fault(st.global_step)
-                if stop.requested:
-                    st.wall += time.perf_counter() - t0
-                    save()
-                    bar.close()
-                    raise Interrupted(stop.signum, run_dir / CHECKPOINT)
+                end_of_step(st, stop, t0, save, bar, run_dir / CHECKPOINT)
                 if bar.enabled and (st.step_in_epoch % cfg.log_interval == 0 or st.step_in_epoch == steps):
                     s = st.sums.tolist()
                     bar.update(st.step_in_epoch, {"loss": s[0] / max(s[2], 1), "acc": s[1] / max(s[2], 1),
