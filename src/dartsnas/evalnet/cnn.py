@@ -173,6 +173,13 @@ class _EvalNetwork(nn.Module):
     cells: nn.ModuleList
     auxiliary_head: nn.Module | None
 
+    def __init__(self, genotype: Genotype, C: int, num_classes: int, layers: int, drop_path_prob: float):
+        super().__init__()
+        _check_sizes(C, layers, num_classes, drop_path_prob)
+        self.genotype = validate_genotype(genotype)
+        self.layers = layers
+        self.drop_path_prob = float(drop_path_prob)
+
     def _build_cells(self, genotype: Genotype, layers: int, C_pp: int, C_p: int, C_curr: int,
                      reduction_prev: bool) -> int:
         self.cells = nn.ModuleList()
@@ -204,11 +211,7 @@ class NetworkCIFAR(_EvalNetwork):
 
     def __init__(self, genotype: Genotype, C: int = 36, num_classes: int = 10, layers: int = 20,
                  auxiliary: bool = True, drop_path_prob: float = 0.0, in_channels: int = 3):
-        super().__init__()
-        _check_sizes(C, layers, num_classes, drop_path_prob)
-        self.genotype = validate_genotype(genotype)
-        self.layers = layers
-        self.drop_path_prob = float(drop_path_prob)
+        super().__init__(genotype, C, num_classes, layers, drop_path_prob)
         stem_c = 3 * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_c, 3, padding=1, bias=False), nn.BatchNorm2d(stem_c))
         C_p = self._build_cells(self.genotype, layers, stem_c, stem_c, C, reduction_prev=False)
@@ -228,11 +231,7 @@ class NetworkImageNet(_EvalNetwork):
 
     def __init__(self, genotype: Genotype, C: int = 48, num_classes: int = 1000, layers: int = 14,
                  auxiliary: bool = True, drop_path_prob: float = 0.0, in_channels: int = 3):
-        super().__init__()
-        _check_sizes(C, layers, num_classes, drop_path_prob)
-        self.genotype = validate_genotype(genotype)
-        self.layers = layers
-        self.drop_path_prob = float(drop_path_prob)
+        super().__init__(genotype, C, num_classes, layers, drop_path_prob)
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(C // 2),
