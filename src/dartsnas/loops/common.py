@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 import os
 import signal
 import sys
@@ -276,3 +277,17 @@ def load_bilevel_state(st: Any, ck: dict[str, Any]) -> None:
     st.epoch, st.step_in_epoch, st.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
     st.sums = ck["sums"].to(st.sums.device)
     st.wall = float(ck["wall"])
+
+
+@dataclass
+class TrainingResult:
+    """What a from-scratch training returns (CNN and recurrent): its run directory, ``results.json``'s
+    content and the per-epoch metrics records."""
+
+    run_dir: Path
+    results: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}

@@ -53,9 +53,8 @@ from ..errors import CheckpointError, ConfigError, GenotypeError, NonFiniteError
 from ..evalnet.rnn import RNNEvalModel
 from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
-from .common import (end_of_step, CHECKPOINT, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir, resolve_device, write_json)
+from .common import (TrainingResult, check_resume_config, end_of_step, CHECKPOINT, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir, resolve_device, write_json)
 from .rnn_common import evaluate_lm, nan_fault, scaled_lr, train_seq_len
-from .common import check_resume_config
 from .rnn_search import _exp, steps_estimate
 
 KIND = "rnn-train"
@@ -132,15 +131,7 @@ class RNNTrainConfig(ConfigBase):
         return p
 
 
-@dataclass
-class RNNTrainResult:
-    run_dir: Path
-    results: dict[str, Any]
-    history: list[dict[str, Any]]
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.history[-1] if self.history else {}
+RNNTrainResult = TrainingResult  # the same record for CNN and recurrent training
 
 
 def should_switch_to_asgd(earlier: Sequence[float], current: float, nonmono: int = 5) -> bool:

@@ -40,7 +40,7 @@ from ..errors import CheckpointError, ConfigError, DartsError, DataError, Genoty
 from ..evalnet.cnn import NetworkCIFAR, NetworkImageNet, count_parameters
 from ..evalnet.flops import count_multiply_adds
 from ..space.genotype import Genotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
-from .common import (check_resume_config, CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
+from .common import (TrainingResult, check_resume_config, CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
                      resolve_device, write_json)
 
 KIND = "cnn-train"
@@ -140,15 +140,7 @@ class TrainConfig(ConfigBase):
         return p
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    results: dict[str, Any]
-    history: list[dict[str, Any]]
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.history[-1] if self.history else {}
+TrainResult = TrainingResult  # the same record for CNN and recurrent training
 
 
 # ------------------------------------------------------------------------------------------- schedules
