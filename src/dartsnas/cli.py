@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_options(p: argparse.ArgumentParser, presets: list[str]) -> None:
-    p.add_argument("--preset", choices=None, metavar="NAME", help=f"start from a preset ({', '.join(presets)})")
+    p.add_argument("--preset", metavar="NAME", help=f"start from a preset ({', '.join(presets)})")
     p.add_argument("--config", metavar="FILE", help="a JSON file of config fields")
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field (repeatable), e.g. --set layers=5")

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -186,11 +186,6 @@ class Interrupted(Exception):
         self.checkpoint = checkpoint
         super().__init__(f"interrupted by signal {signum}; checkpoint saved to {checkpoint}; "
                          "continue with --resume")
-
-
-def mean_of(values: Iterable[float]) -> float:
-    vals = list(values)
-    return sum(vals) / len(vals) if vals else float("nan")
 
 
 def inject_fault(global_step: int) -> None:

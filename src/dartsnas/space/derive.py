@@ -30,12 +30,11 @@ def derive_cell(probs: torch.Tensor, num_nodes: int, k: int = 2,
     pairs: list[tuple[str, int]] = []
     start = 0
     for node in range(first_node, first_node + num_nodes):
-        n_in = node if first_node == 2 else node  # node i has i predecessors in both spaces
-        edges = []
-        for j in range(n_in):
+        edges = []  # node i has i predecessors (0..i-1) in both spaces
+        for j in range(node):
             strength, op = _best_op(rows[start + j], primitives)
             edges.append((strength, j, op))
-        start += n_in
+        start += node
         kept = sorted(edges, key=lambda e: -e[0])[:k]  # stable: ties keep the lower predecessor
         pairs.extend((primitives[op], j) for _, j, op in kept)
     return pairs

@@ -138,7 +138,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _parse_pairs(data: Any, field: str, allowed_ops: tuple[str, ...], first_node: int, per_node: int,
-                 num_nodes: int | None, allow_self_sources: int) -> tuple[tuple[str, int], ...]:
+                 num_nodes: int | None) -> tuple[tuple[str, int], ...]:
     if not isinstance(data, list):
         raise GenotypeError(f"expected a list of {{op, input}} pairs, got {type(data).__name__}", field)
     if num_nodes is not None and len(data) != num_nodes * per_node:
@@ -194,9 +194,9 @@ def genotype_from_dict(data: Any, num_nodes: int | None = None) -> AnyGenotype:
         for key in ("normal", "normal_concat", "reduce", "reduce_concat"):
             if key not in data:
                 raise GenotypeError("missing", key)
-        normal = _parse_pairs(data["normal"], "normal", CNN_OPS, 2, 2, num_nodes, 2)
+        normal = _parse_pairs(data["normal"], "normal", CNN_OPS, 2, 2, num_nodes)
         n = len(normal) // 2
-        reduce = _parse_pairs(data["reduce"], "reduce", CNN_OPS, 2, 2, n, 2)
+        reduce = _parse_pairs(data["reduce"], "reduce", CNN_OPS, 2, 2, n)
         return Genotype(normal, _parse_concat(data["normal_concat"], "normal_concat", 2, n + 1),
                         reduce, _parse_concat(data["reduce_concat"], "reduce_concat", 2, n + 1))
     if kind == "rnn":
@@ -206,7 +206,7 @@ def genotype_from_dict(data: Any, num_nodes: int | None = None) -> AnyGenotype:
         for key in ("recurrent", "concat"):
             if key not in data:
                 raise GenotypeError("missing", key)
-        rec = _parse_pairs(data["recurrent"], "recurrent", RNN_OPS, 1, 1, num_nodes, 1)
+        rec = _parse_pairs(data["recurrent"], "recurrent", RNN_OPS, 1, 1, num_nodes)
         return RNNGenotype(rec, _parse_concat(data["concat"], "concat", 1, len(rec)))
     raise GenotypeError(f"unknown kind {kind!r}; expected 'cnn' or 'rnn'", "kind")
 
