@@ -151,7 +151,7 @@ def test_random_baseline_with_a_failed_run(tmp_path):
     """Three random cells, two at a time; one run fails: recorded with its error, excluded from the pick."""
     exp = tmp_path / "rnd"
     r = run_cli("random", "--preset", "tiny", "--samples", "3", "--jobs", "2", "--experiment", str(exp),
-                env={"DARTSNAS_PROTOCOL_FAULT": "random-1=train:nan_loss@0"})
+                env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"})
     assert r.returncode == 0, r.stderr + r.stdout
     assert "random-1" in r.stdout
     s = json.loads((exp / "summary.json").read_text())

@@ -25,7 +25,7 @@ def experiments(tmp_path_factory):
                 "--experiment", str(sel))
     assert r.returncode == 0, r.stderr + r.stdout
     r = run_cli("random", "--preset", "tiny", "--samples", "2", "--jobs", "2", "--experiment", str(rnd),
-                env={"DARTSNAS_PROTOCOL_FAULT": "random-1=train:nan_loss@0"})
+                env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"})
     assert r.returncode == 0, r.stderr + r.stdout
     out = root / "report"
     r = run_cli("report", str(sel), str(rnd), "--out", str(out), "--paper")

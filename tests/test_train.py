@@ -139,7 +139,7 @@ def test_eval_reevaluates_the_checkpoint(reference_run):
 def test_sigkill_sigterm_resume_is_bit_identical_and_nan_stops(reference_run, tmp_path):
     run = tmp_path / "killed"
     # SIGKILL during epoch 2 (global step 4): only the end-of-epoch-1 checkpoint survives.
-    proc = run_cli(*TINY, "--genotype", "DARTS_V2", "--run-dir", str(run), env={"DARTSNAS_FAULT": "train:kill@4"})
+    proc = run_cli(*TINY, "--genotype", "DARTS_V2", "--run-dir", str(run), env={"DARTSNAS_FAULT": "kill_at_step:5"})
     assert proc.returncode == -9, proc.stderr
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
 
@@ -147,13 +147,13 @@ def test_sigkill_sigterm_resume_is_bit_identical_and_nan_stops(reference_run, tm
     nan_run = tmp_path / "nan"
     shutil.copytree(run, nan_run)
     before = (nan_run / "checkpoint.pt").read_bytes()
-    proc = run_cli("train", "--resume", str(nan_run), "--no-progress", env={"DARTSNAS_FAULT": "train:nan_loss@5"})
+    proc = run_cli("train", "--resume", str(nan_run), "--no-progress", env={"DARTSNAS_FAULT": "nan_train_at_step:6"})
     assert proc.returncode == 6, proc.stderr
     assert "not finite at step 5" in _one_line_error(proc)
     assert (nan_run / "checkpoint.pt").read_bytes() == before
 
     # Resume, then SIGTERM mid-epoch 3 (after global step 7): a mid-epoch checkpoint with the data position.
-    proc = run_cli("train", "--resume", str(run), "--no-progress", env={"DARTSNAS_FAULT": "train:term@7"})
+    proc = run_cli("train", "--resume", str(run), "--no-progress", env={"DARTSNAS_FAULT": "term_at_step:8"})
     assert proc.returncode == 128 + 15, proc.stderr
     ck = load_checkpoint(run / "checkpoint.pt")
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (2, 2, 8)

@@ -203,11 +203,15 @@ def inject_fault(global_step: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def nan_fault(which: str, global_step: int) -> bool:
+    """Test hook: ``DARTSNAS_FAULT=nan_<which>_at_step:N`` asks for NaNs in ``which`` (train, val) at step N
+    (1-based); every loop reads faults through this function and ``inject_fault``."""
+    return os.environ.get("DARTSNAS_FAULT", "") == f"nan_{which}_at_step:{global_step}"
+
+
 def poison_batch(x: "torch.Tensor", which: str, global_step: int) -> "torch.Tensor":
-    """Test hook: ``DARTSNAS_FAULT=nan_<which>_at_step:N`` turns batch ``which`` of step N into NaNs."""
-    if os.environ.get("DARTSNAS_FAULT", "") == f"nan_{which}_at_step:{global_step}":
-        return torch.full_like(x, float("nan"))
-    return x
+    """Test hook: ``nan_fault(which, global_step)`` turns the batch into NaNs."""
+    return torch.full_like(x, float("nan")) if nan_fault(which, global_step) else x
 
 
 def set_determinism(device: torch.device, deterministic: bool) -> None:

@@ -13,7 +13,6 @@ other random streams and do not depend on how many dropout masks were drawn.
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
@@ -66,11 +65,6 @@ def evaluate_lm(model: torch.nn.Module, source: torch.Tensor, bptt: int,
 
 def _ppl(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
-
-
-def nan_fault(which: str, global_step: int) -> bool:
-    """Test hook: ``DARTSNAS_FAULT=nan_<which>_at_step:N`` makes the ``which`` loss of step N (1-based) NaN."""
-    return os.environ.get("DARTSNAS_FAULT", "") == f"nan_{which}_at_step:{global_step}"
 
 
 def rng_devices(device: torch.device) -> list:

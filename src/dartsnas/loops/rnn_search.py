@@ -53,8 +53,8 @@ from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_to_dict, save_genotype
 from ..supernet.rnn import TIED_EMBEDDING, RNNSearchModel
-from .common import (bilevel_state, load_bilevel_state, end_of_step, check_resume_config, CHECKPOINT, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir, resolve_device, write_json)
-from .rnn_common import evaluate_lm, nan_fault, rng_devices, scaled_lr, search_seq_len
+from .common import (nan_fault, bilevel_state, load_bilevel_state, end_of_step, check_resume_config, CHECKPOINT, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir, resolve_device, write_json)
+from .rnn_common import evaluate_lm, rng_devices, scaled_lr, search_seq_len
 
 KIND = "rnn-search"
 

@@ -53,8 +53,8 @@ from ..errors import CheckpointError, ConfigError, GenotypeError, NonFiniteError
 from ..evalnet.rnn import RNNEvalModel
 from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
-from .common import (TrainingResult, check_resume_config, end_of_step, CHECKPOINT, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir, resolve_device, write_json)
-from .rnn_common import evaluate_lm, nan_fault, scaled_lr, train_seq_len
+from .common import (nan_fault, TrainingResult, check_resume_config, end_of_step, CHECKPOINT, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir, resolve_device, write_json)
+from .rnn_common import evaluate_lm, scaled_lr, train_seq_len
 from .rnn_search import _exp, steps_estimate
 
 KIND = "rnn-train"

@@ -14,8 +14,8 @@ batch and the learning rate are the recipe's. Only rank 0 writes files.
 Reliability (RELIABILITY.md): an atomic checkpoint after every epoch and on SIGTERM/SIGINT (mid-epoch,
 with the data position, every RNG and the running sums), bit-exact resume on CPU, refusal of foreign or
 incompatible checkpoints, and a non-finite loss or gradient norm stops the run before the optimizer step.
-Tests inject faults with ``DARTSNAS_FAULT=train:nan_loss@N`` / ``train:kill@N`` / ``train:term@N`` (N is
-the 0-based global step); nothing else reads it.
+Tests inject faults through ``DARTSNAS_FAULT`` as every loop does (``loops.common.inject_fault`` and
+``nan_fault``: ``kill_at_step:N``, ``term_at_step:N``, ``nan_train_at_step:N``, N counted from 1).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from ..errors import CheckpointError, ConfigError, DartsError, DataError, Genoty
 from ..evalnet.cnn import NetworkCIFAR, NetworkImageNet, count_parameters
 from ..evalnet.flops import count_multiply_adds
 from ..space.genotype import Genotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
-from .common import (TrainingResult, check_resume_config, CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
+from .common import (inject_fault, nan_fault, TrainingResult, check_resume_config, CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
                      resolve_device, write_json)
 
 KIND = "cnn-train"
@@ -227,17 +227,6 @@ def build_network(cfg: TrainConfig, genotype: Genotype, num_classes: int) -> nn.
         raise ConfigError(f"network: {e}") from None
 
 
-def _fault() -> tuple[str, int] | None:
-    value = os.environ.get("DARTSNAS_FAULT", "")
-    if value.startswith("train:") and "@" in value:
-        what, _, step = value[len("train:"):].partition("@")
-        try:
-            return what, int(step)
-        except ValueError:
-            return None
-    return None
-
-
 class Stepper:
     """One optimisation step on a global batch: this rank's slice, micro-batches, clip, finiteness check, SGD."""
 
@@ -255,8 +244,6 @@ class Stepper:
             self.net = torch.compile(self.net)
         self.opt = make_optimizer(model.parameters(), cfg, rt.optimizer_impl)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        fault = _fault()
-        self.nan_step = fault[1] if fault and fault[0] == "nan_loss" else None
 
     def autocast(self):
         if self.rt.bf16:
@@ -295,7 +282,7 @@ class Stepper:
                     if aux is not None and cfg.auxiliary_weight > 0:
                         aux_loss = self.criterion(aux.float(), ym)
                         loss = loss + cfg.auxiliary_weight * aux_loss
-                if self.nan_step is not None and global_step == self.nan_step:
+                if nan_fault("train", global_step + 1):
                     loss = loss * float("nan")
                 loss_check = loss_check + loss.detach()
                 (loss * (xm.shape[0] / max(n_local, 1))).backward()
@@ -646,7 +633,6 @@ def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool 
     say(f"train: {cfg.genotype} on {cfg.dataset}, {data.num_train} images, {steps} steps/epoch, "
         f"{n_params:,} weights (+aux {n_params_aux - n_params:,}), {madds / 1e6:.1f}M multiply-adds, "
         f"device {device} x{world}, run dir {run_dir}")
-    fault = _fault()
 
     def save() -> None:
         payload = st.state_dict()  # collective under DDP
@@ -668,9 +654,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool 
                 st.sums += st.stepper.step(x, y, st.global_step)
                 st.step_in_epoch += 1
                 st.global_step += 1
-                if fault and fault[1] == st.global_step - 1 and fault[0] in ("kill", "term"):
-                    os.kill(os.getpid(), signal.SIGKILL if fault[0] == "kill" else signal.SIGTERM)
-                    time.sleep(0.05)  # let the handler run
+                inject_fault(st.global_step)
                 requested = stop.requested
                 if rt.distributed:  # every rank must stop at the same step
                     flag = torch.tensor([1.0 if requested else 0.0], device=device)
