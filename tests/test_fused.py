@@ -121,7 +121,8 @@ def test_graph_step_body_matches_eager_step(order, fused):
     """The arithmetic of the CUDA-graph step (loops/graphed.py), run uncaptured on CPU, equals _search_step."""
     from dartsnas.data.images import ImageData
     from dartsnas.loops.graphed import GraphedSearchStep
-    from dartsnas.loops.search import SearchConfig, _search_step, _State
+    from dartsnas.loops.search import SUMS, SearchConfig, _search_step, _State
+    from dartsnas.loops.state import Sums
 
     torch.set_default_dtype(torch.float64)
     try:
@@ -136,6 +137,7 @@ def test_graph_step_body_matches_eager_step(order, fused):
             st.model.train()
             crit = torch.nn.CrossEntropyLoss()
             runner = GraphedSearchStep(st, crit, eager=True) if graphed else None
+            sums = Sums(SUMS, torch.device("cpu"))
             gen = torch.Generator().manual_seed(1)
             for step in range(3):
                 x_t, x_v = torch.randn(2, 4, 3, 8, 8, generator=gen)
@@ -143,16 +145,16 @@ def test_graph_step_body_matches_eager_step(order, fused):
                 if runner is None:
                     for group in st.w_opt.param_groups:  # as run_search sets it
                         group["lr"] = 0.025 - 0.005 * step
-                    _search_step(st, crit, x_t, y_t, x_v, y_v, 0.025 - 0.005 * step)
+                    sums.add(_search_step(st, crit, x_t, y_t, x_v, y_v, 0.025 - 0.005 * step))
                 else:
-                    runner.step(x_t, y_t, x_v, y_v, 0.025 - 0.005 * step)
+                    sums.add(runner.step(x_t, y_t, x_v, y_v, 0.025 - 0.005 * step))
                 st.global_step += 1
             if runner is not None:
                 runner.check()
-            states.append(st)
-        a, b = states
+            states.append((st, sums.data))
+        (a, sums_a), (b, sums_b) = states
         _compare_state(a.model, b.model)
-        _close(a.sums, b.sums, "sums")
+        _close(sums_a, sums_b, "sums")
         bufs_a = [a.w_opt.state[p]["momentum_buffer"] for p in a.model.weights()]
         bufs_b = [b.w_opt.state[p]["momentum_buffer"] for p in b.model.weights()]
         for x, y in zip(bufs_a, bufs_b):

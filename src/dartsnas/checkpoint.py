@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import logging
 import os
 import random
 from pathlib import Path
@@ -77,8 +78,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise RunDirError(f"cannot write ({e.strerror or e})", str(path)) from None
 
 
-def clean_leftovers(folder: Path, log=print) -> None:
-    """Remove temporary files a crash left behind, saying so."""
+def clean_leftovers(folder: Path, log=None) -> None:
+    """Remove temporary files a crash left behind, saying so (through ``log``, else the ``dartsnas`` logger)."""
+    log = log if log is not None else logging.getLogger("dartsnas").info
     for tmp in Path(folder).glob(f"*{TMP_SUFFIX}"):
         try:
             tmp.unlink()

@@ -212,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .loops.common import Interrupted
+    from .loops.logs import configure_cli_logging
 
+    configure_cli_logging()  # library messages (the dartsnas logger) print as plain lines on stdout
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -1,14 +1,12 @@
-"""What every loop shares: run directories, metrics files, progress output, signals, devices."""
+"""What every loop shares: run directories, metrics files, signals and fault hooks, devices."""
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 import os
 import signal
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch
 
 from ..checkpoint import atomic_write_text, clean_leftovers
 from ..errors import CheckpointError, ConfigError, RunDirError
+from .logs import emitter
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -36,13 +35,13 @@ def default_run_dir(prefix: str) -> Path:
     return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(path: str | Path, resume: bool, log=print) -> Path:
+def prepare_run_dir(path: str | Path, resume: bool, log=None) -> Path:
     """Create (or, when resuming, reopen) a run directory; refuse to silently overwrite a run."""
     path = Path(path)
     if resume:
         if not (path / CHECKPOINT).exists():
             raise RunDirError(f"nothing to resume: no {CHECKPOINT} here", str(path))
-        clean_leftovers(path, log)
+        clean_leftovers(path, emitter(log))
         return path
     if (path / CHECKPOINT).exists():
         raise RunDirError("already holds a run; pass --resume to continue it or choose another --run-dir", str(path))
@@ -104,49 +103,6 @@ class Metrics:
                 except json.JSONDecodeError:
                     continue  # a torn last line after a hard kill
         return out
-
-
-class Progress:
-    """A dependency-free progress bar: redrawn in place on a terminal, a line per interval otherwise."""
-
-    def __init__(self, total: int, desc: str, enabled: bool = True, stream=sys.stderr, interval: int = 50):
-        self.total, self.desc, self.enabled, self.stream = total, desc, enabled, stream
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.interval = max(1, interval)
-        self.start = time.perf_counter()
-        self.last_draw = 0.0
-
-    def update(self, n: int, stats: dict[str, float] | None = None, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.tty:
-            if not force and now - self.last_draw < 0.2 and n < self.total:
-                return
-        elif not force and n % self.interval and n != self.total:
-            return
-        self.last_draw = now
-        frac = n / max(1, self.total)
-        width = 24
-        bar = "#" * int(width * frac) + "-" * (width - int(width * frac))
-        elapsed = now - self.start
-        rate = n / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - n) / rate if rate > 0 else math.inf
-        text = " ".join(f"{k} {v:.4g}" for k, v in (stats or {}).items())
-        eta_s = f"{eta:4.0f}s" if math.isfinite(eta) else "  ?s"
-        line = f"{self.desc} [{bar}] {n}/{self.total} {rate:5.2f} it/s eta {eta_s} {text}"
-        if self.tty:
-            self.stream.write("\r" + line[:160].ljust(120))
-            if n >= self.total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 class StopRequest:
@@ -229,7 +185,7 @@ def set_determinism(device: torch.device, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def check_resume_config(cfg: Any, ck: dict[str, Any], path: Path, log=print) -> None:
+def check_resume_config(cfg: Any, ck: dict[str, Any], path: Path, log=None) -> None:
     """Refuse to resume with a config whose non-harmless fields differ from the checkpoint's, field by field."""
     try:
         old = type(cfg).from_dict(ck["config"])
@@ -239,43 +195,7 @@ def check_resume_config(cfg: Any, ck: dict[str, Any], path: Path, log=print) -> 
     if bad:
         raise CheckpointError("incompatible config: " + "; ".join(bad), str(path))
     for line in harmless:
-        log(f"note: config changed on resume: {line}")
-
-
-def end_of_step(st: Any, stop: StopRequest, t0: float, save, bar: Progress, checkpoint: Path) -> None:
-    """Count the finished step, fire a test fault if one is set for it, and on SIGTERM/SIGINT save a
-    checkpoint at this step boundary and raise Interrupted. ``st`` holds step_in_epoch, global_step, wall."""
-    st.step_in_epoch += 1
-    st.global_step += 1
-    inject_fault(st.global_step)
-    if stop.requested:
-        st.wall += time.perf_counter() - t0
-        save()
-        bar.close()
-        raise Interrupted(stop.signum, checkpoint)
-
-
-def bilevel_state(st: Any, kind: str) -> dict[str, Any]:
-    """The checkpoint entries every architecture search shares: config, supernet (weights, alphas, BN
-    buffers), both optimizers, the step counters, the epoch's running sums and the derived genotype."""
-    from ..space.genotype import genotype_to_dict
-
-    return {
-        "kind": kind, "config": st.cfg.to_dict(), "model": st.model.state_dict(),
-        "weight_optimizer": st.w_opt.state_dict(), "arch_optimizer": st.a_opt.state_dict(),
-        "epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step,
-        "sums": st.sums.cpu(), "wall": st.wall, "genotype": genotype_to_dict(st.model.genotype()),
-    }
-
-
-def load_bilevel_state(st: Any, ck: dict[str, Any]) -> None:
-    """Inverse of ``bilevel_state`` (KeyError/RuntimeError on a mismatch, for the caller to report)."""
-    st.model.load_state_dict(ck["model"])
-    st.w_opt.load_state_dict(ck["weight_optimizer"])
-    st.a_opt.load_state_dict(ck["arch_optimizer"])
-    st.epoch, st.step_in_epoch, st.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
-    st.sums = ck["sums"].to(st.sums.device)
-    st.wall = float(ck["wall"])
+        emitter(log)(f"note: config changed on resume: {line}")
 
 
 @dataclass

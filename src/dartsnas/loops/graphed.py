@@ -27,7 +27,7 @@ before anything is saved, so the last checkpoint on disk is the last good state.
 
 Capture follows the PyTorch recipe: warm-up iterations on a side stream through the same function, then
 ``torch.cuda.graph``. The warm-up iterations are real updates, so the state they touch (weights, alphas,
-both optimizers' state, BN buffers, sums, flags) is snapshotted before and restored after them; capture
+both optimizers' state, BN buffers, flags) is snapshotted before and restored after them; capture
 executes nothing, and one replay then takes the step: each loop step is exactly one update, as in eager mode. Autocast, if used, must be entered with
 ``cache_enabled=False`` around the calls.
 """
@@ -114,7 +114,7 @@ class GraphedSearchStep:
         self.first_bad.copy_(torch.where(first, self.counter, self.first_bad))
         self.flag.bitwise_or_(bad.to(torch.int32) * bit)
 
-    def _body(self, b: dict[str, Tensor]) -> None:
+    def _body(self, b: dict[str, Tensor]) -> dict[str, Tensor]:
         st, model, crit = self.st, self.model, self.criterion
         arch = st.architect
         # 1. α step (§3.3 step 1)
@@ -162,10 +162,9 @@ class GraphedSearchStep:
             torch._foreach_add_(self.bufs, grads)
             torch._foreach_add_(self.weights, torch._foreach_mul(self.bufs, -self.lr))  # w -= η m
             n = b["y_t"].numel()
-            st_sums = self.sums
-            st_sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == b["y_t"]).sum().double(),
-                                    torch.full((), float(n), device=loss.device, dtype=torch.float64),
-                                    val_loss.detach().double()])
+            return {"loss": loss.detach().double() * n, "correct": (logits.argmax(1) == b["y_t"]).sum().double(),
+                    "count": torch.full((), float(n), device=loss.device, dtype=torch.float64),
+                    "arch_step_val_loss": val_loss.detach().double()}
 
     # -- public --
 
@@ -182,38 +181,35 @@ class GraphedSearchStep:
         self._capturable(True)
         try:
             with torch.cuda.graph(g, pool=self.pool), self.autocast():
-                self._body(b)
+                outs = self._body(b)
         finally:
             self._capturable(False)
         if self.pool is None:
             self.pool = g.pool()
-        self.graphs[key] = (g, b)
+        self.graphs[key] = (g, b, outs)
 
     def _capturable(self, on: bool) -> None:
         for group in self.st.a_opt.param_groups:
             group["capturable"] = on
 
-    def step(self, x_t, y_t, x_v, y_v, lr: float) -> None:
-        """One search step. Returns nothing; losses accumulate into ``st.sums`` as in ``_search_step``."""
+    def step(self, x_t, y_t, x_v, y_v, lr: float) -> dict[str, Tensor]:
+        """One search step; returns the step's sums as ``_search_step`` does. In graph mode they are the
+        graph's static output tensors, overwritten by the next replay: add them up before the next step."""
         st = self.st
-        if getattr(self, "sums", None) is not st.sums:  # st.sums replaced (resume, new object): adopt it
-            self.sums = st.sums
-            self.graphs.clear()
         if lr != self._lr_value:
             self.lr.fill_(lr)
             self._lr_value = lr
         self.counter.fill_(st.global_step)
         if self.eager:
             with self.autocast():
-                self._body({"x_t": x_t, "y_t": y_t, "x_v": x_v, "y_v": y_v})
-            return
+                return self._body({"x_t": x_t, "y_t": y_t, "x_v": x_v, "y_v": y_v})
         key = (tuple(x_t.shape), tuple(x_v.shape))
         if key not in self.graphs:
-            self._capture_and_run(key, x_t, y_t, x_v, y_v)
-            return
-        g, b = self.graphs[key]
+            return self._capture_and_run(key, x_t, y_t, x_v, y_v)
+        g, b, outs = self.graphs[key]
         b["x_t"].copy_(x_t), b["y_t"].copy_(y_t), b["x_v"].copy_(x_v), b["y_v"].copy_(y_v)
         g.replay()
+        return outs
 
     def _capture_and_run(self, key, x_t, y_t, x_v, y_v):
         # Warm-up steps are real steps on this same batch; to keep exactly one update per loop step we
@@ -221,13 +217,14 @@ class GraphedSearchStep:
         snap = self._snapshot()
         self._capture(key, x_t, y_t, x_v, y_v)
         self._restore(snap)  # (capture itself executes nothing)
-        g, b = self.graphs[key]
+        g, b, outs = self.graphs[key]
         b["x_t"].copy_(x_t), b["y_t"].copy_(y_t), b["x_v"].copy_(x_v), b["y_v"].copy_(y_v)
         g.replay()
+        return outs
 
     def _snapshot(self):
         st = self.st
-        tensors = [*self.weights, *self.alphas, *self.bufs, *self.model.buffers(), self.sums, self.flag,
+        tensors = [*self.weights, *self.alphas, *self.bufs, *self.model.buffers(), self.flag,
                    self.first_bad, self.counter]
         for a in self.alphas:
             tensors += [v for v in st.a_opt.state.get(a, {}).values() if torch.is_tensor(v)]

@@ -37,7 +37,6 @@ checkpoints, and a non-finite loss, gradient norm or α gradient stops the run b
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,14 +45,16 @@ import torch
 from torch.func import functional_call
 
 from ..architect import Architect
-from ..checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from ..checkpoint import load_checkpoint, seed_everything
 from ..config import ConfigBase, require
 from ..data.text import CORPORA, Corpus, batchify, get_segment, load_corpus
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_to_dict, save_genotype
 from ..supernet.rnn import TIED_EMBEDDING, RNNSearchModel
-from .common import (nan_fault, bilevel_state, load_bilevel_state, end_of_step, check_resume_config, CHECKPOINT, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir, resolve_device, write_json)
+from .common import CHECKPOINT, nan_fault, resolve_device
+from .engine import Run, Task
+from .state import LoopState, Sums, saved_as, transient
 from .rnn_common import evaluate_lm, rng_devices, scaled_lr, search_seq_len
 
 KIND = "rnn-search"
@@ -93,8 +94,9 @@ class RNNSearchConfig(ConfigBase):
     device: str = "auto"
     log_interval: int = 20
     progress: bool = True
+    tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
 
-    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir"})
+    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "tensorboard"})
 
     PRESETS = {
         "paper": {},
@@ -142,10 +144,23 @@ class RNNSearchResult:
         return self.history[-1] if self.history else {}
 
 
-class _State:
-    """Everything that changes during a search, so that checkpoint and resume see one object."""
+@dataclass(init=False, eq=False)
+class _State(LoopState):
+    """Everything that changes during a recurrent search (saved generically, see ``loops.state``)."""
+
+    model: RNNSearchModel
+    w_opt: torch.optim.SGD = saved_as("weight_optimizer")
+    a_opt: torch.optim.Adam = saved_as("arch_optimizer")
+    len_gen: torch.Generator = saved_as("seq_len")   # segment lengths
+    pos: int = saved_as("position")                  # row of the training stream where the next segment starts
+    hidden: torch.Tensor | None = None               # training-stream hidden state (B, n), or None = zeros
+    hidden_valid: torch.Tensor | None = None         # α-stream hidden state
+    cfg: RNNSearchConfig = transient()
+    device: torch.device = transient()
+    architect: Architect = transient()
 
     def __init__(self, cfg: RNNSearchConfig, ntoken: int, device: torch.device):
+        LoopState.__init__(self)
         self.cfg = cfg
         self.device = device
         self.model = RNNSearchModel(ntoken, cfg.nhid, cfg.num_nodes, cfg.dropout, cfg.dropouth, cfg.dropoutx,
@@ -157,37 +172,15 @@ class _State:
             self.model, self.a_opt, order=cfg.order, use_momentum=False, virtual_clip=cfg.grad_clip,
             weight_decay=cfg.weight_decay,
             frozen_in_virtual_step=(TIED_EMBEDDING,) if cfg.freeze_tied_embedding else ())
-        self.len_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)  # segment lengths
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.global_step = 0
-        self.pos = 0                    # row of the training stream where the next segment starts
-        self.hidden = None              # training-stream hidden state (B, n), or None = zeros
-        self.hidden_valid = None        # α-stream hidden state
-        # NLL·ℓ sum, ℓ sum, α-batch loss sum, α steps (float64 on the device: no host sync per step)
-        self.sums = torch.zeros(4, device=device, dtype=torch.float64)
-        self.wall = 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **bilevel_state(self, KIND),
-            "position": self.pos,
-            "hidden": self.hidden.cpu() if self.hidden is not None else None,
-            "hidden_valid": self.hidden_valid.cpu() if self.hidden_valid is not None else None,
-            "rng": capture_rng({"seq_len": self.len_gen}),
-        }
-
-    def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
-        try:
-            load_bilevel_state(self, ck)
-            self.pos = int(ck["position"])
-            self.hidden = ck["hidden"].to(self.device) if ck["hidden"] is not None else None
-            self.hidden_valid = ck["hidden_valid"].to(self.device) if ck["hidden_valid"] is not None else None
-            restore_rng(ck["rng"], {"seq_len": self.len_gen})
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"does not match this search ({type(e).__name__}: {str(e)[:200]})", str(path)) from None
+        self.len_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
+        self.pos = 0
+        self.hidden = None
+        self.hidden_valid = None
 
 
+# The running sums of a recurrent search epoch: Σ NLL·ℓ and Σ ℓ of the training segments, Σ of the α step's
+# validation loss and the number of α steps (float64 on the device: no host sync per step).
+SUMS = ("nll", "rows", "arch_loss", "arch_steps")
 
 
 def steps_estimate(rows: int, bptt: int, cap: int | None) -> int:
@@ -197,100 +190,107 @@ def steps_estimate(rows: int, bptt: int, cap: int | None) -> int:
     return min(n, cap) if cap is not None else n
 
 
-def run_rnn_search(cfg: RNNSearchConfig, run_dir: str | Path | None = None, resume: bool = False,
-                   log=print, corpus: Corpus | None = None) -> RNNSearchResult:
-    """Run (or continue) a recurrent search; writes config, metrics, checkpoints, genotype and pictures."""
-    from ..plot import save_cell_pictures
+class RNNSearchTask(Task):
+    """The recurrent search as a driver task (§7.5)."""
 
-    run_dir = prepare_run_dir(run_dir or default_run_dir("rnn-search"), resume, log)
-    ck = None
-    if resume:
-        ck = load_checkpoint(run_dir / CHECKPOINT, expect_kind=KIND)
-        check_resume_config(cfg, ck, run_dir / CHECKPOINT, log)
+    kind = KIND
+
+    def __init__(self, cfg: RNNSearchConfig, corpus: Corpus, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.train = batchify(corpus.train, cfg.batch_size).to(device)
+        self.search = batchify(corpus.valid, cfg.batch_size).to(device)     # the α stream (§7.5)
+        self.valid = batchify(corpus.valid, cfg.eval_batch_size).to(device)  # the end-of-epoch check
+        self.eval_rows = None if cfg.eval_tokens is None else max(2, cfg.eval_tokens // cfg.eval_batch_size)
+        seed_everything(cfg.seed)
+        self.state = _State(cfg, corpus.ntoken, device)
+        self.sums = Sums(SUMS, device)
+
+    def steps_per_epoch(self) -> int:
+        return steps_estimate(self.train.size(0), self.cfg.bptt, self.cfg.max_steps_per_epoch)
+
+    def begin_epoch(self) -> None:
+        self.state.model.train()
+
+    def batches(self):
+        st, cfg = self.state, self.cfg
+        while st.pos < self.train.size(0) - 2 and (cfg.max_steps_per_epoch is None
+                                                   or st.step_in_epoch < cfg.max_steps_per_epoch):
+            seq_len = search_seq_len(st.len_gen, cfg.bptt)
+            x, y = get_segment(self.train, st.pos, seq_len)
+            xv, yv = get_segment(self.search, st.pos % (self.search.size(0) - 1), cfg.bptt)
+            yield x, y, xv, yv, seq_len
+
+    def step(self, batch) -> dict[str, torch.Tensor]:
+        *segments, seq_len = batch
+        out = _search_step(self.state, *segments, seq_len)
+        self.state.pos += seq_len
+        return out
+
+    def stats(self, s: dict[str, float]) -> dict[str, float]:
+        return {"ppl": _exp(s["nll"] / max(s["rows"], 1)), "arch_ppl": _exp(s["arch_loss"] / max(s["arch_steps"], 1))}
+
+    def end_of_epoch(self, s: dict[str, float]) -> dict[str, Any]:
+        st, cfg = self.state, self.cfg
+        valid_loss, valid_ppl = evaluate_lm(st.model, self.valid, cfg.bptt, self.eval_rows)
+        self.genotype = st.model.genotype()
+        train_loss = s["nll"] / max(s["rows"], 1)
+        arch_loss = s["arch_loss"] / max(s["arch_steps"], 1)
+        return {
+            "epoch": st.epoch, "lr": cfg.lr, "steps": st.step_in_epoch, "tokens": int(s["rows"]) * cfg.batch_size,
+            "train_loss": train_loss, "train_ppl": _exp(train_loss),
+            "arch_loss": arch_loss, "arch_ppl": _exp(arch_loss),
+            "valid_loss": valid_loss, "valid_ppl": valid_ppl,
+            **st.model.arch_record(), "genotype": genotype_to_dict(self.genotype),
+        }
+
+    def summary(self, r: dict[str, Any]) -> str:
+        return (f"epoch {r['epoch'] + 1}/{self.cfg.epochs}: {r['steps']} steps | train ppl {r['train_ppl']:.2f} "
+                f"| α-batch ppl {r['arch_ppl']:.2f} | valid ppl {r['valid_ppl']:.2f} | {r['epoch_seconds']:.1f}s")
+
+    def new_epoch(self) -> None:
+        st = self.state
+        st.pos = 0
+        st.hidden = st.hidden_valid = None  # zeroed at the start of every epoch (§7.3)
+
+    def after_epoch(self, record: dict[str, Any], run: Run) -> None:
+        from ..plot import save_cell_pictures
+
+        save_genotype(self.genotype, run.path / "genotype.json")
+        save_cell_pictures(self.genotype, run.path)
+        _save_curves(run.history(), run.path)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"genotype": genotype_to_dict(self.state.model.genotype())}
+
+
+def run_rnn_search(cfg: RNNSearchConfig, run_dir: str | Path | None = None, resume: bool = False,
+                   log=None, corpus: Corpus | None = None) -> RNNSearchResult:
+    """Run (or continue) a recurrent search; writes config, metrics, checkpoints, genotype and pictures.
+
+    Messages go to ``log`` (a callable taking one string), else to the ``dartsnas`` logger.
+    """
+    run = Run(cfg, KIND, run_dir, resume, "rnn-search", log)
     device = resolve_device(cfg.device)
     if corpus is None:
         corpus = load_corpus(cfg.dataset, cfg.data_dir)
-    train = batchify(corpus.train, cfg.batch_size).to(device)
-    search = batchify(corpus.valid, cfg.batch_size).to(device)     # the α stream (§7.5)
-    valid = batchify(corpus.valid, cfg.eval_batch_size).to(device)  # the end-of-epoch check
-    eval_rows = None if cfg.eval_tokens is None else max(2, cfg.eval_tokens // cfg.eval_batch_size)
-    seed_everything(cfg.seed)
-    st = _State(cfg, corpus.ntoken, device)
-    if ck is not None:
-        st.load_state_dict(ck, run_dir / CHECKPOINT)
-        log(f"resumed {run_dir} at epoch {st.epoch}, step {st.step_in_epoch}")
-    write_json(run_dir / "config.json", {"kind": KIND, **cfg.to_dict()})
-    metrics = Metrics(run_dir / "metrics.jsonl")
-    metrics.truncate_after(st.epoch)
-    steps = steps_estimate(train.size(0), cfg.bptt, cfg.max_steps_per_epoch)
-    log(f"rnn search: {cfg.dataset}, {corpus.ntoken:,} words, train {tuple(train.shape)}, α stream "
-        f"{tuple(search.shape)}, order {cfg.order}, {sum(p.numel() for p in st.model.weights()):,} weights + "
-        f"{st.model.alphas.numel()} α, device {device}, run dir {run_dir}")
-
-    def save() -> None:
-        save_checkpoint(run_dir / CHECKPOINT, st.state_dict())
-
-    with StopRequest() as stop:
-        while st.epoch < cfg.epochs:
-            t0 = time.perf_counter()
-            st.model.train()
-            if st.step_in_epoch == 0:
-                st.hidden = st.hidden_valid = None  # zeroed at the start of every epoch (§7.3)
-                st.pos = 0
-            bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress, interval=cfg.log_interval)
-            while st.pos < train.size(0) - 2 and (cfg.max_steps_per_epoch is None
-                                                  or st.step_in_epoch < cfg.max_steps_per_epoch):
-                seq_len = search_seq_len(st.len_gen, cfg.bptt)
-                x, y = get_segment(train, st.pos, seq_len)
-                xv, yv = get_segment(search, st.pos % (search.size(0) - 1), cfg.bptt)
-                _search_step(st, x, y, xv, yv, seq_len)
-                st.pos += seq_len
-                end_of_step(st, stop, t0, save, bar, run_dir / CHECKPOINT)
-                if bar.enabled and st.step_in_epoch % cfg.log_interval == 0:
-                    s = st.sums.tolist()
-                    bar.update(min(st.step_in_epoch, steps), {"ppl": _exp(s[0] / max(s[1], 1)),
-                                                              "arch_ppl": _exp(s[2] / max(s[3], 1))}, force=True)
-            bar.close()
-            s = st.sums.tolist()
-            valid_loss, valid_ppl = evaluate_lm(st.model, valid, cfg.bptt, eval_rows)
-            st.wall += time.perf_counter() - t0
-            genotype = st.model.genotype()
-            train_loss = s[0] / max(s[1], 1)
-            arch_loss = s[2] / max(s[3], 1)
-            record = {
-                "epoch": st.epoch, "lr": cfg.lr, "steps": st.step_in_epoch, "tokens": int(s[1]) * cfg.batch_size,
-                "train_loss": train_loss, "train_ppl": _exp(train_loss),
-                "arch_loss": arch_loss, "arch_ppl": _exp(arch_loss),
-                "valid_loss": valid_loss, "valid_ppl": valid_ppl,
-                "alphas": torch.softmax(st.model.alphas.detach().double(), -1).cpu().tolist(),
-                "genotype": genotype_to_dict(genotype),
-                "epoch_seconds": time.perf_counter() - t0, "wall_seconds": st.wall,
-            }
-            log(f"epoch {st.epoch + 1}/{cfg.epochs}: {st.step_in_epoch} steps | train ppl {record['train_ppl']:.2f} "
-                f"| α-batch ppl {record['arch_ppl']:.2f} | valid ppl {valid_ppl:.2f} | {record['epoch_seconds']:.1f}s")
-            st.epoch += 1
-            st.step_in_epoch = 0
-            st.pos = 0
-            st.hidden = st.hidden_valid = None
-            st.sums.zero_()
-            metrics.append(record)
-            save_genotype(genotype, run_dir / "genotype.json")
-            save_cell_pictures(genotype, run_dir)
-            _save_curves(metrics, run_dir)
-            save()
-    history = [r for r in metrics.read() if "epoch" in r]
-    return RNNSearchResult(run_dir, st.model.genotype(), st.model.alphas.detach().cpu(), history)
+    task = RNNSearchTask(cfg, corpus, device)
+    run.start(task)
+    st = task.state
+    run.log(f"rnn search: {cfg.dataset}, {corpus.ntoken:,} words, train {tuple(task.train.shape)}, α stream "
+            f"{tuple(task.search.shape)}, order {cfg.order}, {sum(p.numel() for p in st.model.weights()):,} weights + "
+            f"{st.model.alphas.numel()} α, device {device}, run dir {run.path}")
+    run.loop(task)
+    return RNNSearchResult(run.path, st.model.genotype(), st.model.alphas.detach().cpu(), run.history())
 
 
 def _exp(x: float) -> float:
     return math.exp(x) if x < 700 else float("inf")
 
 
-def _save_curves(metrics: Metrics, run_dir: Path) -> None:
+def _save_curves(history: list[dict[str, Any]], run_dir: Path) -> None:
     from ..checkpoint import atomic_write_text
     from ..plot import curves_svg
 
-    history = [r for r in metrics.read() if "epoch" in r]
     atomic_write_text(run_dir / "perplexity.svg", curves_svg(
         history, [("train_ppl", "train"), ("arch_ppl", "α batch"), ("valid_ppl", "valid")], "perplexity"))
 
@@ -322,11 +322,11 @@ def _closure(model: RNNSearchModel, x: torch.Tensor, y: torch.Tensor, hidden, se
     return loss_fn
 
 
-def _search_step(st: _State, x, y, xv, yv, seq_len: int) -> None:
+def _search_step(st: _State, x, y, xv, yv, seq_len: int) -> dict[str, torch.Tensor]:
     """One step of §7.5: the α step on the validation window, then the weight step on the training segment.
 
     ``seq_len`` is the drawn segment length (it scales the learning rate, as in the reference, even where
-    the segment is cut short at the end of the stream).
+    the segment is cut short at the end of the stream). Returns the step's sums (``SUMS``) as device scalars.
     """
     model, cfg = st.model, st.cfg
     step = st.global_step + 1  # 1-based, for the fault hooks
@@ -364,10 +364,10 @@ def _search_step(st: _State, x, y, xv, yv, seq_len: int) -> None:
         group["lr"] = cfg.lr
     st.hidden = res.hidden.detach()
     with torch.no_grad():
-        st.sums += torch.stack([res.nll.detach().double() * n_rows,
-                                torch.full((), float(n_rows), dtype=torch.float64, device=st.sums.device),
-                                out["val_loss"].double(),
-                                torch.ones((), dtype=torch.float64, device=st.sums.device)])
+        return {"nll": res.nll.detach().double() * n_rows,
+                "rows": torch.full((), float(n_rows), dtype=torch.float64, device=st.device),
+                "arch_loss": out["val_loss"].double(),
+                "arch_steps": torch.ones((), dtype=torch.float64, device=st.device)}
 
 
 def derive_from_run(run_dir: str | Path) -> RNNGenotype:

@@ -39,21 +39,22 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ..checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from ..checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from ..config import ConfigBase, require
 from ..data.text import CORPORA, Corpus, batchify, get_segment, load_corpus
 from ..errors import CheckpointError, ConfigError, GenotypeError, NonFiniteError
 from ..evalnet.rnn import RNNEvalModel
 from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
-from .common import (nan_fault, TrainingResult, check_resume_config, end_of_step, CHECKPOINT, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir, resolve_device, write_json)
+from .common import TrainingResult, nan_fault, resolve_device, write_json
+from .engine import Run, Task
+from .state import LoopState, Sums, saved_as, transient
 from .rnn_common import evaluate_lm, scaled_lr, train_seq_len
 from .rnn_search import _exp, steps_estimate
 
@@ -95,8 +96,13 @@ class RNNTrainConfig(ConfigBase):
     device: str = "auto"
     log_interval: int = 200
     progress: bool = True
+    # Evaluate the test set at the end (§7.6). Selection and random-baseline trainings set it false: the
+    # protocol never reads a test set before the final evaluation (spec §9).
+    eval_test: bool = True
+    tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
 
-    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "test_batch_size", "test_tokens"})
+    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "test_batch_size", "test_tokens", "eval_test",
+                                                "tensorboard"})
 
     PRESETS = {
         "paper-ptb": {},
@@ -157,60 +163,48 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # the tied matrix once
 
 
-class _State:
+@dataclass(init=False, eq=False)
+class _State(LoopState):
+    """Everything that changes during a recurrent training (saved generically, see ``loops.state``)."""
+
+    model: RNNEvalModel
+    opt: torch.optim.SGD = saved_as("optimizer")
+    len_gen: torch.Generator = saved_as("seq_len")
+    pos: int = saved_as("position")                   # row of the training stream where the next segment starts
+    hidden: torch.Tensor | None
+    asgd: bool                                       # averaged SGD switched on
+    switch_epoch: int | None                         # 0-based index of the first averaged-SGD epoch
+    avg: list[torch.Tensor] | None = saved_as("average")  # running average of the weights since the switch
+    avg_count: int = saved_as("average_count")
+    sgd_val_losses: list[float]                      # the history the switch rule looks at
+    best_val: float
+    best_epoch: int                                  # 0-based index of the best epoch so far
+    stopped_early: bool
+    final_valid_loss: float | None                   # the last epoch's validation loss (the selection score)
+    cfg: RNNTrainConfig = transient()
+    device: torch.device = transient()
+    genotype: RNNGenotype = transient()
+    ntoken: int = transient()
+    params: list[torch.nn.Parameter] = transient()
+
     def __init__(self, cfg: RNNTrainConfig, ntoken: int, genotype: RNNGenotype, device: torch.device):
+        LoopState.__init__(self)
         self.cfg, self.device, self.genotype, self.ntoken = cfg, device, genotype, ntoken
         self.model = build_model(cfg, ntoken, genotype).to(device)
         self.params = self.model.weights()
         self.opt = torch.optim.SGD(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.len_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
-        self.epoch = self.step_in_epoch = self.global_step = self.pos = 0
+        self.pos = 0
         self.hidden = None
         self.asgd = False
-        self.switch_epoch: int | None = None
-        self.avg: list[torch.Tensor] | None = None   # running average of the weights since the switch
+        self.switch_epoch = None
+        self.avg = None
         self.avg_count = 0
-        self.sgd_val_losses: list[float] = []        # the history the switch rule looks at
+        self.sgd_val_losses = []
         self.best_val = math.inf
         self.best_epoch = -1
         self.stopped_early = False
-        self.sums = torch.zeros(2, device=device, dtype=torch.float64)  # NLL·rows, rows
-        self.wall = 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": KIND, "config": self.cfg.to_dict(), "genotype": genotype_to_dict(self.genotype),
-            "ntoken": self.ntoken, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-            "position": self.pos, "hidden": self.hidden.cpu() if self.hidden is not None else None,
-            "asgd": self.asgd, "switch_epoch": -1 if self.switch_epoch is None else self.switch_epoch,
-            "average": [a.cpu() for a in self.avg] if self.avg is not None else None, "average_count": self.avg_count,
-            "sgd_val_losses": list(self.sgd_val_losses), "best_val": self.best_val, "best_epoch": self.best_epoch,
-            "stopped_early": self.stopped_early, "sums": self.sums.cpu(), "wall": self.wall,
-            "rng": capture_rng({"seq_len": self.len_gen}),
-        }
-
-    def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
-        try:
-            self.model.load_state_dict(ck["model"])
-            self.opt.load_state_dict(ck["optimizer"])
-            self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
-            self.pos = int(ck["position"])
-            self.hidden = ck["hidden"].to(self.device) if ck["hidden"] is not None else None
-            self.asgd = bool(ck["asgd"])
-            self.switch_epoch = None if ck["switch_epoch"] < 0 else int(ck["switch_epoch"])
-            self.avg = [a.to(self.device) for a in ck["average"]] if ck["average"] is not None else None
-            if self.avg is not None and [a.shape for a in self.avg] != [p.shape for p in self.params]:
-                raise ValueError("the weight average does not fit the model")
-            self.avg_count = int(ck["average_count"])
-            self.sgd_val_losses = [float(v) for v in ck["sgd_val_losses"]]
-            self.best_val, self.best_epoch = float(ck["best_val"]), int(ck["best_epoch"])
-            self.stopped_early = bool(ck["stopped_early"])
-            self.sums = ck["sums"].to(self.device)
-            self.wall = float(ck["wall"])
-            restore_rng(ck["rng"], {"seq_len": self.len_gen})
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"does not match this training ({type(e).__name__}: {str(e)[:200]})", str(path)) from None
+        self.final_valid_loss = None
 
     @contextlib.contextmanager
     def averaged(self):
@@ -236,6 +230,97 @@ class _State:
                 torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1.0 / self.avg_count)
 
 
+# The running sums of a recurrent training epoch: Σ NLL·rows and Σ rows of the training segments.
+SUMS = ("nll", "rows")
+
+
+class RNNTrainTask(Task):
+    """Recurrent training as a driver task (§7.4, §7.6): SGD then averaged SGD, best weights in best.pt."""
+
+    kind = KIND
+
+    def __init__(self, cfg: RNNTrainConfig, corpus: Corpus, genotype: RNNGenotype, device: torch.device):
+        self.cfg, self.device, self.corpus = cfg, device, corpus
+        self.train = batchify(corpus.train, cfg.batch_size).to(device)
+        self.valid = batchify(corpus.valid, cfg.eval_batch_size).to(device)
+        self.eval_rows = _rows(cfg.eval_tokens, cfg.eval_batch_size)
+        seed_everything(cfg.seed)
+        self.state = _State(cfg, corpus.ntoken, genotype, device)
+        self.sums = Sums(SUMS, device)
+        self.best_path: Path | None = None
+
+    def steps_per_epoch(self) -> int:
+        return steps_estimate(self.train.size(0), self.cfg.bptt, self.cfg.max_steps_per_epoch)
+
+    def begin_epoch(self) -> None:
+        self.state.model.train()
+
+    def batches(self):
+        st, cfg = self.state, self.cfg
+        while st.pos < self.train.size(0) - 2 and (cfg.max_steps_per_epoch is None
+                                                   or st.step_in_epoch < cfg.max_steps_per_epoch):
+            seq_len = train_seq_len(st.len_gen, cfg.bptt, cfg.max_seq_len_delta)
+            x, y = get_segment(self.train, st.pos, seq_len)
+            yield x, y, seq_len
+
+    def step(self, batch) -> dict[str, torch.Tensor]:
+        x, y, seq_len = batch
+        out = _train_step(self.state, x, y, seq_len)
+        self.state.pos += seq_len
+        return out
+
+    def stats(self, s: dict[str, float]) -> dict[str, float]:
+        return {"ppl": _exp(s["nll"] / max(s["rows"], 1))}
+
+    def end_of_epoch(self, s: dict[str, float]) -> dict[str, Any]:
+        st, cfg = self.state, self.cfg
+        with st.averaged():
+            valid_loss, valid_ppl = evaluate_lm(st.model, self.valid, cfg.bptt, self.eval_rows)
+        if not math.isfinite(valid_loss):
+            raise NonFiniteError("validation loss", st.global_step, "validation")
+        st.final_valid_loss = valid_loss
+        record = {"epoch": st.epoch, "lr": cfg.lr, "optimizer": "asgd" if st.asgd else "sgd",
+                  "steps": st.step_in_epoch, "train_loss": s["nll"] / max(s["rows"], 1),
+                  "train_ppl": _exp(s["nll"] / max(s["rows"], 1)), "valid_loss": valid_loss, "valid_ppl": valid_ppl}
+        if valid_loss < st.best_val:
+            st.best_val, st.best_epoch = valid_loss, st.epoch
+            with st.averaged():
+                save_checkpoint(self.best_path, _best_payload(st, valid_loss))
+            record["best"] = True
+        if not st.asgd:
+            if cfg.asgd and should_switch_to_asgd(st.sgd_val_losses, valid_loss, cfg.nonmono):
+                st.asgd, st.switch_epoch = True, st.epoch + 1
+                record["switch_to_asgd"] = True
+            st.sgd_val_losses.append(valid_loss)
+        if cfg.early_stop_patience is not None and st.epoch - st.best_epoch >= cfg.early_stop_patience:
+            st.stopped_early = True
+            record["stopped_early"] = True
+        return record
+
+    def summary(self, r: dict[str, Any]) -> str:
+        return (f"epoch {r['epoch'] + 1}/{self.cfg.epochs} ({r['optimizer']}): {r['steps']} steps | train ppl "
+                f"{r['train_ppl']:.2f} | valid ppl {r['valid_ppl']:.2f}{' *' if r.get('best') else ''} | "
+                f"{r['epoch_seconds']:.1f}s{'; switching to averaged SGD' if r.get('switch_to_asgd') else ''}")
+
+    def new_epoch(self) -> None:
+        st = self.state
+        st.pos, st.hidden = 0, None
+
+    def after_epoch(self, record: dict[str, Any], run: Run) -> None:
+        _save_curves(run.history(), run.path)
+
+    def finished(self) -> bool:
+        return self.state.stopped_early
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"genotype": genotype_to_dict(self.state.genotype), "ntoken": self.state.ntoken}
+
+    def load_extra(self, ck: dict[str, Any]) -> None:
+        st = self.state
+        if st.avg is not None and [a.shape for a in st.avg] != [p.shape for p in st.params]:
+            raise ValueError("the weight average does not fit the model")
+
+
 def _best_payload(st: _State, valid_loss: float) -> dict[str, Any]:
     return {"kind": BEST_KIND, "config": st.cfg.to_dict(), "genotype": genotype_to_dict(st.genotype),
             "ntoken": st.ntoken, "model": st.model.state_dict(), "epoch": st.epoch, "valid_loss": valid_loss,
@@ -251,124 +336,71 @@ def _rows(tokens: int | None, batch: int) -> int | None:
 
 
 def run_rnn_train(cfg: RNNTrainConfig, run_dir: str | Path | None = None, resume: bool = False,
-                  log=print, corpus: Corpus | None = None) -> RNNTrainResult:
-    """Train (or continue training) a recurrent genotype; writes config, metrics, checkpoints, results, pictures."""
+                  log=None, corpus: Corpus | None = None) -> RNNTrainResult:
+    """Train (or continue training) a recurrent genotype; writes config, metrics, checkpoints, results, pictures.
+
+    Messages go to ``log`` (a callable taking one string), else to the ``dartsnas`` logger.
+    """
     from ..plot import save_cell_pictures
 
-    run_dir = prepare_run_dir(run_dir or default_run_dir("rnn-train"), resume, log)
-    path = run_dir / CHECKPOINT
-    ck = None
-    if resume:
-        ck = load_checkpoint(path, expect_kind=KIND)
-        check_resume_config(cfg, ck, path, log)
+    run = Run(cfg, KIND, run_dir, resume, "rnn-train", log)
+    ck = run.checkpoint
+    if ck is not None:
         try:
             genotype = genotype_from_dict(ck["genotype"])
         except (KeyError, GenotypeError) as e:
-            raise CheckpointError(f"holds no usable genotype ({e})", str(path)) from None
+            raise CheckpointError(f"holds no usable genotype ({e})", str(run.checkpoint_path)) from None
     else:
         genotype = resolve_rnn_genotype(cfg.genotype)
     device = resolve_device(cfg.device)
     corpus = _data(cfg, corpus)
-    train = batchify(corpus.train, cfg.batch_size).to(device)
-    valid = batchify(corpus.valid, cfg.eval_batch_size).to(device)
-    seed_everything(cfg.seed)
-    st = _State(cfg, corpus.ntoken, genotype, device)
-    if ck is not None:
-        if int(ck.get("ntoken", -1)) != corpus.ntoken:
-            raise CheckpointError(f"vocabulary size: checkpoint={ck.get('ntoken')}, corpus={corpus.ntoken}", str(path))
-        st.load_state_dict(ck, path)
-        log(f"resumed {run_dir} at epoch {st.epoch}, step {st.step_in_epoch}")
+    task = RNNTrainTask(cfg, corpus, genotype, device)
+    task.best_path = run.path / BEST
+    if ck is not None and int(ck.get("ntoken", -1)) != corpus.ntoken:
+        raise CheckpointError(f"vocabulary size: checkpoint={ck.get('ntoken')}, corpus={corpus.ntoken}",
+                              str(run.checkpoint_path))
+    st = task.state
     n_params = count_parameters(st.model)
-    write_json(run_dir / "config.json", {"kind": KIND, **cfg.to_dict()})
-    save_genotype(genotype, run_dir / "genotype.json")
-    save_cell_pictures(genotype, run_dir)
-    metrics = Metrics(run_dir / "metrics.jsonl")
-    metrics.truncate_after(st.epoch)
-    steps = steps_estimate(train.size(0), cfg.bptt, cfg.max_steps_per_epoch)
-    log(f"rnn train: {cfg.genotype} on {cfg.dataset}, {corpus.ntoken:,} words, train {tuple(train.shape)}, "
-        f"{n_params:,} weights, device {device}, run dir {run_dir}")
-    eval_rows = _rows(cfg.eval_tokens, cfg.eval_batch_size)
+    run.start(task, files=[("genotype.json", lambda folder: save_genotype(genotype, folder / "genotype.json")),
+                           ("cell pictures", lambda folder: save_cell_pictures(genotype, folder))])
+    run.log(f"rnn train: {cfg.genotype} on {cfg.dataset}, {corpus.ntoken:,} words, train {tuple(task.train.shape)}, "
+            f"{n_params:,} weights, device {device}, run dir {run.path}")
+    run.loop(task)
 
-    def save() -> None:
-        save_checkpoint(path, st.state_dict())
-
-    with StopRequest() as stop:
-        while st.epoch < cfg.epochs and not st.stopped_early:
-            t0 = time.perf_counter()
-            st.model.train()
-            if st.step_in_epoch == 0:
-                st.hidden, st.pos = None, 0
-            bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress, interval=cfg.log_interval)
-            while st.pos < train.size(0) - 2 and (cfg.max_steps_per_epoch is None
-                                                  or st.step_in_epoch < cfg.max_steps_per_epoch):
-                seq_len = train_seq_len(st.len_gen, cfg.bptt, cfg.max_seq_len_delta)
-                x, y = get_segment(train, st.pos, seq_len)
-                _train_step(st, x, y, seq_len)
-                st.pos += seq_len
-                end_of_step(st, stop, t0, save, bar, path)
-                if bar.enabled and st.step_in_epoch % cfg.log_interval == 0:
-                    s = st.sums.tolist()
-                    bar.update(min(st.step_in_epoch, steps), {"ppl": _exp(s[0] / max(s[1], 1))}, force=True)
-            bar.close()
-            s = st.sums.tolist()
-            with st.averaged():
-                valid_loss, valid_ppl = evaluate_lm(st.model, valid, cfg.bptt, eval_rows)
-            if not math.isfinite(valid_loss):
-                raise NonFiniteError("validation loss", st.global_step, "validation")
-            record = {"epoch": st.epoch, "lr": cfg.lr, "optimizer": "asgd" if st.asgd else "sgd",
-                      "steps": st.step_in_epoch, "train_loss": s[0] / max(s[1], 1),
-                      "train_ppl": _exp(s[0] / max(s[1], 1)), "valid_loss": valid_loss, "valid_ppl": valid_ppl}
-            if valid_loss < st.best_val:
-                st.best_val, st.best_epoch = valid_loss, st.epoch
-                with st.averaged():
-                    save_checkpoint(run_dir / BEST, _best_payload(st, valid_loss))
-                record["best"] = True
-            if not st.asgd:
-                if cfg.asgd and should_switch_to_asgd(st.sgd_val_losses, valid_loss, cfg.nonmono):
-                    st.asgd, st.switch_epoch = True, st.epoch + 1
-                    record["switch_to_asgd"] = True
-                st.sgd_val_losses.append(valid_loss)
-            if cfg.early_stop_patience is not None and st.epoch - st.best_epoch >= cfg.early_stop_patience:
-                st.stopped_early = True
-                record["stopped_early"] = True
-            st.wall += time.perf_counter() - t0
-            record.update({"epoch_seconds": time.perf_counter() - t0, "wall_seconds": st.wall})
-            log(f"epoch {st.epoch + 1}/{cfg.epochs} ({record['optimizer']}): {st.step_in_epoch} steps | train ppl "
-                f"{record['train_ppl']:.2f} | valid ppl {valid_ppl:.2f}{' *' if record.get('best') else ''} | "
-                f"{record['epoch_seconds']:.1f}s"
-                f"{'; switching to averaged SGD' if record.get('switch_to_asgd') else ''}")
-            st.epoch += 1
-            st.step_in_epoch, st.pos, st.hidden = 0, 0, None
-            st.sums.zero_()
-            metrics.append(record)
-            _save_curves(metrics, run_dir)
-            save()
-
-    # Final test on the best weights, batch 1 (§7.6).
-    history = [r for r in metrics.read() if "epoch" in r and r.get("event") != "final"]
-    best = load_checkpoint(run_dir / BEST, expect_kind=BEST_KIND)
-    model = build_model(cfg, corpus.ntoken, genotype).to(device)
-    model.load_state_dict(best["model"])
-    test = batchify(corpus.test, cfg.test_batch_size).to(device)
-    test_loss, test_ppl = evaluate_lm(model, test, cfg.bptt, _rows(cfg.test_tokens, cfg.test_batch_size))
+    history = run.history()
+    best = load_checkpoint(run.path / BEST, expect_kind=BEST_KIND)
+    test_loss = test_ppl = None
+    if cfg.eval_test:  # final test on the best weights, batch 1 (§7.6)
+        model = build_model(cfg, corpus.ntoken, genotype).to(device)
+        model.load_state_dict(best["model"])
+        test = batchify(corpus.test, cfg.test_batch_size).to(device)
+        test_loss, test_ppl = evaluate_lm(model, test, cfg.bptt, _rows(cfg.test_tokens, cfg.test_batch_size))
     cuda = device.type == "cuda"
+    final = st.final_valid_loss
     results = {
         "genotype": cfg.genotype, "dataset": cfg.dataset, "epochs_run": st.epoch, "epochs": cfg.epochs,
-        "best_epoch": int(best["epoch"]), "valid_loss": float(best["valid_loss"]),
-        "valid_ppl": _exp(float(best["valid_loss"])), "test_loss": test_loss, "test_ppl": test_ppl,
-        "test_batch_size": cfg.test_batch_size, "test_tokens": cfg.test_tokens,
-        "asgd_from_epoch": st.switch_epoch, "stopped_early": st.stopped_early,
+        # epoch numbers count from 1, as in every message (the metrics records keep the 0-based index)
+        "best_epoch": int(best["epoch"]) + 1, "valid_loss": float(best["valid_loss"]),
+        "valid_ppl": _exp(float(best["valid_loss"])),
+        # the selection score (same rule as CNN selection: the final epoch's validation score)
+        "final_valid_loss": final, "final_valid_ppl": _exp(final) if final is not None else None,
+        "test_loss": test_loss, "test_ppl": test_ppl,
+        "test_batch_size": cfg.test_batch_size, "test_tokens": cfg.test_tokens, "eval_test": cfg.eval_test,
+        "asgd_from_epoch": st.switch_epoch + 1 if st.switch_epoch is not None else None,
+        "stopped_early": st.stopped_early,
         "params": n_params, "wall_seconds": st.wall, "gpu_hours": st.wall / 3600 if cuda else 0.0,
         "device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
     }
-    write_json(run_dir / "results.json", results)
-    metrics.append({"event": "final", **results})
-    log(f"best valid ppl {results['valid_ppl']:.2f} (epoch {results['best_epoch'] + 1}), test ppl {test_ppl:.2f}")
-    return RNNTrainResult(run_dir, results, history)
+    write_json(run.path / "results.json", results)
+    run.record({"event": "final", **results})
+    test_text = f"test ppl {test_ppl:.2f}" if test_ppl is not None else "test set not evaluated (eval_test=false)"
+    run.log(f"best valid ppl {results['valid_ppl']:.2f} (epoch {results['best_epoch']}), {test_text}")
+    return RNNTrainResult(run.path, results, history)
 
 
-def _train_step(st: _State, x: torch.Tensor, y: torch.Tensor, seq_len: int) -> None:
-    """One weight step: NLL + TAR, clip, SGD at lr·ℓ/bptt; then the running average after the switch."""
+def _train_step(st: _State, x: torch.Tensor, y: torch.Tensor, seq_len: int) -> dict[str, torch.Tensor]:
+    """One weight step: NLL + TAR, clip, SGD at lr·ℓ/bptt; then the running average after the switch.
+    Returns the step's sums (``SUMS``) as device scalars."""
     cfg, model = st.cfg, st.model
     lr = scaled_lr(cfg.lr, seq_len, cfg.bptt)
     for group in st.opt.param_groups:
@@ -392,15 +424,14 @@ def _train_step(st: _State, x: torch.Tensor, y: torch.Tensor, seq_len: int) -> N
     st.hidden = res.hidden.detach()
     with torch.no_grad():
         n = x.size(0)
-        st.sums += torch.stack([res.nll.detach().double() * n,
-                                torch.full((), float(n), dtype=torch.float64, device=st.sums.device)])
+        return {"nll": res.nll.detach().double() * n,
+                "rows": torch.full((), float(n), dtype=torch.float64, device=st.device)}
 
 
-def _save_curves(metrics: Metrics, run_dir: Path) -> None:
+def _save_curves(history: list[dict[str, Any]], run_dir: Path) -> None:
     from ..checkpoint import atomic_write_text
     from ..plot import curves_svg
 
-    history = [r for r in metrics.read() if "epoch" in r and r.get("event") != "final"]
     atomic_write_text(run_dir / "perplexity.svg", curves_svg(
         history, [("train_ppl", "train"), ("valid_ppl", "valid")], "perplexity"))
 
@@ -441,7 +472,7 @@ def eval_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     tb = batch_size or cfg.test_batch_size
     test = batchify(corpus.test, tb).to(dev)
     tl, tp = evaluate_lm(model, test, cfg.bptt, _rows(cfg.test_tokens, tb))
-    return {"run": str(folder), "epoch": int(ck["epoch"]), "dataset": cfg.dataset, "valid_loss": vl,
+    return {"run": str(folder), "epoch": int(ck["epoch"]) + 1, "dataset": cfg.dataset, "valid_loss": vl,
             "valid_ppl": vp, "test_loss": tl, "test_ppl": tp, "test_batch_size": tb,
             "params": count_parameters(model)}
 

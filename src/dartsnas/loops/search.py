@@ -10,7 +10,6 @@ Usage::
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,14 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from ..architect import Architect, make_loss_fn
-from ..checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from ..checkpoint import load_checkpoint, seed_everything
 from ..config import ConfigBase, require
 from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images, to_device
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from ..supernet.network import SearchNetwork
-from .common import (bilevel_state, load_bilevel_state, end_of_step, check_resume_config, CHECKPOINT, set_determinism, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
-                     resolve_device, write_json)
+from .common import CHECKPOINT, poison_batch, resolve_device, set_determinism
+from .engine import Run, Task
+from .state import LoopState, Sums, saved_as, transient
 
 KIND = "cnn-search"
 FUSED_DEFAULT = False
@@ -76,8 +76,10 @@ class SearchConfig(ConfigBase):
     # edges and keep the last cell within the limit (an early-stopping rule in the spirit of DARTS+; off by
     # default, as in the paper).
     max_skip_normal: int | None = None
+    tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
 
-    HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph"}
+    # Where the data comes from does not change the run (the dataset name does), as for the other loops.
+    HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph", "data_dir", "download", "tensorboard"}
 
     PRESETS = {
         "paper": {},
@@ -128,10 +130,29 @@ def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
     return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
-class _State:
-    """Everything that changes during a search, so that checkpoint and resume see one object."""
+@dataclass(init=False, eq=False)
+class _State(LoopState):
+    """Everything that changes during a search (saved generically, see ``loops.state``).
 
-    def __init__(self, cfg: SearchConfig, data: ImageData, device: torch.device):
+    ``model`` is the supernet of the search space: any module with ``weights()``, ``arch_parameters()``,
+    ``genotype()`` and ``arch_record()`` (the space's fields of the per-epoch record) plugs in.
+    """
+
+    model: torch.nn.Module
+    w_opt: torch.optim.SGD = saved_as("weight_optimizer")
+    a_opt: torch.optim.Adam = saved_as("arch_optimizer")
+    train_stream: BatchStream
+    val_stream: BatchStream
+    aug_gen: torch.Generator = saved_as("augment")
+    stopped_early: bool = False
+    cfg: SearchConfig = transient()
+    architect: Architect = transient()
+    w_idx: torch.Tensor = transient()
+    a_idx: torch.Tensor = transient()
+
+    def __init__(self, cfg: SearchConfig, data: ImageData, device: torch.device,
+                 model: torch.nn.Module | None = None):
+        LoopState.__init__(self)
         self.cfg = cfg
         n_train = data.train_x.shape[0]
         split = int(math.floor(n_train * cfg.train_portion))
@@ -140,8 +161,10 @@ class _State:
         if cfg.subset is not None:
             w_idx, a_idx = w_idx[:cfg.subset], a_idx[:cfg.subset]
         self.w_idx, self.a_idx = w_idx.to(device), a_idx.to(device)
-        self.model = SearchNetwork(cfg.init_channels, data.num_classes, cfg.layers, cfg.num_nodes,
-                                   stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops).to(device)
+        if model is None:
+            model = SearchNetwork(cfg.init_channels, data.num_classes, cfg.layers, cfg.num_nodes,
+                                  stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops)
+        self.model = model.to(device)
         self.w_opt = torch.optim.SGD(self.model.weights(), lr=cfg.lr, momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_lr,
@@ -151,31 +174,121 @@ class _State:
         self.train_stream = BatchStream(len(w_idx), cfg.batch_size, cfg.seed * 1000 + 1, epoch_mode=True)
         self.val_stream = BatchStream(len(a_idx), cfg.batch_size, cfg.seed * 1000 + 2, epoch_mode=False)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3)
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.global_step = 0
-        self.sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, correct, count, val loss sum
-        self.wall = 0.0
         self.stopped_early = False
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **bilevel_state(self, KIND),
-            "train_stream": self.train_stream.state_dict(), "val_stream": self.val_stream.state_dict(),
-            "stopped_early": self.stopped_early, "rng": capture_rng({"augment": self.aug_gen}),
+
+# The running sums of a search epoch: Σ loss·n and Σ correct over the weight batches, their images, and
+# Σ of the α step's validation loss (see ``_search_step``).
+SUMS = ("loss", "correct", "count", "arch_step_val_loss")
+
+
+class SearchTask(Task):
+    """The CNN search as a driver task: bilevel steps on D_w / D_alpha batches, monitoring at epoch end."""
+
+    kind = KIND
+
+    def __init__(self, cfg: SearchConfig, data: ImageData, device: torch.device, log,
+                 model: torch.nn.Module | None = None):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.state = _State(cfg, data, device, model)
+        self.sums = Sums(SUMS, device)
+        self.criterion = torch.nn.CrossEntropyLoss()
+        self.lr = cfg.lr
+        self.graphed = None
+        if cfg.cuda_graph:
+            if device.type == "cuda":
+                from .graphed import GraphedSearchStep
+
+                self.graphed = GraphedSearchStep(self.state, self.criterion)
+            else:
+                log(f"note: cuda_graph needs a CUDA device; device {device} runs the eager step")
+
+    def steps_per_epoch(self) -> int:
+        return self.state.train_stream.steps_per_epoch()
+
+    def begin_epoch(self) -> None:
+        st = self.state
+        self.lr = cosine_lr(st.epoch, self.cfg.epochs, self.cfg.lr, self.cfg.lr_min)
+        for group in st.w_opt.param_groups:
+            group["lr"] = self.lr
+        st.model.train()
+
+    def _batch(self, idx_pool: torch.Tensor, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.data
+        idx = idx_pool[to_device(stream.next(), self.device)]
+        return augment(d.train_x[idx], self.state.aug_gen, d.mean, d.std), d.train_y[idx]
+
+    def batches(self):
+        st = self.state
+        steps = self.steps_per_epoch()
+        while st.step_in_epoch < steps:
+            x_t, y_t = self._batch(st.w_idx, st.train_stream)
+            x_v, y_v = self._batch(st.a_idx, st.val_stream)
+            yield (poison_batch(x_t, "train", st.global_step + 1), y_t,
+                   poison_batch(x_v, "val", st.global_step + 1), y_v)
+
+    def step(self, batch) -> dict[str, torch.Tensor]:
+        if self.graphed is not None:
+            return self.graphed.step(*batch, self.lr)
+        return _search_step(self.state, self.criterion, *batch, self.lr)
+
+    def check(self) -> None:
+        if self.graphed is not None:
+            self.graphed.check()
+
+    def stats(self, s: dict[str, float]) -> dict[str, float]:
+        n = max(s["count"], 1)
+        return {"loss": s["loss"] / n, "acc": s["correct"] / n,
+                "val_loss": s["arch_step_val_loss"] / max(self.state.step_in_epoch, 1)}
+
+    def end_of_epoch(self, s: dict[str, float]) -> dict[str, Any]:
+        st, cfg, d = self.state, self.cfg, self.data
+        val_loss, val_acc = evaluate(st.model, d.train_x, d.train_y, st.a_idx, d.mean, d.std, cfg.eval_batch_size)
+        self.genotype = st.model.genotype()
+        n = max(s["count"], 1)
+        record = {
+            "epoch": st.epoch, "lr": self.lr, "train_loss": s["loss"] / n, "train_acc": s["correct"] / n,
+            "arch_step_val_loss": s["arch_step_val_loss"] / max(self.steps_per_epoch(), 1),
+            "valid_loss": val_loss, "valid_acc": val_acc,
+            **st.model.arch_record(), "genotype": genotype_to_dict(self.genotype),
         }
+        self.collapsed = too_many_skips(self.genotype, cfg.max_skip_normal)
+        if self.collapsed:
+            st.stopped_early = True
+            record["stopped_early"] = True
+        return record
 
-    def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
-        try:
-            load_bilevel_state(self, ck)
-            self.train_stream.load_state_dict(ck["train_stream"])
-            self.val_stream.load_state_dict(ck["val_stream"])
-            self.stopped_early = bool(ck.get("stopped_early", False))
-            restore_rng(ck["rng"], {"augment": self.aug_gen})
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise CheckpointError(f"does not match this search ({type(e).__name__}: {str(e)[:200]})", str(path)) from None
+    def summary(self, r: dict[str, Any]) -> str:
+        line = (f"epoch {r['epoch'] + 1}/{self.cfg.epochs}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.3f} "
+                f"| valid loss {r['valid_loss']:.4f} acc {r['valid_acc']:.3f} | lr {r['lr']:.5f}")
+        if self.collapsed:
+            line += (f"\nstopping early: the normal cell has {skip_count(self.genotype)} skip connections, more "
+                     f"than max_skip_normal={self.cfg.max_skip_normal}; genotype.json keeps the last cell within "
+                     "the limit")
+        return line
 
+    def new_epoch(self) -> None:
+        self.state.train_stream.new_epoch()
 
+    def after_epoch(self, record: dict[str, Any], run: Run) -> None:
+        self.write_outputs(self.genotype, run.path, run.history(), keep_cell=not self.collapsed)
+
+    def write_outputs(self, genotype: Genotype, folder: Path, history: list[dict[str, Any]], keep_cell: bool) -> None:
+        """The space's per-epoch files: genotype.json and the cell pictures (unless the cell collapsed and an
+        earlier one is kept), the loss curves and the alpha picture."""
+        from ..plot import save_cell_pictures, save_search_pictures
+        from ..space.ops import PRIMITIVES
+
+        if keep_cell or not (folder / "genotype.json").exists():
+            save_genotype(genotype, folder / "genotype.json")
+            save_cell_pictures(genotype, folder)
+        save_search_pictures(history, folder, PRIMITIVES)
+
+    def finished(self) -> bool:
+        return self.state.stopped_early
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"genotype": genotype_to_dict(self.state.model.genotype())}
 
 
 def load_for_resume(run_dir: Path) -> dict[str, Any]:
@@ -183,16 +296,12 @@ def load_for_resume(run_dir: Path) -> dict[str, Any]:
 
 
 def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: bool = False,
-               log=print, data: ImageData | None = None) -> SearchResult:
-    """Run (or continue) a search; writes config, metrics, checkpoints, genotype and pictures to ``run_dir``."""
-    from ..plot import save_cell_pictures, save_search_pictures
-    from ..space.ops import PRIMITIVES
+               log=None, data: ImageData | None = None) -> SearchResult:
+    """Run (or continue) a search; writes config, metrics, checkpoints, genotype and pictures to ``run_dir``.
 
-    run_dir = prepare_run_dir(run_dir or default_run_dir("search"), resume, log)
-    ck = None
-    if resume:
-        ck = load_for_resume(run_dir)
-        check_resume_config(cfg, ck, run_dir / CHECKPOINT, log)
+    Messages go to ``log`` (a callable taking one string), else to the ``dartsnas`` logger.
+    """
+    run = Run(cfg, KIND, run_dir, resume, "search", log)
     device = resolve_device(cfg.device)
     if data is None:
         data = load_images(cfg.dataset, cfg.data_dir, device, cfg.download)
@@ -201,99 +310,16 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
                          data.test_y.to(device), data.mean, data.std, data.num_classes)
     set_determinism(device, cfg.deterministic)
     seed_everything(cfg.seed)
-    st = _State(cfg, data, device)
-    if ck is not None:
-        st.load_state_dict(ck, run_dir / CHECKPOINT)
-        log(f"resumed {run_dir} at epoch {st.epoch}, step {st.step_in_epoch}")
-    write_json(run_dir / "config.json", {"kind": KIND, **cfg.to_dict()})
-    metrics = Metrics(run_dir / "metrics.jsonl")
-    metrics.truncate_after(st.epoch)
-    criterion = torch.nn.CrossEntropyLoss()
-    steps = st.train_stream.steps_per_epoch()
-    log(f"search: {cfg.dataset}, {len(st.w_idx)}+{len(st.a_idx)} images, order {cfg.order}, "
-        f"{sum(p.numel() for p in st.model.weights()):,} weights, device {device}, run dir {run_dir}")
-
-    def batch(idx_pool: torch.Tensor, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = idx_pool[to_device(stream.next(), device)]
-        x = augment(data.train_x[idx], st.aug_gen, data.mean, data.std)
-        return x, data.train_y[idx]
-
-    stepper = None
-    if cfg.cuda_graph:
-        if device.type == "cuda":
-            from .graphed import GraphedSearchStep
-            stepper = GraphedSearchStep(st, criterion)
-        else:
-            log(f"note: cuda_graph needs a CUDA device; device {device} runs the eager step")
-
-    def save() -> None:
-        if stepper is not None:
-            stepper.check()  # graph mode: never save a state that took a non-finite step
-        save_checkpoint(run_dir / CHECKPOINT, st.state_dict())
-
-    with StopRequest() as stop:
-        while st.epoch < cfg.epochs and not st.stopped_early:
-            t0 = time.perf_counter()
-            lr = cosine_lr(st.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
-            for group in st.w_opt.param_groups:
-                group["lr"] = lr
-            st.model.train()
-            bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress, interval=cfg.log_interval)
-            while st.step_in_epoch < steps:
-                x_t, y_t = batch(st.w_idx, st.train_stream)
-                x_v, y_v = batch(st.a_idx, st.val_stream)
-                x_t = poison_batch(x_t, "train", st.global_step + 1)
-                x_v = poison_batch(x_v, "val", st.global_step + 1)
-                if stepper is None:
-                    _search_step(st, criterion, x_t, y_t, x_v, y_v, lr)
-                else:
-                    stepper.step(x_t, y_t, x_v, y_v, lr)
-                    if (st.step_in_epoch + 1) % cfg.log_interval == 0 or st.step_in_epoch + 1 == steps:
-                        stepper.check()
-                end_of_step(st, stop, t0, save, bar, run_dir / CHECKPOINT)
-                if bar.enabled and (st.step_in_epoch % cfg.log_interval == 0 or st.step_in_epoch == steps):
-                    s = st.sums.tolist()
-                    bar.update(st.step_in_epoch, {"loss": s[0] / max(s[2], 1), "acc": s[1] / max(s[2], 1),
-                                                  "val_loss": s[3] / max(st.step_in_epoch, 1)}, force=True)
-            bar.close()
-            s = st.sums.tolist()
-            val_loss, val_acc = evaluate(st.model, data.train_x, data.train_y, st.a_idx, data.mean, data.std,
-                                         cfg.eval_batch_size)
-            st.wall += time.perf_counter() - t0
-            genotype = st.model.genotype()
-            record = {
-                "epoch": st.epoch, "lr": lr,
-                "train_loss": s[0] / max(s[2], 1), "train_acc": s[1] / max(s[2], 1),
-                "arch_batch_loss": s[3] / max(steps, 1),
-                "valid_loss": val_loss, "valid_acc": val_acc,
-                "alphas_normal": torch.softmax(st.model.alphas_normal.detach().double(), -1).cpu().tolist(),
-                "alphas_reduce": torch.softmax(st.model.alphas_reduce.detach().double(), -1).cpu().tolist(),
-                "genotype": genotype_to_dict(genotype),
-                "epoch_seconds": time.perf_counter() - t0, "wall_seconds": st.wall,
-            }
-            log(f"epoch {st.epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} acc "
-                f"{record['train_acc']:.3f} | valid loss {val_loss:.4f} acc {val_acc:.3f} | lr {lr:.5f}")
-            collapsed = too_many_skips(genotype, cfg.max_skip_normal)
-            if collapsed:
-                st.stopped_early = True
-                record["stopped_early"] = True
-                log(f"stopping early: the normal cell has {skip_count(genotype)} skip connections, more than "
-                    f"max_skip_normal={cfg.max_skip_normal}; genotype.json keeps the last cell within the limit")
-            st.epoch += 1
-            st.step_in_epoch = 0
-            st.sums.zero_()
-            st.train_stream.new_epoch()
-            metrics.append(record)
-            if not collapsed or not (run_dir / "genotype.json").exists():
-                save_genotype(genotype, run_dir / "genotype.json")
-                save_cell_pictures(genotype, run_dir)
-            save_search_pictures([r for r in metrics.read() if "epoch" in r], run_dir, PRIMITIVES)
-            save()
-    history = [r for r in metrics.read() if "epoch" in r]
+    task = SearchTask(cfg, data, device, run.log)
+    run.start(task)
+    st = task.state
+    run.log(f"search: {cfg.dataset}, {len(st.w_idx)}+{len(st.a_idx)} images, order {cfg.order}, "
+            f"{sum(p.numel() for p in st.model.weights()):,} weights, device {device}, run dir {run.path}")
+    run.loop(task)
     from ..space.genotype import load_genotype
 
-    return SearchResult(run_dir, load_genotype(run_dir / "genotype.json", kind="cnn"), st.model.alphas_normal.detach().cpu(),
-                        st.model.alphas_reduce.detach().cpu(), history)
+    return SearchResult(run.path, load_genotype(run.path / "genotype.json", kind="cnn"),
+                        st.model.alphas_normal.detach().cpu(), st.model.alphas_reduce.detach().cpu(), run.history())
 
 
 def skip_count(genotype: Genotype) -> int:
@@ -304,11 +330,23 @@ def too_many_skips(genotype: Genotype, limit: int | None) -> bool:
     return limit is not None and skip_count(genotype) > limit
 
 
-def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> None:
-    """One bilevel step (spec §3.3): the alpha step first, then the weight step with the updated alphas."""
+def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> dict[str, torch.Tensor]:
+    """One bilevel step (spec §3.3): the alpha step first, then the weight step with the updated alphas.
+
+    Returns the step's sums (device scalars, no host sync): ``loss`` = L_train·n and ``correct`` of the
+    weight step on the n training images (``count``), and ``arch_step_val_loss``, the validation loss the
+    alpha step differentiated: L_val(w', α) at the virtual weights w' = w − ξ∇_w L_train for order 2, and
+    L_val(w, α) at the current weights for order 1 (zero if the architect reports none).
+
+    Where method variants hook in: (1) the alpha step (``st.architect.step``: the loss functions it gets,
+    extra alpha-loss terms, the mixing weights inside the model), (2) the weight step below (the model's
+    forward with the just-updated alphas, any alpha transform before it), (3) nothing else touches state.
+    """
     model, cfg = st.model, st.cfg
+    # (1) alpha step on the validation batch
     out = st.architect.step(make_loss_fn(model, x_t, y_t, criterion), make_loss_fn(model, x_v, y_v, criterion),
                             lr, st.w_opt, st.global_step)
+    # (2) weight step on the training batch, with the alphas just updated
     st.w_opt.zero_grad(set_to_none=True)
     logits = model(x_t)
     loss = criterion(logits, y_t)
@@ -326,16 +364,20 @@ def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> None:
     with torch.no_grad():
         n = y_t.numel()
         val_loss = out.get("val_loss") if isinstance(out, dict) else None
-        st.sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y_t).sum().double(),
-                                torch.full((), float(n), device=loss.device, dtype=torch.float64),
-                                (val_loss.detach().double() if val_loss is not None
-                                 else torch.zeros((), device=loss.device, dtype=torch.float64))])
+        zero = torch.zeros((), device=loss.device, dtype=torch.float64)
+        return {"loss": loss.detach().double() * n, "correct": (logits.argmax(1) == y_t).sum().double(),
+                "count": torch.full((), float(n), device=loss.device, dtype=torch.float64),
+                "arch_step_val_loss": val_loss.detach().double() if val_loss is not None else zero}
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
              mean, std, batch_size: int) -> tuple[float, float]:
-    """Eval-mode pass (running BN statistics) over ``images[index]``, normalised only. Monitoring only."""
+    """The search's end-of-epoch monitoring pass over ``images[index]`` (D_alpha): eval mode (running BN
+    statistics), the images normalised only (no crop, flip or cutout), plain cross-entropy; returns (mean
+    loss, accuracy). It reads D_alpha, which the alpha steps train on, so it is not a held-out score; it
+    is recorded as ``valid_loss``/``valid_acc`` for monitoring and changes no state (the reference
+    evaluates D_alpha with its training transform instead)."""
     was = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)

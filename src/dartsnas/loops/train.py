@@ -23,25 +23,24 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from ..checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from ..config import ConfigBase, require
 from ..data.images import BatchStream, ImageData, augment, load_images, to_device
-from ..errors import CheckpointError, ConfigError, DartsError, DataError, GenotypeError, NonFiniteError
+from ..errors import CheckpointError, ConfigError, DataError, GenotypeError, NonFiniteError
 from ..evalnet.cnn import NetworkCIFAR, NetworkImageNet, count_parameters
 from ..evalnet.flops import count_multiply_adds
 from ..space.genotype import Genotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
-from .common import (inject_fault, nan_fault, TrainingResult, check_resume_config, CHECKPOINT, Interrupted, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
-                     resolve_device, write_json)
+from .common import CHECKPOINT, TrainingResult, nan_fault, resolve_device, write_json
+from .engine import Ranks, Run, Task
+from .state import LoopState, Sums, saved_as, transient
 
 KIND = "cnn-train"
 TRAIN_DATASETS = ("cifar10", "builtin", "imagenet")
@@ -95,9 +94,10 @@ class TrainConfig(ConfigBase):
     log_interval: int = 50
     progress: bool = True
     eval_batch_size: int = 256
+    tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
 
     HARMLESS = ConfigBase.HARMLESS | frozenset({"channels_last", "bf16", "optimizer_impl", "compile", "workers",
-                                                "data_dir", "download"})
+                                                "data_dir", "download", "tensorboard"})
 
     PRESETS = {
         "paper": {},
@@ -159,26 +159,16 @@ def drop_path_probability(cfg: TrainConfig, epoch: int) -> float:
 
 # ------------------------------------------------------------------------------------------- speed switches
 
-@dataclass
-class Runtime:
+@dataclass(kw_only=True)
+class Runtime(Ranks):
     """The resolved speed switches and the process layout of a run."""
 
     device: torch.device
-    rank: int = 0
-    world: int = 1
     channels_last: bool = False
     bf16: bool = False
     optimizer_impl: str = "for-loop"
     compile: bool = False
     sync_bn: bool = False
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "world_size": self.world, "channels_last": self.channels_last,
@@ -256,8 +246,9 @@ class Stepper:
         lo = self.rt.rank * per + min(self.rt.rank, extra)
         return lo, lo + per + (1 if self.rt.rank < extra else 0)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> torch.Tensor:
-        """Train on the global batch (x, y); return this rank's sums [main loss, aux loss, correct, count]."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> dict[str, torch.Tensor]:
+        """Train on the global batch (x, y); return this rank's sums (``SUMS``: Σ main loss·m, Σ aux loss·m,
+        correct, images m) as device scalars."""
         cfg, rt = self.cfg, self.rt
         lo, hi = self.local_slice(x.shape[0])
         x, y = x[lo:hi], y[lo:hi]
@@ -298,7 +289,7 @@ class Stepper:
             what = "training loss" if not bool(finite[0].item()) else "gradient norm"
             raise NonFiniteError(what, global_step, "weights")
         self.opt.step()
-        return sums
+        return dict(zip(SUMS, sums.unbind()))
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -425,37 +416,37 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, dist.get_world_size(), device
 
 
-def _on_main(rt: Runtime, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 and hand its result (or its DartsError) to every rank."""
-    if not rt.distributed:
-        return fn()
-    import torch.distributed as dist
-
-    box: list[Any] = [None]
-    if rt.main:
-        try:
-            box[0] = ("ok", fn())
-        except DartsError as e:
-            box[0] = ("err", e)
-    dist.broadcast_object_list(box, src=0)
-    status, value = box[0]
-    if status == "err":
-        raise value
-    return value
-
-
-def _all_reduce(t: torch.Tensor, rt: Runtime, op: str = "sum") -> torch.Tensor:
-    if rt.distributed:
-        import torch.distributed as dist
-
-        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return t
-
-
 # ------------------------------------------------------------------------------------------- state
 
-class _State:
+# The running sums of a training epoch (per rank; all-reduced for records and checkpoints).
+SUMS = ("loss", "aux_loss", "correct", "count")
+BEST_KIND = "cnn-train-best"
+BEST = "best.pt"
+
+
+def keeps_best(cfg: TrainConfig) -> bool:
+    """ImageNet training keeps the weights of its best top-1 epoch in ``best.pt``, as the reference does
+    (spec §6); CIFAR-10 training reports the final epoch (§5) and keeps no best."""
+    return cfg.dataset == "imagenet"
+
+
+@dataclass(init=False, eq=False)
+class _State(LoopState):
+    """Everything that changes during a training (saved generically, see ``loops.state``)."""
+
+    model: nn.Module
+    opt: torch.optim.SGD = saved_as("optimizer")
+    stream: BatchStream
+    aug_gen: torch.Generator = saved_as("augment")
+    best_top1: float = -1.0          # ImageNet: the best top-1 so far (``keeps_best``)
+    best_epoch: int = -1             # its 0-based epoch index
+    cfg: TrainConfig = transient()
+    genotype: Genotype = transient()
+    rt: Runtime = transient()
+    stepper: Stepper = transient()
+
     def __init__(self, cfg: TrainConfig, genotype: Genotype, data, rt: Runtime):
+        LoopState.__init__(self)
         self.cfg, self.genotype, self.rt = cfg, genotype, rt
         seed_everything(cfg.seed)
         model = build_network(cfg, genotype, data.num_classes)
@@ -465,13 +456,73 @@ class _State:
         if rt.rank > 0:  # own drop-path masks per rank; rank 0 draws what a single process would
             torch.manual_seed(cfg.seed + 7919 * rt.rank)
         self.stepper = Stepper(self.model, cfg, rt)
+        self.opt = self.stepper.opt
         self.stream = BatchStream(data.num_train, cfg.batch_size, cfg.seed * 1000 + 1, epoch_mode=True)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3)
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.global_step = 0
-        self.sums = torch.zeros(4, device=rt.device, dtype=torch.float64)
-        self.wall = 0.0
+        self.best_top1, self.best_epoch = -1.0, -1
+
+
+class TrainTask(Task):
+    """Training from scratch as a driver task: SGD steps on the training stream, test-set evaluation."""
+
+    kind = KIND
+    seconds_key = "seconds"
+
+    def __init__(self, cfg: TrainConfig, genotype: Genotype, data, rt: Runtime):
+        self.cfg, self.data, self.rt, self.device = cfg, data, rt, rt.device
+        self.state = _State(cfg, genotype, data, rt)
+        self.sums = Sums(SUMS, rt.device)
+
+    def steps_per_epoch(self) -> int:
+        return self.state.stream.steps_per_epoch()
+
+    def begin_epoch(self) -> None:
+        st, cfg = self.state, self.cfg
+        self.lr = learning_rate(cfg, st.epoch)
+        self.dp = drop_path_probability(cfg, st.epoch)
+        for group in st.opt.param_groups:
+            group["lr"] = self.lr
+        st.model.drop_path_prob = self.dp
+        st.model.train()
+
+    def batches(self):
+        return self.data.train_batches(self.state.stream, self.state.aug_gen)
+
+    def step(self, batch) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return self.state.stepper.step(x, y, self.state.global_step)
+
+    def stats(self, s: dict[str, float]) -> dict[str, float]:
+        n = max(s["count"], 1)
+        return {"loss": s["loss"] / n, "acc": s["correct"] / n}
+
+    def end_of_epoch(self, s: dict[str, float]) -> dict[str, Any]:
+        st = self.state
+        test = evaluate(st.model, self.data, self.rt, self.cfg.eval_batch_size, st.stepper.autocast)
+        n = max(s["count"], 1.0)
+        record = {"epoch": st.epoch, "lr": self.lr, "drop_path_prob": self.dp,
+                  "train_loss": s["loss"] / n, "train_aux_loss": s["aux_loss"] / n, "train_acc": s["correct"] / n,
+                  **test}
+        if keeps_best(self.cfg) and test["test_top1"] > st.best_top1:
+            st.best_top1, st.best_epoch = test["test_top1"], st.epoch
+            record["best"] = True
+        return record
+
+    def summary(self, r: dict[str, Any]) -> str:
+        return (f"epoch {r['epoch'] + 1}/{self.cfg.epochs}: train loss {r['train_loss']:.4f} acc "
+                f"{r['train_acc']:.3f} | test loss {r['test_loss']:.4f} top1 {r['test_top1']:.3f} "
+                f"top5 {r['test_top5']:.3f}{' *' if r.get('best') else ''} | lr {r['lr']:.3g} "
+                f"drop path {r['drop_path_prob']:.3f}")
+
+    def new_epoch(self) -> None:
+        self.state.stream.new_epoch()
+
+    def after_epoch(self, record: dict[str, Any], run: Run) -> None:
+        if record.get("best") and self.rt.main:
+            st = self.state
+            save_checkpoint(run.path / BEST, {
+                "kind": BEST_KIND, "config": self.cfg.to_dict(), "genotype": genotype_to_dict(st.genotype),
+                "model": st.model.state_dict(), "epoch": record["epoch"], "test_top1": record["test_top1"]})
 
     def _rank_rng(self) -> list[Any] | None:
         if not self.rt.distributed:
@@ -485,47 +536,23 @@ class _State:
         dist.all_gather_object(out, mine)
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        """Collective under DDP (gathers every rank's RNG): call on all ranks, save on rank 0."""
-        sums = _all_reduce(self.sums.clone(), self.rt)
-        payload = {
-            "kind": KIND,
-            "config": self.cfg.to_dict(),
-            "genotype": genotype_to_dict(self.genotype),
-            "model": self.model.state_dict(),
-            "optimizer": self.stepper.opt.state_dict(),
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-            "stream": self.stream.state_dict(),
-            "sums": sums.cpu(), "wall": self.wall, "world_size": self.rt.world,
-            "rng": capture_rng({"augment": self.aug_gen}),
-        }
+    def extra_state(self) -> dict[str, Any]:
+        """Collective under DDP (gathers every rank's RNG): the driver calls it on all ranks."""
+        extra: dict[str, Any] = {"genotype": genotype_to_dict(self.state.genotype), "world_size": self.rt.world}
         ranks = self._rank_rng()
         if ranks is not None:
-            payload["rank_rng"] = ranks
-        return payload
+            extra["rank_rng"] = ranks
+        return extra
 
-    def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
-        try:
-            self.model.load_state_dict(ck["model"])
-            self.stepper.opt.load_state_dict(ck["optimizer"])
-            self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
-            self.stream.load_state_dict(ck["stream"])
-            # The saved sums are global; rank 0 carries them on, the other ranks start from zero.
-            self.sums = ck["sums"].to(self.sums.device) if self.rt.main else torch.zeros_like(self.sums)
-            self.wall = float(ck["wall"])
-            restore_rng(ck["rng"], {"augment": self.aug_gen})
-            ranks = ck.get("rank_rng")
-            if ranks is not None and len(ranks) == self.rt.world:
-                torch.set_rng_state(ranks[self.rt.rank]["torch"])
-                if "cuda" in ranks[self.rt.rank] and self.rt.device.type == "cuda":
-                    torch.cuda.set_rng_state(ranks[self.rt.rank]["cuda"], self.rt.device)
-            elif self.rt.rank > 0:
-                torch.manual_seed(self.cfg.seed + 7919 * self.rt.rank + self.global_step)
-        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-            raise CheckpointError(f"does not match this training ({type(e).__name__}: {str(e)[:200]})",
-                                  str(path)) from None
-
-
+    def load_extra(self, ck: dict[str, Any]) -> None:
+        rt = self.rt
+        ranks = ck.get("rank_rng")
+        if ranks is not None and len(ranks) == rt.world:
+            torch.set_rng_state(ranks[rt.rank]["torch"])
+            if "cuda" in ranks[rt.rank] and rt.device.type == "cuda":
+                torch.cuda.set_rng_state(ranks[rt.rank]["cuda"], rt.device)
+        elif rt.rank > 0:
+            torch.manual_seed(self.cfg.seed + 7919 * rt.rank + self.state.global_step)
 
 
 def resolve_genotype(spec: str) -> Genotype:
@@ -559,7 +586,7 @@ def evaluate(model: nn.Module, data, rt: Runtime, batch_size: int, autocast=None
                              hit.any(1).sum().double(), torch.full((), float(y.numel()), device=rt.device,
                                                                    dtype=torch.float64)])
     model.train(was)
-    s = _all_reduce(sums, rt).tolist()
+    s = rt.all_reduce(sums).tolist()
     n = max(s[3], 1.0)
     return {"test_loss": s[0] / n, "test_top1": s[1] / n, "test_top5": s[2] / n}
 
@@ -595,100 +622,37 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
 # ------------------------------------------------------------------------------------------- the loop
 
 def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = False,
-              log=print, data: ImageData | None = None) -> TrainResult:
-    """Train (or continue training) a genotype from scratch; writes config, metrics, checkpoints, results, curves."""
+              log=None, data: ImageData | None = None) -> TrainResult:
+    """Train (or continue training) a genotype from scratch; writes config, metrics, checkpoints, results, curves.
+
+    Messages go to ``log`` (a callable taking one string), else to the ``dartsnas`` logger.
+    """
     rank, world, device = init_distributed(cfg)
     rt = resolve_runtime(cfg, device, rank, world)
-    say = log if rt.main else (lambda *a, **k: None)
-    run_dir = _on_main(rt, lambda: prepare_run_dir(run_dir or default_run_dir("train"), resume, say))
-    run_dir = Path(run_dir)
-    ck = None
-    path = run_dir / CHECKPOINT
-    if resume:
-        ck = load_checkpoint(path, expect_kind=KIND)
-        check_resume_config(cfg, ck, path, say)
+    run = Run(cfg, KIND, run_dir, resume, "train", log, ranks=rt)
+    ck = run.checkpoint
+    if ck is not None:
         try:
             genotype = genotype_from_dict(ck["genotype"])
         except (KeyError, GenotypeError) as e:
-            raise CheckpointError(f"holds no usable genotype ({e})", str(path)) from None
+            raise CheckpointError(f"holds no usable genotype ({e})", str(run.checkpoint_path)) from None
         if int(ck.get("world_size", 1)) != world:
-            say(f"note: resuming a {ck.get('world_size', 1)}-process run with {world} process(es); the "
-                "data order and learning rate are unchanged, per-rank random numbers are re-seeded")
+            run.log(f"note: resuming a {ck.get('world_size', 1)}-process run with {world} process(es); the "
+                    "data order and learning rate are unchanged, per-rank random numbers are re-seeded")
     else:
         genotype = resolve_genotype(cfg.genotype)
     data = _load_data(cfg, device, data)
-    st = _State(cfg, genotype, data, rt)
+    task = TrainTask(cfg, genotype, data, rt)
+    st = task.state
     n_params = count_parameters(st.model, include_auxiliary=False)
     n_params_aux = count_parameters(st.model, include_auxiliary=True)
     madds = count_multiply_adds(st.model, data.input_shape)
-    if ck is not None:
-        st.load_state_dict(ck, path)
-        say(f"resumed {run_dir} at epoch {st.epoch}, step {st.step_in_epoch}")
-    metrics = Metrics(run_dir / "metrics.jsonl")
-    if rt.main:
-        write_json(run_dir / "config.json", {"kind": KIND, **cfg.to_dict()})
-        save_genotype(genotype, run_dir / "genotype.json")
-        metrics.truncate_after(st.epoch)
-    steps = st.stream.steps_per_epoch()
-    say(f"train: {cfg.genotype} on {cfg.dataset}, {data.num_train} images, {steps} steps/epoch, "
-        f"{n_params:,} weights (+aux {n_params_aux - n_params:,}), {madds / 1e6:.1f}M multiply-adds, "
-        f"device {device} x{world}, run dir {run_dir}")
-
-    def save() -> None:
-        payload = st.state_dict()  # collective under DDP
-        if rt.main:
-            save_checkpoint(path, payload)
-
-    with StopRequest() as stop:
-        while st.epoch < cfg.epochs:
-            t0 = time.perf_counter()
-            lr = learning_rate(cfg, st.epoch)
-            dp = drop_path_probability(cfg, st.epoch)
-            for group in st.stepper.opt.param_groups:
-                group["lr"] = lr
-            st.model.drop_path_prob = dp
-            st.model.train()
-            bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress and rt.main,
-                           interval=cfg.log_interval)
-            for x, y in data.train_batches(st.stream, st.aug_gen):
-                st.sums += st.stepper.step(x, y, st.global_step)
-                st.step_in_epoch += 1
-                st.global_step += 1
-                inject_fault(st.global_step)
-                requested = stop.requested
-                if rt.distributed:  # every rank must stop at the same step
-                    flag = torch.tensor([1.0 if requested else 0.0], device=device)
-                    requested = bool(_all_reduce(flag, rt, "max").item())
-                if requested:
-                    st.wall += time.perf_counter() - t0
-                    save()
-                    bar.close()
-                    raise Interrupted(stop.signum or signal.SIGTERM, path)
-                if bar.enabled and (st.step_in_epoch % cfg.log_interval == 0 or st.step_in_epoch == steps):
-                    s = st.sums.tolist()
-                    bar.update(st.step_in_epoch, {"loss": s[0] / max(s[3], 1), "acc": s[2] / max(s[3], 1)},
-                               force=True)
-            bar.close()
-            s = _all_reduce(st.sums.clone(), rt).tolist()
-            test = evaluate(st.model, data, rt, cfg.eval_batch_size, st.stepper.autocast)
-            st.wall += time.perf_counter() - t0
-            n = max(s[3], 1.0)
-            record = {
-                "epoch": st.epoch, "lr": lr, "drop_path_prob": dp,
-                "train_loss": s[0] / n, "train_aux_loss": s[1] / n, "train_acc": s[2] / n,
-                **test, "seconds": time.perf_counter() - t0, "wall_seconds": st.wall,
-            }
-            say(f"epoch {st.epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} acc "
-                f"{record['train_acc']:.3f} | test loss {test['test_loss']:.4f} top1 {test['test_top1']:.3f} "
-                f"top5 {test['test_top5']:.3f} | lr {lr:.3g} drop path {dp:.3f}")
-            st.epoch += 1
-            st.step_in_epoch = 0
-            st.sums.zero_()
-            st.stream.new_epoch()
-            if rt.main:
-                metrics.append(record)
-            save()
-    history = [r for r in metrics.read() if "epoch" in r and r.get("event") != "final"] if rt.main else []
+    run.start(task, files=[("genotype.json", lambda folder: save_genotype(genotype, folder / "genotype.json"))])
+    run.log(f"train: {cfg.genotype} on {cfg.dataset}, {data.num_train} images, {task.steps_per_epoch()} steps/epoch, "
+            f"{n_params:,} weights (+aux {n_params_aux - n_params:,}), {madds / 1e6:.1f}M multiply-adds, "
+            f"device {device} x{world}, run dir {run.path}")
+    run.loop(task)
+    history = run.history()
     last = history[-1] if history else {}
     cuda = device.type == "cuda"
     hours = st.wall * world / 3600.0
@@ -705,11 +669,15 @@ def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool 
         **{k: v for k, v in rt.describe().items() if k != "device"},
         "torch": torch.__version__,
     }
+    if keeps_best(cfg) and st.best_epoch >= 0:
+        # best.pt holds these weights; best_epoch counts from 1 like every epoch number a user reads
+        results.update({"best_epoch": st.best_epoch + 1, "best_test_top1": st.best_top1,
+                        "best_test_error_percent": 100.0 * (1.0 - st.best_top1)})
     if rt.main:
-        write_json(run_dir / "results.json", results)
-        metrics.append({"event": "final", **results})
-        _save_curves(history, run_dir)
-    return TrainResult(run_dir, results, history)
+        write_json(run.path / "results.json", results)
+        run.record({"event": "final", **results})
+        _save_curves(history, run.path)
+    return TrainResult(run.path, results, history)
 
 
 def _save_curves(history: list[dict[str, Any]], run_dir: Path) -> None:

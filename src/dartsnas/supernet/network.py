@@ -71,3 +71,7 @@ class SearchNetwork(nn.Module):
 
     def genotype(self) -> Genotype:
         return derive_genotype(self.alphas_normal, self.alphas_reduce, self.num_nodes)
+
+    def arch_record(self) -> dict[str, list]:
+        """This space's fields of a search's per-epoch metrics record: softmax(alpha) per alpha tensor."""
+        return {name: torch.softmax(getattr(self, name).detach().double(), -1).cpu().tolist() for name in ARCH_NAMES}

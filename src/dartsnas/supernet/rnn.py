@@ -134,5 +134,9 @@ class RNNSearchModel(RNNLanguageModel):
     def genotype(self) -> RNNGenotype:
         return derive_rnn_genotype(self.alphas, self.num_nodes)
 
+    def arch_record(self) -> dict[str, list]:
+        """This space's fields of a search's per-epoch metrics record: softmax(alpha) per alpha tensor."""
+        return {name: torch.softmax(getattr(self, name).detach().double(), -1).cpu().tolist() for name in ARCH_NAMES}
+
 
 __all__ = ["RNNSearchCell", "RNNSearchModel", "LMOutput", "ARCH_NAMES", "TIED_EMBEDDING", "rnn_num_edges"]

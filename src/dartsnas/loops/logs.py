@@ -1,0 +1,70 @@
+"""Where the loops' messages and metrics go: the ``dartsnas`` logger and the optional TensorBoard writer.
+
+Library code never prints: messages go to ``logging.getLogger("dartsnas")`` at INFO level, or to the
+``log`` callable a caller passes to ``run_search`` and friends (kept for API users). The command line
+installs one handler that prints the plain message on stdout (``configure_cli_logging``); a library user
+sees nothing unless they configure logging (``logging.basicConfig(level=logging.INFO)``).
+
+``TensorBoardHook``: with ``tensorboard=true`` in a loop's config, every numeric field of every metrics
+record is also written as a TensorBoard scalar under ``RUN/tensorboard/`` (x axis: the 1-based epoch).
+It needs the optional extra ``tensorboard`` (``pip install 'dartsnas[tensorboard]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError
+
+LOGGER = logging.getLogger("dartsnas")
+
+Log = Callable[[str], Any]
+
+
+def emitter(log: Log | None) -> Log:
+    """The caller's ``log`` callable, or the ``dartsnas`` logger at INFO level."""
+    return log if log is not None else LOGGER.info
+
+
+def configure_cli_logging(stream=None) -> None:
+    """The command line's handler: the message alone, one line each, on stdout (idempotent)."""
+    stream = stream if stream is not None else sys.stdout
+    for h in LOGGER.handlers:
+        if getattr(h, "_dartsnas_cli", False):
+            h.setStream(stream)
+            return
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._dartsnas_cli = True  # type: ignore[attr-defined]
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
+
+
+class TensorBoardHook:
+    """Writes each metrics record's numbers as scalars ``<name>`` at step ``epoch + 1``."""
+
+    def __init__(self, run_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("tensorboard: needs the tensorboard package: pip install 'dartsnas[tensorboard]'") \
+                from None
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if "epoch" not in record:
+            return
+        step = int(record["epoch"]) + 1
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
