@@ -358,27 +358,72 @@ def test_first_order_alpha_step_depends_only_on_validation_batch():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
 
 
-def test_weight_step_uses_only_train_batch_and_leaves_alphas():
-    net = tiny_net()
-    alphas = snapshot(net.arch_parameters())
+def _search_state(order=1):
+    from dartsnas.data.images import ImageData
+    from dartsnas.loops.search import SearchConfig, _State
 
-    def weight_step(xy, clip=5.0):
-        twin = copy.deepcopy(net)
-        opt = sgd(twin, 0.05)
-        opt.zero_grad(set_to_none=True)
-        for a in twin.arch_parameters():  # a huge alpha gradient must not enter the clip norm
-            a.grad = torch.full_like(a, 1e6)
-        CE(twin(xy[0]), xy[1]).backward()
-        total = nn.utils.clip_grad_norm_(twin.weights(), clip)  # the norm before clipping
-        assert total < 1e6 and global_norm([p.grad for p in twin.weights()]) <= clip + 1e-9
-        opt.step()
-        assert_bit_exact(snapshot(twin.arch_parameters()), alphas)
-        return snapshot(twin.weights())
+    cfg = SearchConfig.build("tiny", order=order, device="cpu", arch_lr=0.05)
+    z = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    data = ImageData("synthetic", z, torch.zeros(2, dtype=torch.long), z, torch.zeros(2, dtype=torch.long),
+                     (0.5,) * 3, (0.25,) * 3, 10)
+    torch.manual_seed(0)
+    st = _State(cfg, data, torch.device("cpu"))
+    st.model.train()
+    return st
 
-    A, B = batch(1), batch(3)
-    wa = weight_step(A)
-    assert_bit_exact(weight_step(A), wa)
-    assert any(not torch.equal(x, y) for x, y in zip(weight_step(B), wa))
+
+def _reference_weight_step(net, alphas, x, y, lr, momentum, wd, clip):
+    """An independent weight step: a copy of ``net`` with the given alphas, plain SGD on (x, y) only."""
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        for a, v in zip(twin.arch_parameters(), alphas):
+            a.copy_(v)
+            a.grad = torch.full_like(a, 1e6)  # a huge alpha gradient must not enter the clip norm
+    opt = torch.optim.SGD(twin.weights(), lr=lr, momentum=momentum, weight_decay=wd)
+    twin.zero_grad(set_to_none=False)
+    for a in twin.arch_parameters():
+        a.grad = None
+    CE(twin(x), y).backward()
+    nn.utils.clip_grad_norm_(twin.weights(), clip)
+    opt.step()
+    return snapshot(twin.weights())
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_search_step_weight_step_sees_the_updated_alphas_and_only_the_train_batch(order):
+    """The real step (loops.search._search_step): its weight step equals an independent SGD step on the
+    training batch taken with the alphas *after* this step's alpha update; with the alphas from before the
+    update it would differ. The weight step leaves the alphas where the alpha step put them."""
+    from dartsnas.loops.search import _search_step
+
+    st = _search_state(order)
+    cfg = st.cfg
+    gen = torch.Generator().manual_seed(3)
+    x_t, x_v = torch.randn(2, 4, 3, 8, 8, generator=gen)
+    y_t, y_v = torch.randint(0, 10, (2, 4), generator=gen)
+    net_before = copy.deepcopy(st.model)
+    alphas_before = snapshot(st.model.arch_parameters())
+    # the alpha step alone, on a twin state: where the alphas must end up
+    twin = _search_state(order)
+    twin.architect.step(make_loss_fn(twin.model, x_t, y_t, CE), make_loss_fn(twin.model, x_v, y_v, CE),
+                        cfg.lr, twin.w_opt, 0)
+    alphas_after = snapshot(twin.model.arch_parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(alphas_after, alphas_before))
+
+    out = _search_step(st, CE, x_t, y_t, x_v, y_v, cfg.lr)
+    assert_bit_exact(snapshot(st.model.arch_parameters()), alphas_after)
+    assert set(out) == {"loss", "correct", "count", "arch_step_val_loss"} and float(out["count"]) == 4
+    got = snapshot(st.model.weights())
+    ref = _reference_weight_step(net_before, alphas_after, x_t, y_t, cfg.lr, cfg.momentum, cfg.weight_decay,
+                                 cfg.grad_clip)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    stale = _reference_weight_step(net_before, alphas_before, x_t, y_t, cfg.lr, cfg.momentum, cfg.weight_decay,
+                                   cfg.grad_clip)
+    assert max((a - b).abs().max().item() for a, b in zip(got, stale)) > 1e-5
+    other = _reference_weight_step(net_before, alphas_after, x_v, y_v, cfg.lr, cfg.momentum, cfg.weight_decay,
+                                   cfg.grad_clip)
+    assert max((a - b).abs().max().item() for a, b in zip(got, other)) > 1e-5
 
 
 # ------------------------------------------------------------------ (f) the recurrent variant

@@ -106,13 +106,25 @@ def test_architect_step_matches(order):
     _compare_state(*results)
 
 
-def test_toggle_does_not_change_state():
-    net = SearchNetwork(4, 10, 3, 2)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    net.set_fused(True)
-    net.set_fused(False)
-    after = net.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+def test_toggle_routes_every_cell_and_back(monkeypatch):
+    """set_fused(True) sends every cell through the fused forward (same output to rounding); set_fused(False)
+    restores the plain path exactly (bit-identical output, no fused call)."""
+    import dartsnas.supernet.fused as fused_mod
+
+    torch.manual_seed(0)
+    net = SearchNetwork(4, 10, 3, 2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        plain = net(x)
+    calls = []
+    real = fused_mod.fused_cell_forward
+    monkeypatch.setattr(fused_mod, "fused_cell_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        fused = net.set_fused(True)(x)
+        assert len(calls) == len(net.cells) == 3
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+        back = net.set_fused(False)(x)
+    assert len(calls) == 3 and torch.equal(back, plain)
 
 
 @pytest.mark.parametrize("order", [1, 2])

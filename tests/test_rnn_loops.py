@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
 
 from conftest import run_cli, shared_data_root
-from dartsnas.checkpoint import load_checkpoint
 from dartsnas.loops.rnn_common import evaluate_lm, scaled_lr, search_seq_len, train_seq_len
 from dartsnas.loops.rnn_search import RNNSearchConfig
 from dartsnas.loops.rnn_train import RNNTrainConfig, should_switch_to_asgd
@@ -30,21 +28,6 @@ def _metrics(run):
             r.pop(k, None)
         out.append(r)
     return out
-
-
-def _assert_same_state(a, b, keys):
-    for key in keys:
-        x, y = a[key], b[key]
-        if isinstance(x, torch.Tensor):
-            assert torch.equal(x, y), key
-        elif isinstance(x, dict):
-            _assert_same_state(x, y, list(x))
-        elif isinstance(x, list):
-            assert len(x) == len(y), key
-            for u, v in zip(x, y):
-                assert (torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v), key
-        else:
-            assert x == y, key
 
 
 # ------------------------------------------------------------------------------------------------ search
@@ -80,29 +63,6 @@ def test_derive_matches_search_genotype(search_run):
     assert json.loads(res.stdout) == json.loads((search_run / "genotype.json").read_text())
 
 
-@pytest.mark.parametrize("fault", ["kill_at_step:5", "term_at_step:5"])
-def test_search_resume_is_bit_identical(search_run, tmp_path, fault):
-    run = tmp_path / "run"
-    first = run_cli(*SEARCH, "--run-dir", str(run), env={"DARTSNAS_FAULT": fault})
-    if fault.startswith("kill"):
-        assert first.returncode == -9  # mid epoch 2 (3 steps per epoch), after the epoch-1 checkpoint
-        assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
-    else:
-        assert first.returncode == 128 + 15, first.stderr
-        ck = load_checkpoint(run / "checkpoint.pt")
-        assert ck["step_in_epoch"] == 2 and ck["position"] > 0  # mid-epoch: stream position and hidden states
-        assert ck["hidden"].shape == (4, 8) and ck["hidden_valid"].shape == (4, 8)
-    second = run_cli("search", "--space", "rnn", "--resume", str(run), "--no-progress")
-    assert second.returncode == 0, second.stderr
-    ref = load_checkpoint(search_run / "checkpoint.pt")
-    got = load_checkpoint(run / "checkpoint.pt")
-    _assert_same_state(ref, got, ["model", "weight_optimizer", "arch_optimizer", "epoch", "global_step",
-                                  "position", "sums", "rng"])
-    assert torch.equal(ref["model"]["alphas"], got["model"]["alphas"])
-    assert (run / "genotype.json").read_text() == (search_run / "genotype.json").read_text()
-    assert _metrics(run) == _metrics(search_run)
-
-
 def test_search_second_order_smoke(tmp_path):
     res = run_cli(*SEARCH, "--order", "2", "--epochs", "1", "--run-dir", str(tmp_path / "r"))
     assert res.returncode == 0, res.stderr
@@ -110,33 +70,10 @@ def test_search_second_order_smoke(tmp_path):
     assert math.isfinite(rec["valid_ppl"]) and abs(rec["arch_loss"] - math.log(425)) < 1.0
 
 
-def test_search_non_finite_stops_before_the_step(tmp_path):
-    run = tmp_path / "r"
-    res = run_cli(*SEARCH, "--run-dir", str(run), env={"DARTSNAS_FAULT": "nan_train_at_step:5"})
-    assert res.returncode == 6, res.stderr
-    assert "Traceback" not in res.stderr
-    line = res.stderr.strip().splitlines()[-1]
-    assert "not finite at step 4" in line and "weights" in line
-    ck = load_checkpoint(run / "checkpoint.pt")
-    assert ck["epoch"] == 1 and ck["global_step"] == 3  # the epoch-1 checkpoint, untouched
-    res = run_cli(*SEARCH, "--run-dir", str(tmp_path / "v1"), env={"DARTSNAS_FAULT": "nan_val_at_step:2"})
-    assert res.returncode == 6 and "(phase: architecture)" in res.stderr and "Traceback" not in res.stderr
+def test_search_second_order_names_the_non_finite_validation_loss(tmp_path):
+    """The generic NaN guarantees are in test_reliability.py; order 2 names the loss at w'."""
     res = run_cli(*SEARCH, "--order", "2", "--run-dir", str(tmp_path / "v"), env={"DARTSNAS_FAULT": "nan_val_at_step:2"})
     assert res.returncode == 6 and "validation loss at w'" in res.stderr and "Traceback" not in res.stderr
-
-
-def test_search_refuses_corrupt_and_incompatible(search_run, tmp_path):
-    run = tmp_path / "copy"
-    shutil.copytree(search_run, run)
-    raw = bytearray((run / "checkpoint.pt").read_bytes())
-    raw[-100] ^= 0xFF
-    (run / "checkpoint.pt").write_bytes(bytes(raw))
-    res = run_cli("search", "--space", "rnn", "--resume", str(run))
-    assert res.returncode == 5 and "checksum mismatch" in res.stderr and "checkpoint.pt" in res.stderr
-    assert "Traceback" not in res.stderr
-    shutil.copy(search_run / "checkpoint.pt", run / "checkpoint.pt")
-    res = run_cli("search", "--space", "rnn", "--resume", str(run), "--set", "nhid=9")
-    assert res.returncode == 5 and "nhid: checkpoint=8, config=9" in res.stderr
 
 
 def test_search_lr_and_eta_scaled_by_segment_length(monkeypatch):
@@ -300,44 +237,6 @@ def test_train_writes_results(train_run):
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["test_ppl"] == pytest.approx(r["test_ppl"]) and out["valid_ppl"] == pytest.approx(r["valid_ppl"])
-
-
-@pytest.mark.parametrize("fault", ["kill_at_step:7", "term_at_step:11"])
-def test_train_resume_is_bit_identical(train_run, tmp_path, fault):
-    # The tiny run switches to averaged SGD after epoch 3 (3 steps per epoch): the kill lands before the
-    # switch, the SIGTERM mid epoch 4 with a running average of two steps in the checkpoint.
-    assert [r.get("optimizer") for r in _metrics(train_run) if "epoch" in r] == ["sgd", "sgd", "sgd", "asgd"]
-    run = tmp_path / "run"
-    first = run_cli(*TRAIN, "--run-dir", str(run), env={"DARTSNAS_FAULT": fault})
-    assert first.returncode == (-9 if fault.startswith("kill") else 128 + 15), first.stderr
-    if fault.startswith("term"):
-        ck = load_checkpoint(run / "checkpoint.pt")
-        assert ck["step_in_epoch"] == 2 and ck["hidden"].shape == (4, 8)
-        assert ck["asgd"] and ck["average_count"] == 2 and len(ck["average"]) > 0
-    second = run_cli("train", "--space", "rnn", "--resume", str(run), "--no-progress")
-    assert second.returncode == 0, second.stderr
-    ref = load_checkpoint(train_run / "checkpoint.pt")
-    got = load_checkpoint(run / "checkpoint.pt")
-    _assert_same_state(ref, got, ["model", "optimizer", "epoch", "global_step", "asgd", "average", "sgd_val_losses",
-                                  "best_val", "rng"])
-    _assert_same_state(load_checkpoint(train_run / "best.pt"), load_checkpoint(run / "best.pt"), ["model", "epoch"])
-    strip = lambda d: {k: v for k, v in d.items() if k not in ("wall_seconds", "gpu_hours")}
-    assert strip(json.loads((run / "results.json").read_text())) == strip(json.loads((train_run / "results.json").read_text()))
-    assert [r for r in _metrics(run) if "epoch" in r] == [r for r in _metrics(train_run) if "epoch" in r]
-
-
-def test_train_refuses_corrupt_checkpoint_and_stops_on_nan(train_run, tmp_path):
-    run = tmp_path / "copy"
-    shutil.copytree(train_run, run)
-    raw = bytearray((run / "checkpoint.pt").read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    (run / "checkpoint.pt").write_bytes(bytes(raw))
-    res = run_cli("train", "--space", "rnn", "--resume", str(run))
-    assert res.returncode == 5 and "checksum mismatch" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli(*TRAIN, "--run-dir", str(tmp_path / "nan"), env={"DARTSNAS_FAULT": "nan_train_at_step:5"})
-    assert res.returncode == 6 and "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and "not finite at step 4" in res.stderr
-    assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt")["epoch"] == 1
 
 
 def test_paper_defaults():
