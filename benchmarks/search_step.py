@@ -44,7 +44,8 @@ import torch  # noqa: E402
 
 from dartsnas.data.images import ImageData  # noqa: E402
 from dartsnas.loops.common import resolve_device  # noqa: E402
-from dartsnas.loops.search import SearchConfig, _search_step, _State  # noqa: E402
+from dartsnas.loops.search import SUMS, SearchConfig, _search_step, _State  # noqa: E402
+from dartsnas.loops.state import Sums  # noqa: E402
 
 ALL_MODES = ("eager", "fused", "fused+cl", "fused+bf16", "graph", "fused+graph", "fused+graph+bf16")
 
@@ -88,19 +89,20 @@ def run_mode(args, mode: str, order: int, device: torch.device) -> dict:
             return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     else:
         amp = nullcontext
+    sums = Sums(SUMS, device)  # the loop driver's named running sums
     if "graph" in parts:
         from dartsnas.loops.graphed import GraphedSearchStep
         stepper = GraphedSearchStep(st, criterion, autocast=amp)
 
         def step():
-            stepper.step(x_t, y_t, x_v, y_v, lr)
+            sums.add(stepper.step(x_t, y_t, x_v, y_v, lr))
             st.global_step += 1
     else:
         stepper = None
 
         def step():
             with amp():
-                _search_step(st, criterion, x_t, y_t, x_v, y_v, lr)
+                sums.add(_search_step(st, criterion, x_t, y_t, x_v, y_v, lr))
             st.global_step += 1
 
     def sync():
@@ -121,15 +123,15 @@ def run_mode(args, mode: str, order: int, device: torch.device) -> dict:
     dt = time.perf_counter() - t
     if stepper is not None:
         stepper.check()
-    sums = st.sums.tolist()
-    finite = all(map(lambda v: v == v and abs(v) != float("inf"), sums))
+    totals = sums.values()
+    finite = all(map(lambda v: v == v and abs(v) != float("inf"), totals.values()))
     return {
         "mode": mode, "order": order, "steps": args.steps, "warmup": args.warmup,
         "seconds": round(dt, 4), "warmup_seconds": round(warm_s, 3),
         "steps_per_s": round(args.steps / dt, 4),
         "images_per_s": round(2 * B * args.steps / dt, 2),  # train + validation batch
         "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 3) if cuda else None,
-        "mean_train_loss": sums[0] / max(sums[2], 1), "finite": finite,
+        "mean_train_loss": totals["loss"] / max(totals["count"], 1), "finite": finite,
     }
 
 
