@@ -137,7 +137,8 @@ def test_kill_nan_term_resume(kind, references, tmp_path):
         assert (bad / "checkpoint.pt").read_bytes() == before
 
     # Resume, then SIGTERM mid-epoch: exit 143 and a checkpoint at that step.
-    proc = run_cli(*kind.resume, "--resume", str(run), "--no-progress", env={"DARTSNAS_FAULT": f"term_at_step:{kind.term}"})
+    proc = run_cli(*kind.resume, "--resume", str(run), "--no-progress",
+                   env={"DARTSNAS_FAULT": f"term_at_step:{kind.term}"})
     assert proc.returncode == 128 + 15, proc.stderr
     assert "checkpoint saved" in _one_line(proc)
     assert "resumed" in proc.stdout and f"in epoch {ck['epoch'] + 1}/" in proc.stdout  # epochs count from 1

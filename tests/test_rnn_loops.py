@@ -1,5 +1,6 @@
-"""Recurrent search and training end to end on CPU: outputs, exact resume, corrupt checkpoints, NaN guard,
-the NT-ASGD switch rule, per-step learning-rate scaling, and a short PTB search when the data is present."""
+"""Recurrent search and training end to end on CPU: outputs, the NT-ASGD switch rule, per-step learning-rate
+scaling, and a short PTB search when the data is present (resume, signals, NaN and bad checkpoints:
+test_reliability.py)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def test_search_second_order_smoke(tmp_path):
 
 def test_search_second_order_names_the_non_finite_validation_loss(tmp_path):
     """The generic NaN guarantees are in test_reliability.py; order 2 names the loss at w'."""
-    res = run_cli(*SEARCH, "--order", "2", "--run-dir", str(tmp_path / "v"), env={"DARTSNAS_FAULT": "nan_val_at_step:2"})
+    res = run_cli(*SEARCH, "--order", "2", "--run-dir", str(tmp_path / "v"),
+                  env={"DARTSNAS_FAULT": "nan_val_at_step:2"})
     assert res.returncode == 6 and "validation loss at w'" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -244,11 +246,13 @@ def test_paper_defaults():
     assert (s.dataset, s.nhid, s.batch_size, s.bptt, s.lr, s.weight_decay, s.grad_clip, s.epochs, s.seed) == (
         "ptb", 300, 256, 35, 20.0, 5e-7, 0.25, 50, 3)
     assert (s.dropout, s.dropouth, s.dropoutx, s.dropouti, s.dropoute) == (0.75, 0.25, 0.75, 0.2, 0.0)
-    assert (s.arch_lr, s.arch_beta1, s.arch_beta2, s.arch_weight_decay, s.eval_batch_size) == (3e-3, 0.9, 0.999, 1e-3, 10)
+    assert (s.arch_lr, s.arch_beta1, s.arch_beta2, s.arch_weight_decay, s.eval_batch_size) == (
+        3e-3, 0.9, 0.999, 1e-3, 10)
     t = RNNTrainConfig()
     assert (t.nhid, t.batch_size, t.lr, t.weight_decay, t.grad_clip, t.seed, t.epochs, t.nonmono) == (
         850, 64, 20.0, 8e-7, 0.25, 1267, 8000, 5)
-    assert (t.dropout, t.dropouth, t.dropoutx, t.dropouti, t.dropoute, t.test_batch_size) == (0.75, 0.25, 0.75, 0.2, 0.1, 1)
+    assert (t.dropout, t.dropouth, t.dropoutx, t.dropouti, t.dropoute, t.test_batch_size) == (
+        0.75, 0.25, 0.75, 0.2, 0.1, 1)
     w = RNNTrainConfig.build("paper-wt2")
     assert (w.dataset, w.nhid, w.dropouth, w.weight_decay) == ("wikitext2", 700, 0.15, 5e-7)
 

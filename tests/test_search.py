@@ -1,4 +1,5 @@
-"""The CNN search command end to end on CPU: outputs, exact resume after SIGKILL/SIGTERM, bad input."""
+"""The CNN search command end to end on CPU: outputs, --auto-resume, bad input (resume, signals, NaN and bad
+checkpoints for every run kind: test_reliability.py)."""
 
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def test_paper_defaults():
     cfg = SearchConfig()
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_min, cfg.momentum, cfg.weight_decay, cfg.grad_clip) == (
         50, 64, 0.025, 0.001, 0.9, 3e-4, 5.0)
-    assert (cfg.arch_lr, cfg.arch_beta1, cfg.arch_beta2, cfg.arch_weight_decay, cfg.order) == (3e-4, 0.5, 0.999, 1e-3, 1)
+    assert (cfg.arch_lr, cfg.arch_beta1, cfg.arch_beta2, cfg.arch_weight_decay, cfg.order) == (
+        3e-4, 0.5, 0.999, 1e-3, 1)
     assert (cfg.init_channels, cfg.layers, cfg.train_portion, cfg.seed) == (16, 8, 0.5, 2)
 
 

@@ -1,5 +1,5 @@
-"""Training from scratch (spec §5, §6, §12.8-9; RELIABILITY.md 1-3, 5, 9): schedules, cutout, the CLI,
-exact resume after SIGKILL/SIGTERM, corrupted checkpoints, non-finite losses, ImageNet errors, DDP on CPU."""
+"""Training from scratch (spec §5, §6, §12.8-9): schedules, cutout, the CLI, eval of corrupted or foreign
+checkpoints, ImageNet errors, DDP on CPU (resume, signals, NaN and bad checkpoints: test_reliability.py)."""
 
 from __future__ import annotations
 

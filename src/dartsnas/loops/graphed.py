@@ -28,7 +28,8 @@ before anything is saved, so the last checkpoint on disk is the last good state.
 Capture follows the PyTorch recipe: warm-up iterations on a side stream through the same function, then
 ``torch.cuda.graph``. The warm-up iterations are real updates, so the state they touch (weights, alphas,
 both optimizers' state, BN buffers, flags) is snapshotted before and restored after them; capture
-executes nothing, and one replay then takes the step: each loop step is exactly one update, as in eager mode. Autocast, if used, must be entered with
+executes nothing, and one replay then takes the step: each loop step is exactly one update, as in eager mode.
+Autocast, if used, must be entered with
 ``cache_enabled=False`` around the calls.
 """
 

@@ -113,7 +113,8 @@ class RNNSearchConfig(ConfigBase):
 
     def check(self) -> list[str]:
         p: list[str] = []
-        require(p, self.dataset in CORPORA, f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(CORPORA)}")
+        require(p, self.dataset in CORPORA,
+                f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(CORPORA)}")
         for name in ("nhid", "num_nodes", "batch_size", "bptt", "epochs", "eval_batch_size", "log_interval"):
             require(p, getattr(self, name) > 0, f"{name}: must be positive, got {getattr(self, name)}")
         require(p, self.bptt >= 2, f"bptt: must be at least 2, got {self.bptt}")

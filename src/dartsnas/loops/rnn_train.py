@@ -120,7 +120,8 @@ class RNNTrainConfig(ConfigBase):
 
     def check(self) -> list[str]:
         p: list[str] = []
-        require(p, self.dataset in CORPORA, f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(CORPORA)}")
+        require(p, self.dataset in CORPORA,
+                f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(CORPORA)}")
         for name in ("nhid", "batch_size", "bptt", "epochs", "eval_batch_size", "test_batch_size", "log_interval",
                      "nonmono"):
             require(p, getattr(self, name) > 0, f"{name}: must be positive, got {getattr(self, name)}")

@@ -93,7 +93,8 @@ class SearchConfig(ConfigBase):
 
     def check(self) -> list[str]:
         p: list[str] = []
-        require(p, self.dataset in DATASETS, f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
+        require(p, self.dataset in DATASETS,
+                f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
         require(p, 0.0 < self.train_portion < 1.0, f"train_portion: must be in (0, 1), got {self.train_portion}")
         require(p, self.subset is None or self.subset > 0, f"subset: must be positive, got {self.subset}")
         for name in ("init_channels", "layers", "num_nodes", "stem_multiplier", "epochs", "batch_size",
