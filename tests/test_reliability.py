@@ -7,7 +7,8 @@
 - a corrupted, truncated or foreign checkpoint, or an incompatible config, is refused with one line.
 
 Faults are injected through ``DARTSNAS_FAULT`` (loops.common): ``kill_at_step:N``/``term_at_step:N`` signal
-the process after global step N, ``nan_<train|val>_at_step:N`` poisons step N (1-based).
+the process after global step N, ``nan_<train|val>_at_step:N`` poisons step N (1-based). Signals run the
+CLI in a subprocess; the other cases call it in process (faster).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from conftest import run_cli
 from dartsnas.checkpoint import load_checkpoint, save_checkpoint
+from dartsnas.cli import main
 
 TIMING = {"epoch_seconds", "seconds", "wall_seconds", "gpu_hours", "cpu_hours"}
 
@@ -59,6 +61,31 @@ def _one_line(proc) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     return lines[0]
+
+
+@dataclass
+class _Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli_here(capsys, monkeypatch):
+    """The CLI in this process: ``cli_here(*args, fault=None)`` -> exit code, stdout, stderr."""
+
+    def call(*args: str, fault: str | None = None) -> _Done:
+        if fault is None:
+            monkeypatch.delenv("DARTSNAS_FAULT", raising=False)
+        else:
+            monkeypatch.setenv("DARTSNAS_FAULT", fault)
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        monkeypatch.delenv("DARTSNAS_FAULT", raising=False)
+        return _Done(code, out.out, out.err)
+
+    return call
 
 
 def _records(run: Path) -> list[dict]:
@@ -113,7 +140,7 @@ def references(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=IDS)
-def test_kill_nan_term_resume(kind, references, tmp_path):
+def test_kill_nan_term_resume(kind, references, tmp_path, cli_here):
     ref = references(kind)
     run = tmp_path / "run"
     # SIGKILL mid-epoch 2: only the end-of-epoch-1 checkpoint survives.
@@ -128,8 +155,7 @@ def test_kill_nan_term_resume(kind, references, tmp_path):
         shutil.copytree(run, bad)
         before = (bad / "checkpoint.pt").read_bytes()
         step = ck["global_step"] + 1
-        proc = run_cli(*kind.resume, "--resume", str(bad), "--no-progress",
-                       env={"DARTSNAS_FAULT": f"nan_{phase}_at_step:{step}"})
+        proc = cli_here(*kind.resume, "--resume", str(bad), "--no-progress", fault=f"nan_{phase}_at_step:{step}")
         assert proc.returncode == 6, proc.stderr
         line = _one_line(proc)
         assert f"not finite at step {step - 1}" in line
@@ -150,13 +176,13 @@ def test_kill_nan_term_resume(kind, references, tmp_path):
     proc = run_cli(*kind.resume, "--resume", str(run), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     _assert_same_run(ref, run, kind)
-    again = run_cli(*kind.resume, "--resume", str(run), "--no-progress")  # a finished run stays finished
+    again = cli_here(*kind.resume, "--resume", str(run), "--no-progress")  # a finished run stays finished
     assert again.returncode == 0 and "already complete" in again.stdout, again.stderr
     _assert_same_run(ref, run, kind)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=IDS)
-def test_bad_checkpoints_refused_with_one_line(kind, references, tmp_path):
+def test_bad_checkpoints_refused_with_one_line(kind, references, tmp_path, cli_here):
     ref = references(kind)
     run = tmp_path / "copy"
     shutil.copytree(ref, run)
@@ -174,10 +200,10 @@ def test_bad_checkpoints_refused_with_one_line(kind, references, tmp_path):
             save_checkpoint(run / "checkpoint.pt", {"kind": other, "config": {}}, keep_previous=False)
         else:
             (run / "checkpoint.pt").write_bytes(content)
-        proc = run_cli(*kind.resume, "--resume", str(run), "--no-progress")
+        proc = cli_here(*kind.resume, "--resume", str(run), "--no-progress")
         assert proc.returncode == 5, proc.stderr
         line = _one_line(proc)
         assert needle in line and "checkpoint.pt" in line
     (run / "checkpoint.pt").write_bytes(good)
-    proc = run_cli(*kind.resume, "--resume", str(run), "--no-progress", "--set", kind.incompatible)
+    proc = cli_here(*kind.resume, "--resume", str(run), "--no-progress", "--set", kind.incompatible)
     assert proc.returncode == 5 and kind.refusal in _one_line(proc)

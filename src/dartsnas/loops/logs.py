@@ -30,19 +30,29 @@ def emitter(log: Log | None) -> Log:
     return log if log is not None else LOGGER.info
 
 
-def configure_cli_logging(stream=None) -> None:
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a message is emitted (the CLI may run in process, e.g. under
+    a test's captured output)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_cli_logging() -> None:
     """The command line's handler: the message alone, one line each, on stdout (idempotent)."""
-    stream = stream if stream is not None else sys.stdout
-    for h in LOGGER.handlers:
-        if getattr(h, "_dartsnas_cli", False):
-            h.setStream(stream)
-            return
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._dartsnas_cli = True  # type: ignore[attr-defined]
-    LOGGER.addHandler(handler)
+    if not any(isinstance(h, _StdoutHandler) for h in LOGGER.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        LOGGER.addHandler(handler)
     LOGGER.setLevel(logging.INFO)
-    LOGGER.propagate = False
 
 
 class TensorBoardHook:
