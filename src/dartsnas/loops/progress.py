@@ -39,7 +39,7 @@ class Progress:
         """Whether step ``n`` gets a line (or a redraw)."""
         if not self.enabled:
             return False
-        return n % self.interval == 0 or n >= self.total or time.perf_counter() - self.last_line >= self.time_interval
+        return n % self.interval == 0 or n == self.total or time.perf_counter() - self.last_line >= self.time_interval
 
     def update(self, n: int, stats: dict[str, float] | None = None) -> None:
         if not self.enabled:
