@@ -18,8 +18,9 @@ from hypothesis import given, settings, strategies as st
 from conftest import SRC, run_cli
 
 from dartsnas.errors import ConfigError
-from dartsnas.protocol import (CNN_SEARCH_OPS, RNN_SEARCH_OPS, ProtocolConfig, sample_cnn_genotype,
-                               sample_genotypes, sample_rnn_genotype)
+from dartsnas.protocol import ProtocolConfig
+from dartsnas.space.sample import (CNN_SEARCH_OPS, RNN_SEARCH_OPS, sample_cnn_genotype, sample_genotypes,
+                                   sample_rnn_genotype)
 from dartsnas.space.genotype import genotype_from_dict, genotype_to_dict
 
 import random
