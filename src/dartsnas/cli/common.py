@@ -111,10 +111,24 @@ def named_dataset(args: argparse.Namespace) -> str | None:
         (s.split("=", 1)[1] for s in getattr(args, "set", []) if s.startswith("dataset=")), None)
 
 
-def check_finished(run_dir: str | Path | None, resume: bool) -> str | None:
-    """A one-line note when ``--resume`` points at a run that already finished (it has its results)."""
-    if resume and run_dir and (Path(run_dir) / "results.json").exists():
-        return f"{run_dir} is already complete (results.json written); nothing to resume"
+def check_finished(run_dir: str | Path | None, resume: bool, cfg) -> str | None:
+    """A one-line note when ``--resume`` (or ``--auto-resume``) points at a run that already finished: its
+    results are written, or its checkpoint is past the last epoch. None when there is work left."""
+    if not (resume and run_dir):
+        return None
+    folder = Path(run_dir)
+    if (folder / "results.json").exists():
+        return f"{folder} is already complete (results.json written); nothing to resume"
+    from ..checkpoint import load_checkpoint
+    from ..loops.common import CHECKPOINT
+
+    try:
+        ck = load_checkpoint(folder / CHECKPOINT)
+    except DartsError:
+        return None  # the loop reports the damaged or missing checkpoint in its own words
+    done = ck.get("epoch")
+    if isinstance(done, int) and done >= getattr(cfg, "epochs", done + 1) and ck.get("step_in_epoch", 0) == 0:
+        return f"{folder} is already complete ({done} of {cfg.epochs} epochs); nothing to resume"
     return None
 
 

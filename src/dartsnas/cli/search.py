@@ -48,7 +48,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.show_config:
         return show_config(cfg)
     run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume)
+    note = check_finished(run_dir, resume, cfg)
     if note:
         print(note)
         return 0
@@ -79,7 +79,7 @@ def _rnn_search(args: argparse.Namespace) -> int:
     if args.show_config:
         return show_config(cfg)
     run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume)
+    note = check_finished(run_dir, resume, cfg)
     if note:
         print(note)
         return 0

@@ -59,7 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.show_config:
         return show_config(cfg)
     run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume)
+    note = check_finished(run_dir, resume, cfg)
     if note:
         print(note)
         return 0
@@ -98,7 +98,7 @@ def _rnn_train(args: argparse.Namespace) -> int:
     if args.show_config:
         return show_config(cfg)
     run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume)
+    note = check_finished(run_dir, resume, cfg)
     if note:
         print(note)
         return 0
