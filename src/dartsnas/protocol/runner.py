@@ -156,6 +156,8 @@ class RunJob:
             log.flush()
             child = subprocess.Popen([sys.executable, "-m", "dartsnas", *argv], stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env)
+            pid_file = Path(self.log_path).with_suffix(".pid")
+            pid_file.write_text(str(child.pid))  # so an experiment process that lost this job can stop the run
             try:
                 return child.wait()
             except BaseException:
@@ -203,16 +205,14 @@ def make_executor(cfg: ProtocolConfig, folder: Path):
     return ex
 
 
-def _job_alive(st: dict) -> bool:
-    """Whether the job a status records (from an experiment process that died) still runs."""
-    pid = st.get("job_pid")
-    if pid:
-        try:
-            os.kill(int(pid), 0)
-            return True
-        except (ProcessLookupError, PermissionError, ValueError):
-            return False
-    return False
+def _run_pid(pid_file: Path) -> int | None:
+    """The pid of a run started by a submitit job on this machine, if that run still lives."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"dartsnas" in cmdline else None
 
 
 class Runner:
@@ -255,23 +255,28 @@ class Runner:
         return "cpu" if slot == "cpu" else f"cuda:{slot}"
 
     def _take_over(self, task: Task) -> None:
-        """A run recorded as running by an experiment process that died: its submitit-local job may still run
-        (local processes die with the experiment; SLURM jobs are stopped with scancel): stop it, so that it
-        saves its checkpoint and one writer continues it."""
+        """A run recorded as running by an experiment process that died. Local runs died with it
+        (PR_SET_PDEATHSIG); a submitit job may still run: stop it (SIGTERM: it saves its checkpoint) and wait,
+        so that one writer continues the run."""
         st = self.exp.status(task.name)
-        if st.get("status") != "running":
+        if st.get("status") != "running" or not st.get("job_id"):
             return
-        if st.get("job_id") and st.get("launcher") == "slurm":
+        if st.get("launcher") == "slurm":
             import submitit
 
             job = submitit.SlurmJob(self.exp.path / "jobs", str(st["job_id"]))
             if not job.done():
-                job.cancel(check=False)  # SIGTERM to the run: it saves its checkpoint
+                self.log(f"[{task.name}] stopping SLURM job {st['job_id']} left by a previous experiment process")
+                job.cancel(check=False)  # scancel: SIGTERM to the run, which saves its checkpoint
                 _Job(job).wait(timeout=180)
-        if _job_alive(st):
-            os.kill(int(st["job_pid"]), signal.SIGINT)
+            return
+        pid_file = self.exp.log_path(task.name).with_suffix(".pid")
+        pid = _run_pid(pid_file)
+        if pid is not None:
+            self.log(f"[{task.name}] stopping the run left by a previous experiment process (pid {pid})")
+            os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 120
-            while _job_alive(st) and time.monotonic() < deadline:
+            while _run_pid(pid_file) == pid and time.monotonic() < deadline:
                 time.sleep(0.1)
 
     def _launch(self, task: Task, slot: str):
@@ -292,8 +297,7 @@ class Runner:
             self.executor.update_parameters(name=f"dartsnas-{task.name}")
             handle = _Job(self.executor.submit(RunJob(task.argv, task.resume_argv, str(run_dir), str(log_path),
                                                       env)))
-            extra = {"job_id": handle.job_id, "launcher": self.cfg.launcher,
-                     "job_pid": int(handle.job_id) if self.cfg.launcher == "submitit-local" else None}
+            extra = {"job_id": handle.job_id, "launcher": self.cfg.launcher}
         else:
             with open(log_path, "a") as logf:
                 proc = subprocess.Popen([sys.executable, "-m", "dartsnas", *argv], stdout=logf,
@@ -301,7 +305,7 @@ class Runner:
                                         env={**os.environ, **env},
                                         preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None)
             handle = _Local(proc)
-            extra = {"job_id": None, "launcher": "local", "job_pid": None}
+            extra = {"job_id": None, "launcher": "local"}
         self.exp.set_status(task.name, stage=task.stage, status="running", attempts=st.get("attempts", 0) + 1,
                             started=_now(), device=self._device(slot), command=["dartsnas", *argv],
                             continued=continuing, run_dir=f"runs/{task.name}", pid=handle.pid, **extra, **task.meta)
