@@ -128,6 +128,32 @@ def test_eval_split_search_valid_reads_the_two_training_halves():
         TrainConfig.build("imagenet", ["eval_split=search_valid"])
 
 
+def test_child_runs_get_the_thread_rule(tmp_path, monkeypatch):
+    """CPU child runs: 1 thread on the built-in data, else each run's share of the cores up to 4 (not
+    cpu_count // jobs); announced once; the user's OMP_NUM_THREADS or --threads wins."""
+    from dartsnas import threads
+    from dartsnas.protocol.experiment import Experiment, Task
+    from dartsnas.protocol.runner import Runner
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "cpu_cores", lambda: 16)
+    task = Task("search-seed1", "search", [], [])
+
+    def child_threads(small, *over):
+        logs = []
+        r = Runner(Experiment(tmp_path), ProtocolConfig.build("tiny", ["devices=cpu", *over]), False, False,
+                   logs.append, small)
+        return r._env(task, "cpu").get("OMP_NUM_THREADS"), logs
+
+    n, logs = child_threads(True, "jobs=2")
+    assert n == "1" and len(logs) == 1 and logs[0].startswith("threads: 1 per run")
+    assert child_threads(False, "jobs=2")[0] == "4"
+    assert child_threads(False, "jobs=8")[0] == "2"
+    assert child_threads(False, "jobs=2", "threads=3") == ("3", [])
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert child_threads(True, "jobs=2") == ("6", [])
+
+
 # ------------------------------------------------------------------------------------------- end to end
 
 def test_select_end_to_end(tmp_path, capsys):

@@ -219,7 +219,7 @@ class Runner:
     """Runs tasks, ``len(slots)`` at a time, in dependency order; records every outcome."""
 
     def __init__(self, exp: Experiment, cfg: ProtocolConfig, resume: bool, retry_failed: bool, log,
-                 on_change=None):
+                 small: bool = False, on_change=None):
         self.exp, self.cfg, self.resume, self.retry_failed, self.log = exp, cfg, resume, retry_failed, log
         self.jobs = cfg.launcher != "local"
         self.slots = ["job"] * cfg.jobs if self.jobs else _device_slots(cfg)
@@ -229,7 +229,6 @@ class Runner:
         if "cpu" in self.slots:
             from ..threads import choose_threads
 
-            small = cfg.search_config().dataset == "builtin"
             self.threads, why = choose_threads(small, explicit=cfg.threads, jobs=len(self.slots))
             if why:
                 log(f"threads: {self.threads} per run ({why})")

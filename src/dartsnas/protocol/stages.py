@@ -41,10 +41,10 @@ def _train_argv(cfg: ProtocolConfig, genotype: Path, seed: int, run_dir: Path, e
     return argv, ["train", "--space", cfg.space, "--resume", str(run_dir), "--no-progress"]
 
 
-def _check_loop_configs(cfg: ProtocolConfig, what: str) -> None:
+def _check_loop_configs(cfg: ProtocolConfig, what: str) -> bool:
     """Build the configs the child processes will build and read their data once, so a bad override, a
     missing preset or missing / truncated data fails here, before any run (and before the experiment
-    directory is created), not once per run."""
+    directory is created), not once per run. Returns whether every run is small (built-in data)."""
     _, t_cls = loop_configs(cfg.space)
     checked = []
     if what == "select":
@@ -62,6 +62,7 @@ def _check_loop_configs(cfg: ProtocolConfig, what: str) -> None:
     checked.append(t_cls.build(cfg.resolved_train_preset(), over))
     for source in sorted({(c.dataset, c.data_dir) for c in checked}, key=str):
         _check_data(cfg.space, *source)
+    return all(c.dataset == "builtin" for c in checked)
 
 
 def _check_data(space: str, dataset: str, data_dir: str | None) -> None:
@@ -87,7 +88,7 @@ def select(cfg: ProtocolConfig, experiment: str | Path | None = None, resume: bo
     """DARTS with selection (spec §9): S searches, a short training of each derived cell, the best by
     validation performance; optionally (``run_final``) the full evaluation of the pick."""
     exp = Experiment(experiment or _default_path("select"))
-    _check_loop_configs(cfg, "select")
+    small = _check_loop_configs(cfg, "select")
     exp.create("select", cfg, resume)
     with exp.lock():
         searches, trainings = [], []  # searches first: with several jobs they start before any training
@@ -99,7 +100,7 @@ def select(cfg: ProtocolConfig, experiment: str | Path | None = None, resume: bo
                                         exp.run_dir(t_name), cfg.resolved_select_epochs(), selection=True)
             trainings.append(Task(t_name, "select", t_argv, t_res, deps=[s_name], meta={"seed": seed}))
         tasks = searches + trainings
-        runner = Runner(exp, cfg, resume, retry_failed, log, on_change=lambda: summarize(exp.path))
+        runner = Runner(exp, cfg, resume, retry_failed, log, small, on_change=lambda: summarize(exp.path))
         runner.run(tasks)
         summary = summarize(exp.path)
         _log_pick(summary, log)
@@ -112,7 +113,7 @@ def random_baseline(cfg: ProtocolConfig, experiment: str | Path | None = None, r
                     retry_failed: bool = False, run_final: bool = False, log=print) -> ExperimentResult:
     """The random-search baseline (spec §9): N uniformly sampled cells, the same short training, the same pick."""
     exp = Experiment(experiment or _default_path("random"))
-    _check_loop_configs(cfg, "random")
+    small = _check_loop_configs(cfg, "random")
     exp.create("random", cfg, resume)
     with exp.lock():
         num_nodes = cfg.search_config().num_nodes
@@ -125,7 +126,7 @@ def random_baseline(cfg: ProtocolConfig, experiment: str | Path | None = None, r
             argv, res = _train_argv(cfg, path, cfg.select_seed, exp.run_dir(name), cfg.resolved_select_epochs(),
                                     selection=True)
             tasks.append(Task(name, "random", argv, res, meta={"index": k}))
-        Runner(exp, cfg, resume, retry_failed, log, on_change=lambda: summarize(exp.path)).run(tasks)
+        Runner(exp, cfg, resume, retry_failed, log, small, on_change=lambda: summarize(exp.path)).run(tasks)
         summary = summarize(exp.path)
         _log_pick(summary, log)
     if run_final and summary.get("chosen"):
@@ -170,7 +171,7 @@ def evaluate_final(cfg: ProtocolConfig, experiment: str | Path | None = None, ge
                    for k in ("final_seed", "final_epochs", "final_set") if prev.get(k) != getattr(cfg, k)]
             if bad:
                 raise ConfigError(["the final evaluation was started with other settings: " + "; ".join(bad)])
-        _check_loop_configs(cfg, "final")
+        small = _check_loop_configs(cfg, "final")
         data["final"] = {"genotype": genotype_to_dict(g), "source": source, "final_runs": cfg.final_runs,
                          "final_seed": cfg.final_seed, "final_epochs": cfg.final_epochs, "final_set": cfg.final_set}
         exp.write(data)
@@ -178,7 +179,7 @@ def evaluate_final(cfg: ProtocolConfig, experiment: str | Path | None = None, ge
         if genotype is None:
             raise ConfigError("evaluate-final: give --genotype (or --experiment of a finished select/random run)")
         g = load_genotype(genotype, kind=cfg.space)
-        _check_loop_configs(cfg, "final")
+        small = _check_loop_configs(cfg, "final")
         extra = {"final": {"genotype": genotype_to_dict(g), "source": str(genotype), "final_runs": cfg.final_runs,
                            "final_seed": cfg.final_seed, "final_epochs": cfg.final_epochs,
                            "final_set": cfg.final_set}}
@@ -201,7 +202,7 @@ def evaluate_final(cfg: ProtocolConfig, experiment: str | Path | None = None, ge
                                     extra=cfg.final_set)
             tasks.append(Task(name, "final", argv, res, meta={"seed": seed}))
         # ``resume`` for the runs: a final stage added to an experiment continues its own runs.
-        Runner(exp, cfg, True, retry_failed, log, on_change=lambda: summarize(exp.path)).run(tasks)
+        Runner(exp, cfg, True, retry_failed, log, small, on_change=lambda: summarize(exp.path)).run(tasks)
         summary = summarize(exp.path)
     fin = summary.get("final") or {}
     if fin.get("n"):
