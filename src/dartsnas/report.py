@@ -134,7 +134,6 @@ def _cost(r: dict[str, Any], key: str) -> str:
 def _cells(r: dict[str, Any]) -> list[str]:
     params = "—" if r.get("params_m") is None else (f"{r['params_m']:.2f}" if r["params_m"] >= 0.1
                                                     else f"{r['params_m']:.4f}")
-    if r["space"] == "rnn":
     cost = [_cost(r, "search_cost_gpu_days"), _cost(r, "search_cost_cpu_days")]
     if r["space"] == "rnn":
         return [r["architecture"], _fmt(r.get("valid_ppl"), 1), _mean_std(r), params, *cost,

@@ -34,12 +34,12 @@ def choose_threads(small: bool, explicit: int | None = None, jobs: int = 1) -> t
     if env.isdigit() and int(env) > 0:
         return int(env), ""
     if small:
-        return 1, "small run on the built-in data: one thread is fastest and robust to other load; " \
-                  "--threads N or OMP_NUM_THREADS to change"
+        return 1, ("small run on the built-in data: one thread is fastest and robust to other load; "
+                   "--threads N or OMP_NUM_THREADS to change")
     share = max(1, cpu_cores() // max(1, jobs))
     n = min(share, LARGE_RUN_THREADS)
-    return n, f"min(cores available to each run = {share}, {LARGE_RUN_THREADS}); --threads N or " \
-              "OMP_NUM_THREADS to change"
+    return n, (f"min(cores available to each run = {share}, {LARGE_RUN_THREADS}); --threads N or "
+               "OMP_NUM_THREADS to change")
 
 
 def set_threads(n: int) -> None:

@@ -66,8 +66,8 @@ def _common(p: argparse.ArgumentParser, final_opts: bool = True) -> None:
 
 _FIELDS = ["space", "dataset", "data_dir", "search_preset", "train_preset", "select_epochs", "select_seed", "jobs",
            "devices", "order", "searches", "seeds", "search_epochs", "samples", "sample_seed", "final_runs",
-           "final_epochs", "final_seed", "threads", "launcher", "slurm_partition", "slurm_gpus", "slurm_cpus", "slurm_time",
-           "slurm_mem", "slurm_account"]
+           "final_epochs", "final_seed", "threads", "launcher", "slurm_partition", "slurm_gpus", "slurm_cpus",
+           "slurm_time", "slurm_mem", "slurm_account"]
 
 
 def _config(args: argparse.Namespace, join: bool = False):
