@@ -112,22 +112,25 @@ def named_dataset(args: argparse.Namespace) -> str | None:
 
 
 def check_finished(run_dir: str | Path | None, resume: bool, cfg) -> str | None:
-    """A one-line note when ``--resume`` (or ``--auto-resume``) points at a run that already finished: its
-    results are written, or its checkpoint is past the last epoch. None when there is work left."""
+    """A one-line note when ``--resume`` (or ``--auto-resume``) points at a run that already finished (its
+    results are written, or its checkpoint is past the last epoch); None when there is work left. A config
+    that differs from the run's is refused first, as the loop would."""
     if not (resume and run_dir):
         return None
-    folder = Path(run_dir)
-    if (folder / "results.json").exists():
-        return f"{folder} is already complete (results.json written); nothing to resume"
     from ..checkpoint import load_checkpoint
-    from ..loops.common import CHECKPOINT
+    from ..loops.common import CHECKPOINT, check_resume_config
 
+    folder = Path(run_dir)
     try:
         ck = load_checkpoint(folder / CHECKPOINT)
     except DartsError:
-        return None  # the loop reports the damaged or missing checkpoint in its own words
-    done = ck.get("epoch")
-    if isinstance(done, int) and done >= getattr(cfg, "epochs", done + 1) and ck.get("step_in_epoch", 0) == 0:
+        ck = None  # the loop reports a damaged or missing checkpoint in its own words
+    if ck is not None and isinstance(ck.get("config"), dict):
+        check_resume_config(cfg, ck, folder / CHECKPOINT, log=lambda *a: None)
+    if (folder / "results.json").exists():
+        return f"{folder} is already complete (results.json written); nothing to resume"
+    done = ck.get("epoch") if ck else None
+    if isinstance(done, int) and done >= getattr(cfg, "epochs", done + 1) and not ck.get("step_in_epoch"):
         return f"{folder} is already complete ({done} of {cfg.epochs} epochs); nothing to resume"
     return None
 
