@@ -135,8 +135,11 @@ def test_child_runs_get_the_thread_rule(tmp_path, monkeypatch):
     from dartsnas.protocol.experiment import Experiment, Task
     from dartsnas.protocol.runner import Runner
 
+    from dartsnas.protocol import runner
+
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "cpu_cores", lambda: 16)
+    monkeypatch.setattr(runner, "_ANNOUNCED", set())
     task = Task("search-seed1", "search", [], [])
 
     def child_threads(small, *over):
@@ -147,6 +150,7 @@ def test_child_runs_get_the_thread_rule(tmp_path, monkeypatch):
 
     n, logs = child_threads(True, "jobs=2")
     assert n == "1" and len(logs) == 1 and logs[0].startswith("threads: 1 per run")
+    assert child_threads(True, "jobs=2") == ("1", [])  # said once per process (select, then its final stage)
     assert child_threads(False, "jobs=2")[0] == "4"
     assert child_threads(False, "jobs=8")[0] == "2"
     assert child_threads(False, "jobs=2", "threads=3") == ("3", [])

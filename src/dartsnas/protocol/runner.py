@@ -24,6 +24,7 @@ from ..loops.common import Interrupted
 from .config import ProtocolConfig
 from .experiment import Experiment, Task, _now
 
+_ANNOUNCED: set[str] = set()
 FAULT_ENV = "DARTSNAS_PROTOCOL_FAULT"              # tests: "run-name=<DARTSNAS_FAULT value>[;...]"
 
 
@@ -230,8 +231,10 @@ class Runner:
             from ..threads import choose_threads
 
             self.threads, why = choose_threads(small, explicit=cfg.threads, jobs=len(self.slots))
-            if why:
-                log(f"threads: {self.threads} per run ({why})")
+            line = f"threads: {self.threads} per run ({why})"
+            if why and line not in _ANNOUNCED:  # once per process, also when select goes on to the final stage
+                _ANNOUNCED.add(line)
+                log(line)
         elif self.jobs and cfg.threads:
             self.threads = cfg.threads
 
