@@ -277,12 +277,17 @@ def test_derive_on_a_training_run_names_the_mistake(tmp_path, capsys):
 
 
 def test_resume_of_a_finished_training_run_says_complete(tmp_path, capsys):
+    from dartsnas.checkpoint import save_checkpoint
     from dartsnas.loops.train import TrainConfig
 
     run_dir = tmp_path / "t"
     run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps({"kind": "cnn-train", **TrainConfig.build("tiny").to_dict()}))
+    cfg = TrainConfig.build("tiny").to_dict()
+    (run_dir / "config.json").write_text(json.dumps({"kind": "cnn-train", **cfg}))
+    save_checkpoint(run_dir / "checkpoint.pt", {"kind": "cnn-train", "config": cfg, "epoch": cfg["epochs"]})
     (run_dir / "results.json").write_text("{}")
     code, out, _ = run(capsys, "train", "--resume", str(run_dir))
     assert code == 0 and "already complete" in out
-    assert sorted(os.listdir(run_dir)) == ["config.json", "results.json"]  # nothing was started
+    assert sorted(os.listdir(run_dir)) == ["checkpoint.pt", "config.json", "results.json"]  # nothing started
+    code, _, err = run(capsys, "train", "--resume", str(run_dir), "--set", "layers=4")
+    assert code == 5 and "layers: checkpoint=3, config=4" in one_line(err)  # a changed config is still refused

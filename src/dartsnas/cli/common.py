@@ -121,15 +121,11 @@ def check_finished(run_dir: str | Path | None, resume: bool, cfg) -> str | None:
     from ..loops.common import CHECKPOINT, check_resume_config
 
     folder = Path(run_dir)
-    try:
-        ck = load_checkpoint(folder / CHECKPOINT)
-    except DartsError:
-        ck = None  # the loop reports a damaged or missing checkpoint in its own words
-    if ck is not None and isinstance(ck.get("config"), dict):
-        check_resume_config(cfg, ck, folder / CHECKPOINT, log=lambda *a: None)
+    ck = load_checkpoint(folder / CHECKPOINT)  # a damaged checkpoint is refused, finished run or not
+    check_resume_config(cfg, ck, folder / CHECKPOINT, log=lambda *a: None)
     if (folder / "results.json").exists():
         return f"{folder} is already complete (results.json written); nothing to resume"
-    done = ck.get("epoch") if ck else None
+    done = ck.get("epoch")
     if isinstance(done, int) and done >= getattr(cfg, "epochs", done + 1) and not ck.get("step_in_epoch"):
         return f"{folder} is already complete ({done} of {cfg.epochs} epochs); nothing to resume"
     return None
