@@ -81,13 +81,14 @@ def _config(args: argparse.Namespace, join: bool = False):
             overrides.append(f"{name}={v}")
     lists = {k: getattr(args, k) for k in ("search_set", "train_set", "final_set", "slurm_setup")
              if getattr(args, k, None)}
-    if args.data_dir and not args.dataset and not (args.resume or join) and not any(
+    data_dir = args.data_dir or next((s.split("=", 1)[1] for s in args.set if s.startswith("data_dir=")), None)
+    if data_dir and not args.dataset and not (args.resume or join) and not any(
             s.startswith("dataset=") for s in args.set):
         # --data-dir alone: the dataset the folder holds, never the presets' built-in data (issue 12 item 3)
         from ..data.text import CORPORA
 
         space = args.space or "cnn"
-        dataset, folder = infer_dataset(args.data_dir, space, CORPORA if space == "rnn" else ("cifar10", "builtin"))
+        dataset, folder = infer_dataset(data_dir, space, CORPORA if space == "rnn" else ("cifar10", "builtin"))
         overrides = [o for o in overrides if not o.startswith(("dataset=", "data_dir="))]
         overrides += [f"dataset={dataset}", f"data_dir={folder}"]
     if args.resume or join:
