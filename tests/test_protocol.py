@@ -17,9 +17,11 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import SRC, run_cli
 
+from dartsnas.cli import main
 from dartsnas.errors import ConfigError
-from dartsnas.protocol import (CNN_SEARCH_OPS, RNN_SEARCH_OPS, ProtocolConfig, sample_cnn_genotype,
-                               sample_genotypes, sample_rnn_genotype)
+from dartsnas.protocol import ProtocolConfig
+from dartsnas.space.sample import (CNN_SEARCH_OPS, RNN_SEARCH_OPS, sample_cnn_genotype, sample_genotypes,
+                                   sample_rnn_genotype)
 from dartsnas.space.genotype import genotype_from_dict, genotype_to_dict
 
 import random
@@ -126,9 +128,39 @@ def test_eval_split_search_valid_reads_the_two_training_halves():
         TrainConfig.build("imagenet", ["eval_split=search_valid"])
 
 
+def test_child_runs_get_the_thread_rule(tmp_path, monkeypatch):
+    """CPU child runs: 1 thread on the built-in data, else each run's share of the cores up to 4 (not
+    cpu_count // jobs); announced once; the user's OMP_NUM_THREADS or --threads wins."""
+    from dartsnas import threads
+    from dartsnas.protocol.experiment import Experiment, Task
+    from dartsnas.protocol.runner import Runner
+
+    from dartsnas.protocol import runner
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "cpu_cores", lambda: 16)
+    monkeypatch.setattr(runner, "_ANNOUNCED", set())
+    task = Task("search-seed1", "search", [], [])
+
+    def child_threads(small, *over):
+        logs = []
+        r = Runner(Experiment(tmp_path), ProtocolConfig.build("tiny", ["devices=cpu", *over]), False, False,
+                   logs.append, small)
+        return r._env(task, "cpu").get("OMP_NUM_THREADS"), logs
+
+    n, logs = child_threads(True, "jobs=2")
+    assert n == "1" and len(logs) == 1 and logs[0].startswith("threads: 1 per run")
+    assert child_threads(True, "jobs=2") == ("1", [])  # said once per process (select, then its final stage)
+    assert child_threads(False, "jobs=2")[0] == "4"
+    assert child_threads(False, "jobs=8")[0] == "2"
+    assert child_threads(False, "jobs=2", "threads=3") == ("3", [])
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert child_threads(True, "jobs=2") == ("6", [])
+
+
 # ------------------------------------------------------------------------------------------- end to end
 
-def test_select_end_to_end(tmp_path):
+def test_select_end_to_end(tmp_path, capsys):
     exp = tmp_path / "sel"
     r = run_cli("select", "--preset", "tiny", "--searches", "2", "--search-epochs", "1", "--experiment", str(exp))
     assert r.returncode == 0, r.stderr + r.stdout
@@ -142,9 +174,10 @@ def test_select_end_to_end(tmp_path):
     assert s["cost"]["search"]["cpu_hours"] > 0 and s["cost"]["selection"]["cpu_hours"] > 0
     assert s["search_cost_cpu_days"] == pytest.approx(s["cost"]["search"]["cpu_hours"] / 24)
     assert json.loads((exp / "experiment.json").read_text())["kind"] == "select"
-    # a second start in the same directory is refused in one line
-    r2 = run_cli("select", "--preset", "tiny", "--experiment", str(exp))
-    assert r2.returncode != 0 and "--resume" in r2.stderr and len(r2.stderr.strip().splitlines()) == 1
+    # a second start in the same directory is refused in one line (in-process: no subprocess needed)
+    assert main(["select", "--preset", "tiny", "--experiment", str(exp)]) == 7
+    err = capsys.readouterr().err
+    assert "--resume" in err and len(err.strip().splitlines()) == 1
 
 
 def test_random_baseline_with_a_failed_run(tmp_path):
@@ -237,3 +270,63 @@ def test_recurrent_protocol_select_random_final_and_report(tmp_path):
     assert rep.returncode == 0, rep.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "perplexity" in md.lower() and md.count("\n|") >= 3
+
+
+# ------------------------------------------------------------------------------------------- submitit launcher
+
+def _has_submitit() -> bool:
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_submitit = pytest.mark.skipif(not _has_submitit(), reason="submitit is not installed "
+                                                                 "(pip install 'dartsnas[cluster]')")
+
+
+@needs_submitit
+def test_submitit_launcher_records_failed_runs_like_local(tmp_path):
+    """--launcher submitit-local: the runs go through submitit's LocalExecutor (the SLURM job path on this
+    machine); a failed run is recorded with its error and excluded, --resume keeps it failed."""
+    exp = tmp_path / "sub"
+    r = run_cli("random", "--preset", "tiny", "--samples", "2", "--jobs", "2", "--launcher", "submitit-local",
+                "--experiment", str(exp), env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"})
+    assert r.returncode == 0, r.stderr + r.stdout
+    s0, s1 = _status(exp, "random-0"), _status(exp, "random-1")
+    assert s0["status"] == "done" and s0["launcher"] == "submitit-local" and s0["job_id"]
+    assert s1["status"] == "failed" and s1["returncode"] == 6 and "not finite" in s1["error"]
+    assert list((exp / "jobs").glob(f"{s0['job_id']}_*result.pkl"))  # submitit's own record of the job
+    s = json.loads((exp / "summary.json").read_text())
+    assert s["chosen"]["run"] == "random-0" and s["failed"] == ["random-1"]
+    r2 = run_cli("random", "--resume", "--experiment", str(exp))
+    assert r2.returncode == 0 and _status(exp, "random-1")["attempts"] == 1
+    assert _status(exp, "random-0")["attempts"] == 1
+
+
+@needs_submitit
+def test_submitit_launcher_resumes_after_the_experiment_is_killed(tmp_path):
+    """SIGKILL the experiment while its submitit job runs: the job outlives it (as a SLURM job would); --resume
+    stops that run (it saves its checkpoint), continues it from the checkpoint in a new job, and completes."""
+    exp = tmp_path / "kill"
+    args = [sys.executable, "-m", "dartsnas", "select", "--preset", "tiny", "--searches", "1",
+            "--search-epochs", "4", "--launcher", "submitit-local", "--experiment", str(exp)]
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (exp / "runs/search-seed1/checkpoint.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the experiment ended"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    r = run_cli("select", "--resume", "--experiment", str(exp))
+    assert r.returncode == 0, r.stderr + r.stdout
+    st = _status(exp, "search-seed1")
+    assert st["status"] == "done" and st["attempts"] == 2 and st["continued"] is True
+    epochs = [json.loads(x)["epoch"] for x in (exp / "runs/search-seed1/metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2, 3]  # every epoch once: one writer at a time
+    assert _status(exp, "select-seed1")["status"] == "done"

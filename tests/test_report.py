@@ -36,11 +36,16 @@ def experiments(tmp_path_factory):
 def test_markdown_and_csv_tables(experiments):
     out = experiments["out"]
     md = (out / "report.md").read_text()
-    header = "| architecture | test error (%) | params (M) | search cost (GPU-days) | #ops | search method |"
+    header = ("| architecture | test error (%) | params (M) | search cost (GPU-days) | search cost (CPU-days) | #ops "
+              "| search method |")
     assert header in md and header in experiments["stdout"]
     line = next(x for x in md.splitlines() if x.startswith("| DARTS (first order) + cutout |"))
     assert re.search(r"\d+\.\d\d ± \d+\.\d\d \(2 runs\)", line) and "| 7 | gradient-based |" in line
-    assert "CPU-days" in line  # measured on this CPU, labelled as such
+    # measured on this CPU: the GPU-days cell is empty, the CPU-days cell holds a bare number (one unit a column)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3] == "—" and float(cells[4]) > 0 and "days" not in cells[4]
+    paper = next(x for x in md.splitlines() if x.startswith("| DARTS (second order) + cutout [paper] |"))
+    assert [c.strip() for c in paper.strip("|").split("|")][3:5] == ["4", "—"]
     assert any(x.startswith("| Random search baseline + cutout |") and "| random |" in x for x in md.splitlines())
     assert "2.76 ± 0.09" in md  # the paper's rows with --paper
     rows = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))

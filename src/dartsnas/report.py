@@ -23,9 +23,12 @@ from .protocol import Experiment, summarize
 from .space.genotype import RNN_PRIMITIVES, Genotype, RNNGenotype, genotype_from_dict
 from .space.ops import PRIMITIVES
 
-COLUMNS = ["architecture", "test error (%)", "params (M)", "search cost (GPU-days)", "#ops", "search method"]
+# One unit per column (issue 12 item 5): the cost measured on GPUs and on CPUs are separate columns, in the
+# Markdown as in the CSV (search_cost_gpu_days, search_cost_cpu_days); the paper's rows are GPU-days.
+COLUMNS = ["architecture", "test error (%)", "params (M)", "search cost (GPU-days)", "search cost (CPU-days)",
+           "#ops", "search method"]
 RNN_COLUMNS = ["architecture", "perplexity valid", "perplexity test", "params (M)", "search cost (GPU-days)",
-               "#ops", "search method"]
+               "search cost (CPU-days)", "#ops", "search method"]
 CSV_FIELDS = ["space", "architecture", "metric", "mean", "std", "runs", "valid_ppl", "params_m",
               "search_cost_gpu_days", "search_cost_cpu_days", "num_ops", "search_method", "chosen_run",
               "selection_metric", "selection_score", "failed_runs", "source", "experiment"]
@@ -120,27 +123,22 @@ def _mean_std(r: dict[str, Any]) -> str:
     return f"{r['mean']:.2f} ± {r['std']:.2f}" + (f" ({runs} runs)" if runs else "")
 
 
-def _cost(r: dict[str, Any]) -> str:
-    gpu, cpu = r.get("search_cost_gpu_days"), r.get("search_cost_cpu_days")
-    if gpu is None and cpu is None:
+def _cost(r: dict[str, Any], key: str) -> str:
+    """One cost cell in its column's unit; "—" where nothing ran on that kind of device (or no search)."""
+    v = r.get(key)
+    if not isinstance(v, (int, float)) or v <= 0:
         return "—"
-    if r.get("source") == "paper":
-        return f"{gpu:g}"
-    parts = []
-    if gpu:
-        parts.append(f"{gpu:.3g}")
-    if cpu:
-        parts.append(f"{cpu:.3g} CPU-days")
-    return " + ".join(parts) if parts else "0"
+    return f"{v:g}" if r.get("source") == "paper" else f"{v:.3g}"
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
     params = "—" if r.get("params_m") is None else (f"{r['params_m']:.2f}" if r["params_m"] >= 0.1
                                                     else f"{r['params_m']:.4f}")
+    cost = [_cost(r, "search_cost_gpu_days"), _cost(r, "search_cost_cpu_days")]
     if r["space"] == "rnn":
-        return [r["architecture"], _fmt(r.get("valid_ppl"), 1), _mean_std(r), params, _cost(r),
+        return [r["architecture"], _fmt(r.get("valid_ppl"), 1), _mean_std(r), params, *cost,
                 str(r.get("num_ops", "—")), r.get("search_method") or "—"]
-    return [r["architecture"], _mean_std(r), params, _cost(r), str(r.get("num_ops", "—")),
+    return [r["architecture"], _mean_std(r), params, *cost, str(r.get("num_ops", "—")),
             r.get("search_method") or "—"]
 
 
@@ -387,7 +385,8 @@ def html_page(rows: Sequence[dict[str, Any]], summaries: Sequence[dict[str, Any]
                         + "".join(f"<td>{escape(c)}</td>" for c in _cells(r)) + "</tr>")
         body.append("</tbody></table>")
     body.append("<p>Search cost counts the searches only (the random baseline: its cells' trainings), as in the "
-                "paper; measured hours on the machine that ran them (GPU-days when on GPU, CPU-days otherwise).</p>")
+                "paper; measured hours of the machine that ran them, GPU-days (runs on a GPU) and CPU-days (runs on a "
+                "CPU) in separate columns. Epochs count from 1.</p>")
     for k, s in enumerate(summaries):
         body.append(_experiment_section(s, k))
     return head + "\n".join(body) + "\n</body></html>\n"

@@ -383,33 +383,3 @@ def derive_from_run(run_dir: str | Path) -> RNNGenotype:
         return derive_rnn_genotype(ck["model"]["alphas"], cfg.num_nodes)
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"holds no alphas or config ({e})", str(path)) from None
-
-
-def cli_main(args) -> int:
-    """``dartsnas search --space rnn ...`` (forwarded by ``dartsnas.cli``)."""
-    from ..cli import _resolve_config
-
-    if getattr(args, "subset", None) is not None:
-        raise ConfigError("--subset is for image search; use --set max_steps_per_epoch=N or eval_tokens=N")
-    if getattr(args, "download", False):
-        raise ConfigError("--download is for CIFAR-10; PTB and WikiText-2 are read from --data-dir")
-    names = ["dataset", "data_dir", "order", "epochs", "batch_size", "seed", "device"]
-    if not args.resume and not args.preset and not args.dataset and not args.config and not any(
-            s.startswith("dataset=") for s in args.set):
-        args.preset = "quick"  # no dataset named: the quick search on the built-in corpus
-    cfg = _resolve_config(RNNSearchConfig, args, names)
-    if getattr(args, "show_config", False):
-        import json
-
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
-    from ..cli import run_target
-
-    run_dir, resume = run_target(args)
-    result = run_rnn_search(cfg, run_dir=run_dir, resume=resume)
-    final = result.final
-    if final:
-        print(f"valid ppl {final['valid_ppl']:.2f} after {final['epoch'] + 1} epochs")
-    print(f"genotype: {result.run_dir / 'genotype.json'}")
-    print(f"cell:     {result.run_dir / 'recurrent.svg'}")
-    return 0

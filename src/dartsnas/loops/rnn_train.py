@@ -37,7 +37,6 @@ the random streams restored exactly it would replay the same step).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -476,38 +475,3 @@ def eval_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     return {"run": str(folder), "epoch": int(ck["epoch"]) + 1, "dataset": cfg.dataset, "valid_loss": vl,
             "valid_ppl": vp, "test_loss": tl, "test_ppl": tp, "test_batch_size": tb,
             "params": count_parameters(model)}
-
-
-def eval_main(args) -> int:
-    """``dartsnas eval RUN`` for a recurrent training run (called by ``dartsnas.cli_train``)."""
-    print(json.dumps(eval_run(args.run, getattr(args, "data_dir", None), getattr(args, "device", "auto") or "auto",
-                              getattr(args, "batch_size", None)), indent=2))
-    return 0
-
-
-def cli_main(args) -> int:
-    """``dartsnas train --space rnn ...`` (forwarded by ``dartsnas.cli_train``)."""
-    from ..cli import _resolve_config
-
-    for name, flag in (("subset", "--subset"), ("init_channels", "--init-channels"), ("layers", "--layers")):
-        if getattr(args, name, None) is not None:
-            raise ConfigError(f"{flag} is for image training; recurrent runs use --set nhid=N, max_steps_per_epoch=N")
-    if getattr(args, "download", False):
-        raise ConfigError("--download is for CIFAR-10; PTB and WikiText-2 are read from --data-dir")
-    names = ["genotype", "dataset", "data_dir", "epochs", "batch_size", "lr", "seed", "device"]
-    if not args.resume and not args.preset and not args.config:
-        named = args.dataset or next((s.split("=", 1)[1] for s in args.set if s.startswith("dataset=")), None)
-        if named in (None, "builtin"):
-            args.preset = "quick"   # no dataset named (or the built-in corpus): the quick run
-        elif named == "wikitext2":
-            args.preset = "paper-wt2"
-    cfg = _resolve_config(RNNTrainConfig, args, names)
-    from ..cli import run_target
-
-    run_dir, resume = run_target(args)
-    result = run_rnn_train(cfg, run_dir=run_dir, resume=resume)
-    r = result.results
-    print(f"valid ppl {r['valid_ppl']:.2f}, test ppl {r['test_ppl']:.2f}, {r['params'] / 1e6:.2f}M params")
-    print(f"results:  {result.run_dir / 'results.json'}")
-    print(f"curves:   {result.run_dir / 'perplexity.svg'}; cell: {result.run_dir / 'recurrent.svg'}")
-    return 0

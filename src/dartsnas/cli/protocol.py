@@ -1,6 +1,7 @@
 """``dartsnas select | random | evaluate-final | report``: the paper's protocol (spec §9) as commands.
 
-Loaded by ``dartsnas.cli`` through ``PARSERS``; the work happens in ``dartsnas.protocol`` and ``dartsnas.report``.
+The work happens in ``dartsnas.protocol`` and ``dartsnas.report``; runs go to local processes or, with
+``--launcher slurm``, to SLURM jobs through submitit.
 """
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .common import add_show_config, add_threads_option, infer_dataset, show_config
 
 _EPILOG = ("Presets: paper (4 second-order searches, 100-epoch CIFAR-10 / 300-epoch PTB selection, 24/8 random "
            "cells, 10 final trainings), paper-first-order, quick (built-in data, minutes on a CPU), tiny (seconds "
@@ -39,6 +41,23 @@ def _common(p: argparse.ArgumentParser, final_opts: bool = True) -> None:
                    help="override of every search (repeatable), e.g. --search-set layers=5")
     p.add_argument("--train-set", dest="train_set", action="append", default=None, metavar="KEY=VALUE",
                    help="override of every training (repeatable), e.g. --train-set batch_size=64")
+    add_show_config(p)
+    add_threads_option(p)
+    g = p.add_argument_group("cluster", "launch every run as a SLURM job through submitit "
+                                        "(pip install 'dartsnas[cluster]')")
+    g.add_argument("--launcher", choices=["local", "slurm", "submitit-local"],
+                   help="local processes (default), SLURM jobs, or submitit's local executor (jobs on this "
+                        "machine through the same code path, for testing a cluster setup)")
+    g.add_argument("--slurm-partition", dest="slurm_partition", metavar="NAME", help="SLURM partition")
+    g.add_argument("--slurm-gpus", dest="slurm_gpus", type=str, metavar="N", help="GPUs per run (default 1)")
+    g.add_argument("--slurm-cpus", dest="slurm_cpus", type=str, metavar="N", help="CPUs per run (default 8)")
+    g.add_argument("--slurm-time", dest="slurm_time", type=str, metavar="MIN",
+                   help="time limit of each run in minutes (default 2880); an interrupted run resumes from "
+                        "its checkpoint with --resume")
+    g.add_argument("--slurm-mem", dest="slurm_mem", type=str, metavar="GB", help="memory per run in GB")
+    g.add_argument("--slurm-account", dest="slurm_account", metavar="NAME", help="SLURM account")
+    g.add_argument("--slurm-setup", dest="slurm_setup", action="append", default=None, metavar="CMD",
+                   help="shell line run before each job (repeatable), e.g. 'module load cuda'")
     if final_opts:
         p.add_argument("--final", action="store_true", help="then train the chosen cell --final-runs times")
         p.add_argument("--final-runs", dest="final_runs", type=str, help="final trainings (paper 10)")
@@ -47,19 +66,31 @@ def _common(p: argparse.ArgumentParser, final_opts: bool = True) -> None:
 
 _FIELDS = ["space", "dataset", "data_dir", "search_preset", "train_preset", "select_epochs", "select_seed", "jobs",
            "devices", "order", "searches", "seeds", "search_epochs", "samples", "sample_seed", "final_runs",
-           "final_epochs", "final_seed"]
+           "final_epochs", "final_seed", "threads", "launcher", "slurm_partition", "slurm_gpus", "slurm_cpus",
+           "slurm_time", "slurm_mem", "slurm_account"]
 
 
 def _config(args: argparse.Namespace, join: bool = False):
     """The protocol config from the options; with --resume (or ``join``) the experiment's own config plus them."""
-    from .protocol import Experiment, ProtocolConfig
+    from ..protocol import Experiment, ProtocolConfig
 
     overrides = list(args.set)
     for name in _FIELDS:
         v = getattr(args, name, None)
         if v is not None:
             overrides.append(f"{name}={v}")
-    lists = {k: getattr(args, k) for k in ("search_set", "train_set", "final_set") if getattr(args, k, None)}
+    lists = {k: getattr(args, k) for k in ("search_set", "train_set", "final_set", "slurm_setup")
+             if getattr(args, k, None)}
+    data_dir = args.data_dir or next((s.split("=", 1)[1] for s in args.set if s.startswith("data_dir=")), None)
+    if data_dir and not args.dataset and not (args.resume or join) and not any(
+            s.startswith("dataset=") for s in args.set):
+        # --data-dir alone: the dataset the folder holds, never the presets' built-in data (issue 12 item 3)
+        from ..data.text import CORPORA
+
+        space = args.space or "cnn"
+        dataset, folder = infer_dataset(data_dir, space, CORPORA if space == "rnn" else ("cifar10", "builtin"))
+        overrides = [o for o in overrides if not o.startswith(("dataset=", "data_dir="))]
+        overrides += [f"dataset={dataset}", f"data_dir={folder}"]
     if args.resume or join:
         if not args.experiment:
             raise ConfigError("--resume needs --experiment DIR")
@@ -89,10 +120,12 @@ def _select_parser(sub) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from .protocol import select
+    from ..protocol import select
 
-    res = select(_config(args), args.experiment, resume=args.resume, retry_failed=args.retry_failed,
-                 run_final=args.final)
+    cfg = _config(args)
+    if args.show_config:
+        return show_config(cfg)
+    res = select(cfg, args.experiment, resume=args.resume, retry_failed=args.retry_failed, run_final=args.final)
     return _done(res)
 
 
@@ -108,9 +141,12 @@ def _random_parser(sub) -> None:
 
 
 def _cmd_random(args: argparse.Namespace) -> int:
-    from .protocol import random_baseline
+    from ..protocol import random_baseline
 
-    res = random_baseline(_config(args), args.experiment, resume=args.resume, retry_failed=args.retry_failed,
+    cfg = _config(args)
+    if args.show_config:
+        return show_config(cfg)
+    res = random_baseline(cfg, args.experiment, resume=args.resume, retry_failed=args.retry_failed,
                           run_final=args.final)
     return _done(res)
 
@@ -132,13 +168,16 @@ def _final_parser(sub) -> None:
 
 
 def _cmd_final(args: argparse.Namespace) -> int:
-    from .protocol import Experiment, evaluate_final
+    from ..protocol import Experiment, evaluate_final
 
     join = bool(args.experiment and Experiment(args.experiment).exists()
                 and Experiment(args.experiment).read().get("kind") in ("select", "random"))
     # Joining a select/random experiment: its config (presets, data) is kept, the final options apply.
-    res = evaluate_final(_config(args, join=join), args.experiment, genotype=args.genotype,
-                         resume=args.resume or join, retry_failed=args.retry_failed)
+    cfg = _config(args, join=join)
+    if args.show_config:
+        return show_config(cfg)
+    res = evaluate_final(cfg, args.experiment, genotype=args.genotype, resume=args.resume or join,
+                         retry_failed=args.retry_failed)
     return _done(res)
 
 
@@ -169,7 +208,7 @@ def _report_parser(sub) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from ..report import write_report
 
     out = Path(args.out) if args.out else (Path(args.experiments[0]) / "report" if len(args.experiments) == 1
                                            else Path("report"))

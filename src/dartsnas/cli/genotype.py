@@ -1,0 +1,34 @@
+"""``dartsnas genotype``: show, check or draw a genotype (a published name or a genotype.json)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _genotype_parser(sub) -> None:
+    p = sub.add_parser("genotype", help="show, check or draw a genotype (published name or JSON file)")
+    p.add_argument("genotype", nargs="?", help="a name (DARTS_V2, ...) or a genotype.json; omit to list names")
+    p.add_argument("--svg", metavar="DIR", help="write the cell pictures into DIR")
+    p.set_defaults(func=_cmd_genotype)
+
+
+def _cmd_genotype(args: argparse.Namespace) -> int:
+    from ..space.genotype import PUBLISHED, genotype_to_json, load_genotype
+
+    if not args.genotype:
+        for name, g in PUBLISHED.items():
+            print(f"{name:14s} {g.kind}")
+        return 0
+    g = load_genotype(args.genotype)
+    print(genotype_to_json(g))
+    if args.svg:
+        from ..plot import save_cell_pictures
+
+        Path(args.svg).mkdir(parents=True, exist_ok=True)
+        for path in save_cell_pictures(g, args.svg):
+            print(f"wrote {path}")
+    return 0
+
+
+PARSERS = [_genotype_parser]

@@ -1,0 +1,160 @@
+"""``dartsnas search`` (CNN or recurrent cell) and ``dartsnas derive`` (the genotype from a search checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError
+from .common import (add_config_options, add_model_options, apply_dataset_inference, apply_threads, check_finished,
+                     cleanup_failed_start, named_dataset, resolve_config, run_target, show_config)
+
+
+def _search_parser(sub) -> None:
+    from ..loops.search import SearchConfig
+
+    p = sub.add_parser("search", help="search a cell: CNN (CIFAR-10, built-in data) or recurrent with --space rnn "
+                                      "(PTB, built-in corpus)",
+                       description="DARTS architecture search. Defaults are the paper's (50 epochs on CIFAR-10); "
+                                   "with no dataset and no --data-dir given, a quick search on the built-in data. "
+                                   "--data-dir without --dataset takes the dataset the folder holds.")
+    add_config_options(p, list(SearchConfig.PRESETS))
+    p.add_argument("--space", choices=["cnn", "rnn"], default="cnn", help="cell type (default cnn)")
+    p.add_argument("--dataset", help="cifar10 or builtin (rnn: ptb, wikitext2, builtin)")
+    p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder (or $DARTSNAS_DATA)")
+    p.add_argument("--download", action="store_true", help="fetch CIFAR-10 if missing (needs internet)")
+    p.add_argument("--order", type=str, help="1 (first order) or 2 (second order, unrolled)")
+    p.add_argument("--epochs", type=str)
+    p.add_argument("--batch-size", dest="batch_size", type=str)
+    p.add_argument("--seed", type=str)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--subset", type=str, help="use only the first N images of each half")
+    add_model_options(p)
+    p.set_defaults(func=_cmd_search)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    if args.space == "rnn":
+        return _rnn_search(args)
+    from ..data.images import DATASETS
+    from ..loops.search import SearchConfig, run_search
+
+    apply_dataset_inference(args, "cnn", DATASETS)
+    names = ["dataset", "data_dir", "download", "order", "epochs", "batch_size", "seed", "device", "subset",
+             "layers", "init_channels", "lr"]
+    if not args.resume and not args.preset and not named_dataset(args) and not args.config:
+        args.preset = "quick"  # no dataset named: the quick search on the built-in data
+    cfg = resolve_config(SearchConfig, args, names)
+    if args.show_config:
+        return show_config(cfg)
+    run_dir, resume = run_target(args)
+    note = check_finished(run_dir, resume, cfg)
+    if note:
+        print(note)
+        return 0
+    _threads(args, cfg)
+    with cleanup_failed_start(run_dir, "search"):
+        result = run_search(cfg, run_dir=run_dir, resume=resume)
+    print(f"genotype: {result.run_dir / 'genotype.json'}")
+    print(f"cells:    {result.run_dir / 'normal.svg'}, {result.run_dir / 'reduce.svg'}")
+    return 0
+
+
+def _rnn_search(args: argparse.Namespace) -> int:
+    """``dartsnas search --space rnn``: the recurrent cell (spec §8)."""
+    from ..data.text import CORPORA
+    from ..loops.rnn_search import RNNSearchConfig, run_rnn_search
+
+    for name, flag in (("subset", "--subset"), ("layers", "--layers"), ("init_channels", "--init-channels")):
+        if getattr(args, name, None) is not None:
+            raise ConfigError(f"{flag} is for image search; recurrent search uses --set nhid=N, "
+                              "max_steps_per_epoch=N or eval_tokens=N")
+    if args.download:
+        raise ConfigError("--download is for CIFAR-10; PTB and WikiText-2 are read from --data-dir")
+    apply_dataset_inference(args, "rnn", CORPORA)
+    names = ["dataset", "data_dir", "order", "epochs", "batch_size", "seed", "device", "lr"]
+    if not args.resume and not args.preset and not named_dataset(args) and not args.config:
+        args.preset = "quick"  # no dataset named: the quick search on the built-in corpus
+    cfg = resolve_config(RNNSearchConfig, args, names)
+    if args.show_config:
+        return show_config(cfg)
+    run_dir, resume = run_target(args)
+    note = check_finished(run_dir, resume, cfg)
+    if note:
+        print(note)
+        return 0
+    _threads(args, cfg)
+    with cleanup_failed_start(run_dir, "rnn-search"):
+        result = run_rnn_search(cfg, run_dir=run_dir, resume=resume)
+    final = result.final
+    if final:
+        print(f"valid ppl {final['valid_ppl']:.2f} after {final['epoch'] + 1} epochs")
+    print(f"genotype: {result.run_dir / 'genotype.json'}")
+    print(f"cell:     {result.run_dir / 'recurrent.svg'}")
+    return 0
+
+
+def _threads(args: argparse.Namespace, cfg) -> None:
+    """The thread choice for a run on the CPU (small: the built-in data)."""
+    if runs_on_cpu(cfg.device):
+        apply_threads(args, small=cfg.dataset == "builtin")
+
+
+def runs_on_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _derive_parser(sub) -> None:
+    p = sub.add_parser("derive", help="re-derive the genotype from a search run's checkpoint")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--write", action="store_true", help="also (re)write RUN/genotype.json and the pictures")
+    p.set_defaults(func=_cmd_derive)
+
+
+def _cmd_derive(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint
+    from ..errors import CheckpointError
+    from ..loops.common import CHECKPOINT
+    from ..space.genotype import genotype_to_json, save_genotype
+
+    run = Path(args.run)
+    path = run / CHECKPOINT if run.is_dir() else run
+    # A training run is refused by its kind, before its checkpoint is read: the checkpoint loader's advice
+    # (fall back to .prev) is for damaged files, not for the wrong kind of run.
+    kind = _run_kind(path.parent)
+    if kind is None or kind in ("cnn-search", "rnn-search"):
+        kind = load_checkpoint(path).get("kind")
+    if kind not in ("cnn-search", "rnn-search"):
+        raise CheckpointError(f"is a {kind} run, not a search; derive reads a search run's alphas (a training "
+                              "run's cell is its genotype.json)", str(run))
+    if kind == "rnn-search":
+        from ..loops.rnn_search import derive_from_run
+    else:
+        from ..loops.search import derive_from_run
+    g = derive_from_run(run)
+    print(genotype_to_json(g))
+    if args.write:
+        from ..plot import save_cell_pictures
+
+        folder = run if run.is_dir() else run.parent
+        save_genotype(g, folder / "genotype.json")
+        save_cell_pictures(g, folder)
+    return 0
+
+
+def _run_kind(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / "config.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+PARSERS = [_search_parser, _derive_parser]
