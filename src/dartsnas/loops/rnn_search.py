@@ -91,10 +91,12 @@ class RNNSearchConfig(ConfigBase):
     eval_tokens: int | None = None       # cap the end-of-epoch validation to about this many tokens
     eval_batch_size: int = 10
     device: str = "auto"
+    # GPU runs repeat bit for bit only with deterministic kernels (slower); CPU runs always do.
+    deterministic: bool = False
     log_interval: int = 20
     progress: bool = True
 
-    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir"})
+    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "deterministic"})
 
     PRESETS = {
         "paper": {},
@@ -208,6 +210,8 @@ def run_rnn_search(cfg: RNNSearchConfig, run_dir: str | Path | None = None, resu
         ck = load_checkpoint(run_dir / CHECKPOINT, expect_kind=KIND)
         check_resume_config(cfg, ck, run_dir / CHECKPOINT, log)
     device = resolve_device(cfg.device)
+    from .common import set_determinism
+    set_determinism(device, cfg.deterministic)  # cudnn.benchmark on CUDA unless deterministic
     if corpus is None:
         corpus = load_corpus(cfg.dataset, cfg.data_dir)
     train = batchify(corpus.train, cfg.batch_size).to(device)

@@ -93,10 +93,12 @@ class RNNTrainConfig(ConfigBase):
     eval_batch_size: int = 10
     test_batch_size: int = 1
     device: str = "auto"
+    # GPU runs repeat bit for bit only with deterministic kernels (slower); CPU runs always do.
+    deterministic: bool = False
     log_interval: int = 200
     progress: bool = True
 
-    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "test_batch_size", "test_tokens"})
+    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "test_batch_size", "test_tokens", "deterministic"})
 
     PRESETS = {
         "paper-ptb": {},
@@ -268,6 +270,8 @@ def run_rnn_train(cfg: RNNTrainConfig, run_dir: str | Path | None = None, resume
     else:
         genotype = resolve_rnn_genotype(cfg.genotype)
     device = resolve_device(cfg.device)
+    from .common import set_determinism
+    set_determinism(device, cfg.deterministic)  # cudnn.benchmark on CUDA unless deterministic
     corpus = _data(cfg, corpus)
     train = batchify(corpus.train, cfg.batch_size).to(device)
     valid = batchify(corpus.valid, cfg.eval_batch_size).to(device)

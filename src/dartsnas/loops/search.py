@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..architect import Architect, make_loss_fn
+from ..architect import Architect, make_loss_fn, weight_gradients
 from ..checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from ..config import ConfigBase, require
 from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images, to_device
@@ -77,7 +77,7 @@ class SearchConfig(ConfigBase):
     # default, as in the paper).
     max_skip_normal: int | None = None
 
-    HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph"}
+    HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph", "deterministic"}
 
     PRESETS = {
         "paper": {},
@@ -312,9 +312,7 @@ def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> None:
     st.w_opt.zero_grad(set_to_none=True)
     logits = model(x_t)
     loss = criterion(logits, y_t)
-    loss.backward()
-    for a in model.arch_parameters():  # the weight pass must not leave gradients on alpha
-        a.grad = None
+    weight_gradients(loss, model.weights())  # w.r.t. the weights only: no α gradient is computed
     norm = torch.nn.utils.clip_grad_norm_(model.weights(), cfg.grad_clip)
     # One host synchronisation for both checks, still before the optimizer step touches anything.
     loss_ok, norm_ok = torch.isfinite(torch.stack([loss.detach(), norm.detach()])).tolist()

@@ -82,6 +82,8 @@ class TrainConfig(ConfigBase):
     accum_steps: int = 1                 # split each global batch into this many micro-batches
     seed: int = 0
     device: str = "auto"
+    # GPU runs repeat bit for bit only with deterministic kernels (slower); CPU runs always do.
+    deterministic: bool = False
     # Speed switches. "auto" turns on what is safe and pays on CUDA; on CPU everything stays off (bit-exact
     # resume). Measured on one H100 (benchmarks/train_step.py, DARTS_V2 C36 20 cells batch 96): fp32 for-loop
     # SGD 5.42 steps/s; + channels-last + fused SGD 6.15; + bf16 autocast 5.90 (the step is launch-bound,
@@ -97,7 +99,7 @@ class TrainConfig(ConfigBase):
     eval_batch_size: int = 256
 
     HARMLESS = ConfigBase.HARMLESS | frozenset({"channels_last", "bf16", "optimizer_impl", "compile", "workers",
-                                                "data_dir", "download"})
+                                                "data_dir", "download", "deterministic"})
 
     PRESETS = {
         "paper": {},
@@ -598,6 +600,8 @@ def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool 
               log=print, data: ImageData | None = None) -> TrainResult:
     """Train (or continue training) a genotype from scratch; writes config, metrics, checkpoints, results, curves."""
     rank, world, device = init_distributed(cfg)
+    from .common import set_determinism
+    set_determinism(device, cfg.deterministic)  # cudnn.benchmark on CUDA unless deterministic
     rt = resolve_runtime(cfg, device, rank, world)
     say = log if rt.main else (lambda *a, **k: None)
     run_dir = _on_main(rt, lambda: prepare_run_dir(run_dir or default_run_dir("train"), resume, say))
