@@ -34,6 +34,7 @@ the run goes on; when ``--time-budget`` seconds have passed, the remaining modes
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import traceback
@@ -41,15 +42,15 @@ from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, use_src, write_json  # noqa: E402
+from _common import environment, use_src, write_json
 
 SRC = use_src()
 
-import torch  # noqa: E402
+import torch
 
-from dartsnas.data.images import ImageData, augment, to_device  # noqa: E402
-from dartsnas.loops.common import resolve_device  # noqa: E402
-from dartsnas.loops.search import SearchConfig, _search_step, _State  # noqa: E402
+from dartsnas.data.images import ImageData, augment, to_device
+from dartsnas.loops.common import resolve_device
+from dartsnas.loops.search import SearchConfig, _search_step, _State
 
 ALL_MODES = ("eager", "fused", "fused+cl", "fused+bf16", "graph", "fused+graph", "fused+graph+bf16")
 REFERENCE_H100_STEPS_PER_S = {"1": 0.883, "2": 0.254}  # docs PERFORMANCE.md, measured 2026-11-27
@@ -146,7 +147,7 @@ def run_mode(args, mode: str, order: int, device: torch.device, data: ImageData)
     if stepper is not None:
         stepper.check()
     sums = st.sums.tolist()
-    finite = all(v == v and abs(v) != float("inf") for v in sums)
+    finite = all(math.isfinite(v) for v in sums)
     sps = args.steps / dt
     out = {
         "mode": mode, "order": order, "steps": args.steps, "warmup": args.warmup,
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             try:
                 r = run_mode(args, mode, order, device, data)
-            except Exception as e:  # report and go on: this runs unattended
+            except Exception as e:  # noqa: BLE001  (report and go on: this runs unattended)
                 r = {"mode": mode, "order": order, "error": f"{type(e).__name__}: {e}"[:2000],
                      "traceback": traceback.format_exc()[-3000:]}
             finally:
