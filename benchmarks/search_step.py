@@ -1,11 +1,14 @@
 """CNN search-step throughput at the reference's settings (spec §1.4, §3; docs PERFORMANCE.md).
 
-C=16, 8 cells, 4 nodes, batch 64 train + 64 validation of synthetic 32x32 images already on the device,
-first and/or second order. Every mode drives the real search code: a ``loops.search._State`` (network, both
-optimizers, ``Architect``) stepped by ``loops.search._search_step`` (eager modes) or by
-``loops.graphed.GraphedSearchStep`` (graph modes, the same step captured as one CUDA graph). Warm-up steps,
-then timed steps between ``torch.cuda.synchronize()`` calls. Prints one JSON object (and writes it with
-``--out``). Not a test.
+C=16, 8 cells, 4 nodes, batch 64 train + 64 validation 32x32 images, first and/or second order. Every mode
+drives the real search code, data path included: a ``loops.search._State`` (network, both optimizers,
+``Architect``, the two ``BatchStream``s and the augmentation generator) over a synthetic uint8 image set held
+on the device, each step drawing its two batches exactly as ``run_search`` does (index stream -> pinned
+copy to the device -> gather -> crop/flip/normalise from uint8 on the device, ``data.images.augment``), then
+``loops.search._search_step`` (eager modes) or ``loops.graphed.GraphedSearchStep`` (graph modes, the same
+step captured as one CUDA graph). ``--data-path off`` times the step alone on fixed pre-made batches (the
+reference's way). Warm-up steps, then timed steps between ``torch.cuda.synchronize()`` calls. Prints one
+JSON object (and writes it with ``--out``). Not a test.
 
 Modes (comma list, ``--modes``):
 
@@ -19,52 +22,64 @@ Modes (comma list, ``--modes``):
 
 Each mode is run for each ``--order``; a mode that fails is reported as ``{"mode", "order", "error"}`` and
 the run goes on; when ``--time-budget`` seconds have passed, the remaining modes are reported as skipped.
+``--src PATH`` times another checkout's code (benchmarks/_common.py).
 
     PYTHONPATH=src python benchmarks/search_step.py --device cuda --order 1 2 --out search_bench.json
-    PYTHONPATH=src python benchmarks/search_step.py --device cuda --order 1 2 --steps 10 --warmup 3 \
+    PYTHONPATH=src python benchmarks/search_step.py --device cuda --order 1 2 --steps 10 --warmup 3 \\
         --steps2 5 --modes2 eager,fused,fused+graph,graph --time-budget 170 --out search_bench.json
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/search_step.py --device cpu --threads 1 \\
-        --batch-size 8 --steps 2 --warmup 1 --order 1 --modes eager,fused
+    OMP_NUM_THREADS=2 python benchmarks/search_step.py --device cpu --threads 2 --init-channels 16 \\
+        --layers 5 --batch-size 32 --steps 3 --warmup 1 --order 1 --modes eager,fused
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import math
 import sys
 import time
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, use_src, write_json
 
-import torch  # noqa: E402
+SRC = use_src()
 
-from dartsnas.data.images import ImageData  # noqa: E402
-from dartsnas.loops.common import resolve_device  # noqa: E402
-from dartsnas.loops.search import SUMS, SearchConfig, _search_step, _State  # noqa: E402
-from dartsnas.loops.state import Sums  # noqa: E402
+import torch
+
+from dartsnas.data.images import ImageData, augment, to_device
+from dartsnas.loops.common import resolve_device
+from dartsnas.loops.search import SearchConfig, _search_step, _State
+
+try:  # the loop engine's named running sums; an older checkout (--src) keeps a 4-slot tensor on the state
+    from dartsnas.loops.search import SUMS
+    from dartsnas.loops.state import Sums
+except ImportError:
+    SUMS = Sums = None
 
 ALL_MODES = ("eager", "fused", "fused+cl", "fused+bf16", "graph", "fused+graph", "fused+graph+bf16")
+REFERENCE_H100_STEPS_PER_S = {"1": 0.883, "2": 0.254}  # docs PERFORMANCE.md, measured 2026-11-27
 
 
-def _state(args, order: int, fused: bool, device: torch.device) -> _State:
+def synthetic_images(n: int, device: torch.device, seed: int) -> ImageData:
+    """``n`` random uint8 32x32 images with labels, on the device (the search splits them 50/50)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8).to(device)
+    y = torch.randint(0, 10, (n,), generator=g).to(device)
+    return ImageData("synthetic", x, y, x[:2], y[:2], (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 10)
+
+
+def _state(args, order: int, fused: bool, device: torch.device, data: ImageData) -> _State:
     cfg = SearchConfig.build("paper", order=order, batch_size=args.batch_size, init_channels=args.init_channels,
                              layers=args.layers, fused_ops=fused, device=str(device), progress=False)
-    # _State reads only the number of images and classes from the data; two images suffice.
-    data = ImageData("synthetic", torch.zeros(2, 3, 32, 32, dtype=torch.uint8, device=device),
-                     torch.zeros(2, dtype=torch.long, device=device),
-                     torch.zeros(2, 3, 32, 32, dtype=torch.uint8, device=device),
-                     torch.zeros(2, dtype=torch.long, device=device), (0.5,) * 3, (0.25,) * 3, 10)
     torch.manual_seed(args.seed)
     st = _State(cfg, data, device)
     st.model.train()
     return st
 
 
-def run_mode(args, mode: str, order: int, device: torch.device) -> dict:
+def run_mode(args, mode: str, order: int, device: torch.device, data: ImageData) -> dict:
     parts = set(mode.split("+"))
     unknown = parts - {"eager", "fused", "cl", "bf16", "graph"}
     if unknown or mode not in ALL_MODES:
@@ -72,16 +87,30 @@ def run_mode(args, mode: str, order: int, device: torch.device) -> dict:
     cuda = device.type == "cuda"
     if "graph" in parts and not cuda:
         raise RuntimeError("graph modes need CUDA")
-    st = _state(args, order, "fused" in parts, device)
+    st = _state(args, order, "fused" in parts, device, data)
     fmt = torch.channels_last if "cl" in parts else torch.contiguous_format
     if "cl" in parts:
         st.model.to(memory_format=torch.channels_last)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
     B = args.batch_size
-    x_t = torch.randn(B, 3, 32, 32, device=device, generator=gen).contiguous(memory_format=fmt)
-    x_v = torch.randn(B, 3, 32, 32, device=device, generator=gen).contiguous(memory_format=fmt)
-    y_t = torch.randint(0, 10, (B,), device=device, generator=gen)
-    y_v = torch.randint(0, 10, (B,), device=device, generator=gen)
+
+    def batch(idx_pool: torch.Tensor, stream) -> tuple[torch.Tensor, torch.Tensor]:
+        # As run_search's batch(); the weight stream starts a new epoch when it runs out (--images is a
+        # multiple of the batch, so every batch is full and a graph is captured once).
+        if stream.epoch_mode and stream.pos >= stream.num:
+            stream.new_epoch()
+        idx = idx_pool[to_device(stream.next(), device)]
+        x = augment(data.train_x[idx], st.aug_gen, data.mean, data.std)
+        return x.contiguous(memory_format=fmt), data.train_y[idx]
+
+    if args.data_path == "off":
+        fixed = (*batch(st.w_idx, st.train_stream), *batch(st.a_idx, st.val_stream))
+
+        def batches():
+            return fixed
+    else:
+        def batches():
+            return (*batch(st.w_idx, st.train_stream), *batch(st.a_idx, st.val_stream))
+
     criterion = torch.nn.CrossEntropyLoss()
     lr = st.cfg.lr
     if "bf16" in parts:
@@ -89,20 +118,26 @@ def run_mode(args, mode: str, order: int, device: torch.device) -> dict:
             return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     else:
         amp = nullcontext
-    sums = Sums(SUMS, device)  # the loop driver's named running sums
+    sums = Sums(SUMS, device) if Sums is not None else None  # the loop driver's named running sums
+
+    def _add(out):
+        if sums is not None:
+            sums.add(out)
+
     if "graph" in parts:
         from dartsnas.loops.graphed import GraphedSearchStep
         stepper = GraphedSearchStep(st, criterion, autocast=amp)
 
         def step():
-            sums.add(stepper.step(x_t, y_t, x_v, y_v, lr))
+            _add(stepper.step(*batches(), lr))
             st.global_step += 1
     else:
         stepper = None
 
         def step():
+            x_t, y_t, x_v, y_v = batches()
             with amp():
-                sums.add(_search_step(st, criterion, x_t, y_t, x_v, y_v, lr))
+                _add(_search_step(st, criterion, x_t, y_t, x_v, y_v, lr))
             st.global_step += 1
 
     def sync():
@@ -123,16 +158,26 @@ def run_mode(args, mode: str, order: int, device: torch.device) -> dict:
     dt = time.perf_counter() - t
     if stepper is not None:
         stepper.check()
-    totals = sums.values()
-    finite = all(map(lambda v: v == v and abs(v) != float("inf"), totals.values()))
-    return {
+    if sums is not None:
+        totals = sums.values()
+    else:
+        loss, correct, count, _ = st.sums.tolist()
+        totals = {"loss": loss, "correct": correct, "count": count}
+    finite = all(math.isfinite(v) for v in totals.values())
+    sps = args.steps / dt
+    out = {
         "mode": mode, "order": order, "steps": args.steps, "warmup": args.warmup,
         "seconds": round(dt, 4), "warmup_seconds": round(warm_s, 3),
-        "steps_per_s": round(args.steps / dt, 4),
-        "images_per_s": round(2 * B * args.steps / dt, 2),  # train + validation batch
+        "steps_per_s": round(sps, 4), "ms_per_step": round(1000 / sps, 2),
+        "images_per_s": round(2 * B * sps, 2),  # train + validation batch
         "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 3) if cuda else None,
         "mean_train_loss": totals["loss"] / max(totals["count"], 1), "finite": finite,
+        "switches": {"fused_ops": "fused" in parts, "channels_last": "cl" in parts, "bf16_autocast": "bf16" in parts,
+                     "cuda_graph": "graph" in parts, "data_path": args.data_path},
     }
+    if (args.batch_size, args.init_channels, args.layers) == (64, 16, 8):
+        out["ratio_to_reference_h100"] = round(sps / REFERENCE_H100_STEPS_PER_S[str(order)], 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -148,11 +193,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--init-channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--images", type=int, default=None,
+                   help="synthetic uint8 images on the device (default 16 batches; rounded to whole batches)")
+    p.add_argument("--data-path", choices=["on", "off"], default="on",
+                   help="on: draw and augment every batch as the search loop does; off: fixed pre-made batches")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds; modes not started before it runs out are reported as skipped")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
-    p.add_argument("--no-cudnn-benchmark", action="store_true", help="(the reference turns it on)")
+    p.add_argument("--no-cudnn-benchmark", action="store_true", help="(the reference and the loops turn it on)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (as the loops' switch)")
+    p.add_argument("--src", default=None, help="import dartsnas from this src folder (default: this checkout)")
+    p.add_argument("--label", default=None, help="a name for this run in the JSON (e.g. before/after)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
@@ -161,26 +213,26 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     if cuda:
-        torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
+        torch.backends.cudnn.benchmark = not (args.no_cudnn_benchmark or args.deterministic)
+        torch.backends.cudnn.deterministic = args.deterministic
     args.steps = args.steps if args.steps is not None else (20 if cuda else 2)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     modes = args.modes.split(",") if args.modes else (list(ALL_MODES) if cuda else ["eager", "fused"])
     modes2 = args.modes2.split(",") if args.modes2 else modes
     steps1 = args.steps
     steps2 = args.steps2 if args.steps2 is not None else args.steps
+    n_images = 2 * args.batch_size * max(1, (args.images or 32 * args.batch_size) // (2 * args.batch_size))
+    data = synthetic_images(n_images, device, args.seed)
     result = {
-        "benchmark": "cnn-search-step",
+        "benchmark": "cnn-search-step", "label": args.label,
         "settings": {"init_channels": args.init_channels, "layers": args.layers, "num_nodes": 4,
                      "batch_size": args.batch_size, "val_batch_size": args.batch_size, "image_size": 32,
                      "steps": steps1, "warmup": args.warmup, "orders": args.order, "modes": modes,
-                     "modes_order2": modes2, "steps_order2": steps2,
-                     "cudnn_benchmark": bool(cuda and not args.no_cudnn_benchmark),
-                     "data": "synthetic, on the device", "threads": torch.get_num_threads()},
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "python": platform.python_version(),
-        "reference_h100_steps_per_s": {"1": 0.883, "2": 0.254},
+                     "modes_order2": modes2, "steps_order2": steps2, "images": n_images,
+                     "data": ("synthetic uint8 images on the device, drawn and augmented as run_search does"
+                              if args.data_path == "on" else "fixed pre-made batches on the device (no data path)")},
+        "environment": environment(device, SRC),
+        "reference_h100_steps_per_s": REFERENCE_H100_STEPS_PER_S,
         "results": [],
     }
     for order in args.order:
@@ -191,8 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
                 result["results"].append({"mode": mode, "order": order, "skipped": f"time budget ({elapsed:.0f} s)"})
                 continue
             try:
-                r = run_mode(args, mode, order, device)
-            except Exception as e:  # report and go on: this runs unattended
+                r = run_mode(args, mode, order, device, data)
+            except Exception as e:  # noqa: BLE001  (report and go on: this runs unattended)
                 r = {"mode": mode, "order": order, "error": f"{type(e).__name__}: {e}"[:2000],
                      "traceback": traceback.format_exc()[-3000:]}
             finally:
@@ -200,14 +252,11 @@ def main(argv: list[str] | None = None) -> dict:
                     torch.cuda.synchronize(device)
                     torch.cuda.empty_cache()
             result["results"].append(r)
-            print(json.dumps(r), file=sys.stderr, flush=True)
+            print(r, file=sys.stderr, flush=True)
             if args.out:  # after every mode, so that a killed run still leaves what it measured
-                Path(args.out).write_text(json.dumps({**result, "partial": True}, indent=1) + "\n")
+                write_json({**result, "partial": True}, args.out)
     result["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    write_json(result, args.out)
     return result
 
 

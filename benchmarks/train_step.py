@@ -1,9 +1,12 @@
 """Training-step throughput of an evaluation network at the paper's CIFAR-10 settings (spec §5).
 
 DARTS_V2, C=36, 20 cells, auxiliary head (weight 0.4), drop path 0.2 (the value of the last epochs), batch
-96 of 32x32 synthetic images already on the device, SGD with clip 5: exactly the step ``dartsnas train``
-runs (``dartsnas.loops.train.Stepper``). Warm-up steps, then timed steps between device synchronisations.
-Prints one JSON object. Not a test.
+96, SGD with clip 5: exactly the step ``dartsnas train`` runs (``dartsnas.loops.train.Stepper``), data path
+included: a synthetic uint8 image set on the device, batches drawn by the loop's own ``_TensorData``
+(index stream, device gather, crop/flip/cutout 16 and normalisation from uint8 on the device).
+``--data-path off`` times the step alone on one fixed batch. Warm-up steps, then timed steps between device
+synchronisations. Prints one JSON object (``--out``: also writes it). ``--src PATH`` times another checkout
+(benchmarks/_common.py). Not a test.
 
     PYTHONPATH=src python benchmarks/train_step.py --device cuda --steps 50
     PYTHONPATH=src python benchmarks/train_step.py --device cpu --steps 3 --warmup 1
@@ -13,21 +16,30 @@ Prints one JSON object. Not a test.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, use_src, write_json
 
-import torch  # noqa: E402
+SRC = use_src()
 
-from dartsnas.evalnet.cnn import count_parameters  # noqa: E402
-from dartsnas.loops.common import resolve_device  # noqa: E402
-from dartsnas.loops.train import Stepper, TrainConfig, build_network, resolve_runtime  # noqa: E402
-from dartsnas.space.genotype import load_genotype  # noqa: E402
+import torch
+
+from dartsnas.data.images import BatchStream, ImageData
+from dartsnas.evalnet.cnn import count_parameters
+from dartsnas.loops.common import resolve_device
+from dartsnas.loops.train import (
+    Stepper,
+    TrainConfig,
+    _TensorData,
+    build_network,
+    resolve_runtime,
+)
+from dartsnas.space.genotype import load_genotype
+
+REFERENCE_H100_STEPS_PER_S = 5.14  # docs PERFORMANCE.md, measured 2026-11-27
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,11 +57,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--optimizer-impl", choices=["auto", "fused", "foreach", "for-loop"], default="auto")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
+    p.add_argument("--images", type=int, default=None, help="synthetic uint8 images (default 16 batches)")
+    p.add_argument("--data-path", choices=["on", "off"], default="on")
+    p.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (the loops' switch)")
+    p.add_argument("--src", default=None, help="import dartsnas from this src folder (default: this checkout)")
+    p.add_argument("--label", default=None)
+    p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
+    if cuda:  # as the training loop sets it (loops.common.set_determinism)
+        torch.backends.cudnn.benchmark = not args.deterministic
+        torch.backends.cudnn.deterministic = args.deterministic
     cfg = TrainConfig.build("paper", genotype=args.genotype, batch_size=args.batch_size,
                             init_channels=args.init_channels, layers=args.layers,
                             channels_last=args.channels_last, bf16=args.bf16, optimizer_impl=args.optimizer_impl,
@@ -60,8 +81,26 @@ def main(argv: list[str] | None = None) -> dict:
     model.drop_path_prob = args.drop_path
     model.train()
     stepper = Stepper(model, cfg, rt)
-    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    g = torch.Generator().manual_seed(0)
+    n = args.batch_size * max(1, (args.images or 16 * args.batch_size) // args.batch_size)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8).to(device)
+    labels = torch.randint(0, 10, (n,), generator=g).to(device)
+    data = _TensorData(ImageData("synthetic", images, labels, images[:2], labels[:2], (0.49, 0.48, 0.45),
+                                 (0.25, 0.24, 0.26), 10), cfg, device)
+    stream = BatchStream(n, args.batch_size, 1, epoch_mode=True)
+    aug_gen = torch.Generator().manual_seed(3)
+    batches = data.train_batches(stream, aug_gen)
+
+    def batch():
+        nonlocal batches
+        try:
+            return next(batches)
+        except StopIteration:  # as the loop: a new epoch, a new pass
+            stream.new_epoch()
+            batches = data.train_batches(stream, aug_gen)
+            return next(batches)
+
+    fixed = batch() if args.data_path == "off" else None
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
 
     def sync() -> None:
@@ -70,34 +109,33 @@ def main(argv: list[str] | None = None) -> dict:
 
     t_warm = time.perf_counter()
     for i in range(warmup):
-        stepper.step(x, y, i)
+        stepper.step(*(fixed or batch()), i)
     sync()
     warm_s = time.perf_counter() - t_warm
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for i in range(args.steps):
-        stepper.step(x, y, warmup + i)
+        stepper.step(*(fixed or batch()), warmup + i)
     sync()
     elapsed = time.perf_counter() - t0
     steps_s = args.steps / elapsed
     out = {
-        "benchmark": "train_step",
+        "benchmark": "train_step", "label": args.label,
         "steps_per_s": round(steps_s, 4), "images_per_s": round(steps_s * args.batch_size, 2),
         "ms_per_step": round(1000 * elapsed / args.steps, 2),
         "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3) if cuda else None,
         "settings": {"genotype": args.genotype, "batch_size": args.batch_size, "init_channels": args.init_channels,
                      "layers": args.layers, "auxiliary_weight": cfg.auxiliary_weight, "drop_path": args.drop_path,
-                     "grad_clip": cfg.grad_clip, "steps": args.steps, "warmup": warmup,
-                     "warmup_seconds": round(warm_s, 2), **rt.describe(),
+                     "grad_clip": cfg.grad_clip, "cutout": cfg.cutout, "steps": args.steps, "warmup": warmup,
+                     "warmup_seconds": round(warm_s, 2), "images": n,
                      "params": count_parameters(model, include_auxiliary=True)},
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None},
-        "device": torch.cuda.get_device_name(device) if cuda else
-                  f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                  f"{os.cpu_count()} cores visible)",
+        "switches": {**rt.describe(), "data_path": args.data_path, "deterministic": args.deterministic},
+        "environment": environment(device, SRC),
     }
-    print(json.dumps(out, indent=2))
+    if (args.batch_size, args.init_channels, args.layers, args.genotype) == (96, 36, 20, "DARTS_V2"):
+        out["ratio_to_reference_h100"] = round(steps_s / REFERENCE_H100_STEPS_PER_S, 3)
+    write_json(out, args.out)
     return out
 
 

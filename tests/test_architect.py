@@ -573,3 +573,60 @@ def test_constructor_validation():
         Architect(net, adam(net), order=2, frozen_in_virtual_step=("nope",))
     with pytest.raises(ValueError):
         Architect(net, torch.optim.Adam([net.alphas_normal]), order=1)
+
+
+# ----------------------------------------------------------------------- waste out of the eager step
+
+def test_weight_gradients_equal_backward_and_leave_alphas_alone():
+    from dartsnas.architect import weight_gradients
+
+    x, y = batch(3)
+    ref, net = tiny_net(), tiny_net()
+    CE(ref(x), y).backward()
+    weight_gradients(CE(net(x), y), net.weights())
+    assert_bit_exact([p.grad for p in net.weights()], [p.grad for p in ref.weights()])
+    assert all(a.grad is None for a in net.arch_parameters())
+    assert all(a.grad is not None for a in ref.arch_parameters())  # backward() would have computed them
+
+
+def test_shadow_buffers_hold_the_real_values_and_follow_replaced_buffers():
+    net, eta = tiny_net(), 0.05
+    opt = sgd(net, eta)
+    lt, lv = make_loss_fn(net, *batch(1), CE), make_loss_fn(net, *batch(2), CE)
+    arch = Architect(net, adam(net), order=2)
+    # the virtual forward with persistent shadows equals the one with fresh clones (the previous method)
+    w_prime = arch.virtual_step(lt, eta, opt)["w_prime"]
+    clones = {name: b.detach().clone() for name, b in net.named_buffers()}
+    ref_loss = lv({**clones, **dict(zip(arch.weight_names, w_prime))})
+    first = arch.virtual_val_grads(lv, w_prime)
+    assert torch.equal(first["val_loss"], ref_loss.detach())
+    shadows = {n: t for n, _, t in arch._shadow}
+    assert_bit_exact(list(shadows.values()), list(clones.values()))  # the clones after the same forward
+    # the real buffers move on (a real forward); the next call starts again from them, in the same tensors
+    net(batch(4)[0])
+    again = arch._shadow_buffers()
+    assert all(again[n] is shadows[n] for n in shadows)
+    assert_bit_exact(list(again.values()), snapshot(net.buffers()))
+    # a replaced buffer gets a new shadow
+    bn = net.stem[1]
+    bn.running_mean = bn.running_mean.clone() + 1.0
+    again = arch._shadow_buffers()
+    assert again["stem.1.running_mean"] is not shadows["stem.1.running_mean"]
+    assert torch.equal(again["stem.1.running_mean"], bn.running_mean)
+
+
+def test_weights_cache_follows_registration_and_conversion():
+    net = tiny_net()
+    names = [n for n, _ in net.named_weights()]
+    assert names == [n for n, _ in net.named_parameters() if n not in ("alphas_normal", "alphas_reduce")]
+    assert net.weights() is not net.weights()  # callers get their own list
+    net.cells[0].extra = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    assert "cells.0.extra" in [n for n, _ in net.named_weights()]
+    assert any(p is net.cells[0].extra for p in net.weights())
+    extra = nn.Linear(2, 2).double()  # registered before it is attached: the attachment is seen too
+    assert "cells.1.extra.weight" not in [n for n, _ in net.named_weights()]
+    net.cells[1].extra = extra
+    assert "cells.1.extra.weight" in [n for n, _ in net.named_weights()]
+    net.float()
+    assert all(p.dtype == torch.float32 for p in net.weights())
+    assert [id(p) for p in net.weights()] == [id(p) for n, p in net.named_parameters() if not n.startswith("alphas")]

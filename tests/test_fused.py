@@ -203,3 +203,50 @@ def test_graph_step_flags_non_finite_after_the_fact():
     with pytest.raises(NonFiniteError) as e:
         runner.check()
     assert e.value.step == 1 and e.value.phase == "architecture"
+
+
+@pytest.mark.parametrize("nodes", [1, 3, 5])
+def test_source_grouping_for_other_node_counts_channels_last(nodes):
+    """Every source has K = nodes or fewer outgoing edges; K = 1 and K > 4 take the same grouped path."""
+    plain, fused = _pair(C=4, layers=3, nodes=nodes, seed=5)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    fused_cl = fused.to(memory_format=torch.channels_last)
+    for step in range(2):
+        outs = []
+        for net, inp in ((plain, x), (fused_cl, x.contiguous(memory_format=torch.channels_last))):
+            net.train()
+            net.zero_grad(set_to_none=True)
+            out = net(inp)
+            out.square().sum().backward()
+            outs.append(out)
+        _close(outs[0], outs[1], f"logits step {step}")
+        for (name, p), (_, q) in zip(plain.named_parameters(), fused_cl.named_parameters()):
+            _close(p.grad, q.grad, f"grad {name}")
+        _compare_state(plain, fused_cl)
+    plain.eval(), fused_cl.eval()
+    with torch.no_grad():
+        _close(plain(x), fused_cl(x.contiguous(memory_format=torch.channels_last)), "eval logits")
+
+
+def test_fused_forward_launches_far_fewer_operations():
+    """The point of the fused path: count the ATen operations of one training forward + backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += not func.is_view  # views launch no kernel
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        net = SearchNetwork(4, 10, 3, 4, fused=fused)
+        x = torch.randn(2, 3, 8, 8)
+        Count.n = 0
+        with Count():
+            net(x).sum().backward()
+        counts.append(Count.n)
+    plain, fused = counts
+    assert fused * 2.5 < plain, counts  # about 3x at the paper's network (notes/speed.md)

@@ -21,8 +21,10 @@ BN running statistics (§3.3: every forward of a step is in training mode and up
   finite difference run "on the original network", so they update the real running buffers, as the
   reference does;
 * the virtual forward at w' runs on "a second network that holds a copy of the BN running buffers" (§3.5
-  step 2): ``Architect`` passes *clones* of every buffer of the model in the overrides, so BN updates
-  the clones in place and the real buffers are untouched by the virtual forward.
+  step 2): ``Architect`` passes *shadow copies* of every buffer of the model in the overrides, so BN updates
+  the copies in place and the real buffers are untouched by the virtual forward. The shadow tensors are
+  allocated once and refreshed from the real buffers by one multi-tensor copy per step (the same values as
+  a fresh clone, without allocating every buffer again).
 
 The statistics only matter for monitoring (eval mode); training-mode forwards use batch statistics.
 """
@@ -51,6 +53,7 @@ __all__ = [
     "make_loss_fn",
     "momentum_buffers",
     "virtual_weights",
+    "weight_gradients",
 ]
 
 
@@ -60,7 +63,7 @@ def make_loss_fn(model: nn.Module, x: Tensor, y: Tensor,
                  criterion: Callable[[Tensor, Tensor], Tensor]) -> LossFn:
     """Closure ``loss_fn(overrides)`` = ``criterion(model(x), y)``, with ``overrides`` substituted by name.
 
-    Buffers are substituted only when the overrides name them (the ``Architect`` does so, with clones,
+    Buffers are substituted only when the overrides name them (the ``Architect`` does so, with shadow copies,
     for the virtual network; see the module docstring). Without them a training-mode forward updates
     the real BN running statistics, exactly as ``model(x)`` would.
     """
@@ -188,6 +191,20 @@ def hypergradient(d_alpha: Sequence[Tensor], h: Sequence[Tensor], eta: float | T
     return [d - scale * hi for d, hi in zip(d_alpha, h, strict=True)]
 
 
+def weight_gradients(loss: Tensor, weights: Sequence[nn.Parameter]) -> None:
+    """The weight pass's gradients (§3.3 step 2) stored in ``.grad``, taken w.r.t. the weights only.
+
+    Equal to ``loss.backward()`` followed by clearing the alphas' ``.grad`` (the weights' ``.grad`` must
+    be None before, as after ``zero_grad(set_to_none=True)``), but autograd never computes the α
+    gradients, which the weight step would throw away. A weight that does not reach the loss keeps
+    ``.grad = None``, as with ``backward()``.
+    """
+    weights = list(weights)
+    grads = torch.autograd.grad(loss, weights, allow_unused=True)
+    for p, g in zip(weights, grads, strict=True):
+        p.grad = g
+
+
 def _grads(loss: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
     gs = torch.autograd.grad(loss, list(tensors), allow_unused=True)
     return [torch.zeros_like(t) if g is None else g for g, t in zip(gs, tensors, strict=True)]
@@ -238,6 +255,7 @@ class Architect:
         opt_ids = {id(p) for group in arch_optimizer.param_groups for p in group["params"]}
         if not arch_ids <= opt_ids:
             raise ValueError("arch_optimizer does not hold every arch parameter")
+        self._shadow: list[tuple[str, Tensor, Tensor]] | None = None  # (name, real buffer, shadow copy)
 
     # -- pieces of the second-order step, usable on their own --
 
@@ -265,13 +283,29 @@ class Architect:
                                   weight_decay=self.weight_decay, frozen=frozen)
         return {"w_prime": w_prime, "grad": g, "kappa": kappa, "train_loss": loss.detach()}
 
+    def _shadow_buffers(self) -> dict[str, Tensor]:
+        """Copies of every model buffer, by name, holding the real buffers' current values (§3.5 step 2).
+
+        Allocated on first use and again whenever the model's buffers are other tensors (moved, replaced,
+        added); otherwise refreshed in place by one multi-tensor copy.
+        """
+        real = list(self.model.named_buffers())
+        sh = self._shadow
+        if (sh is None or len(sh) != len(real)
+                or any(n != m or b is not r for (n, b), (m, r, _) in zip(real, sh, strict=True))):
+            sh = self._shadow = [(n, b, torch.empty_like(b)) for n, b in real]
+        if sh:
+            with torch.no_grad():
+                torch._foreach_copy_([c for _, _, c in sh], [b.detach() for _, b, _ in sh])
+        return {n: c for n, _, c in sh}
+
     def virtual_val_grads(self, val_loss_fn: LossFn, w_prime: Sequence[Tensor]) -> dict:
         """§3.5 step 2: d_α = ∇_α L_val(w', α) and v = ∇_{w'} L_val(w', α) on the virtual network.
 
-        The virtual network is (w', the model's alphas, clones of the model's buffers), so the real BN
+        The virtual network is (w', the model's alphas, shadow copies of the model's buffers), so the real BN
         running statistics are not touched by this forward. Keys: ``d_alpha``, ``v``, ``val_loss``.
         """
-        overrides = {name: b.detach().clone() for name, b in self.model.named_buffers()}
+        overrides = self._shadow_buffers()
         overrides.update(zip(self.weight_names, w_prime, strict=True))
         loss = val_loss_fn(overrides)
         alphas = self.model.arch_parameters()

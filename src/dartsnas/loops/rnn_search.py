@@ -52,7 +52,7 @@ from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_to_dict, save_genotype
 from ..supernet.rnn import TIED_EMBEDDING, RNNSearchModel
-from .common import CHECKPOINT, nan_fault, resolve_device
+from .common import CHECKPOINT, nan_fault, resolve_device, set_determinism
 from .engine import Run, Task
 from .state import LoopState, Sums, saved_as, transient
 from .rnn_common import evaluate_lm, rng_devices, scaled_lr, search_seq_len
@@ -92,11 +92,13 @@ class RNNSearchConfig(ConfigBase):
     eval_tokens: int | None = None       # cap the end-of-epoch validation to about this many tokens
     eval_batch_size: int = 10
     device: str = "auto"
+    # GPU runs repeat bit for bit only with deterministic kernels (slower); CPU runs always do.
+    deterministic: bool = False
     log_interval: int = 20
     progress: bool = True
     tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
 
-    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "tensorboard"})
+    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "tensorboard", "deterministic"})
 
     PRESETS = {
         "paper": {},
@@ -272,6 +274,7 @@ def run_rnn_search(cfg: RNNSearchConfig, run_dir: str | Path | None = None, resu
     """
     run = Run(cfg, KIND, run_dir, resume, "rnn-search", log)
     device = resolve_device(cfg.device)
+    set_determinism(device, cfg.deterministic)  # cudnn.benchmark on CUDA unless deterministic
     if corpus is None:
         corpus = load_corpus(cfg.dataset, cfg.data_dir)
     task = RNNSearchTask(cfg, corpus, device)

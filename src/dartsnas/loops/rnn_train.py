@@ -51,7 +51,7 @@ from ..errors import CheckpointError, ConfigError, GenotypeError, NonFiniteError
 from ..evalnet.rnn import RNNEvalModel
 from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
-from .common import TrainingResult, nan_fault, resolve_device, write_json
+from .common import TrainingResult, nan_fault, resolve_device, set_determinism, write_json
 from .engine import Run, Task
 from .state import LoopState, Sums, saved_as, transient
 from .rnn_common import evaluate_lm, scaled_lr, train_seq_len
@@ -93,6 +93,8 @@ class RNNTrainConfig(ConfigBase):
     eval_batch_size: int = 10
     test_batch_size: int = 1
     device: str = "auto"
+    # GPU runs repeat bit for bit only with deterministic kernels (slower); CPU runs always do.
+    deterministic: bool = False
     log_interval: int = 200
     progress: bool = True
     # Evaluate the test set at the end (§7.6). Selection and random-baseline trainings set it false: the
@@ -101,7 +103,7 @@ class RNNTrainConfig(ConfigBase):
     tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
 
     HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "test_batch_size", "test_tokens", "eval_test",
-                                                "tensorboard"})
+                                                "tensorboard", "deterministic"})
 
     PRESETS = {
         "paper-ptb": {},
@@ -353,6 +355,7 @@ def run_rnn_train(cfg: RNNTrainConfig, run_dir: str | Path | None = None, resume
     else:
         genotype = resolve_rnn_genotype(cfg.genotype)
     device = resolve_device(cfg.device)
+    set_determinism(device, cfg.deterministic)  # cudnn.benchmark on CUDA unless deterministic
     corpus = _data(cfg, corpus)
     task = RNNTrainTask(cfg, corpus, genotype, device)
     task.best_path = run.path / BEST

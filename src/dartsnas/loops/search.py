@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..architect import Architect, make_loss_fn
+from ..architect import Architect, make_loss_fn, weight_gradients
 from ..checkpoint import load_checkpoint, seed_everything
 from ..config import ConfigBase, require
 from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images, to_device
@@ -79,7 +79,7 @@ class SearchConfig(ConfigBase):
     tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
 
     # Where the data comes from does not change the run (the dataset name does), as for the other loops.
-    HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph", "data_dir", "download", "tensorboard"}
+    HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph", "data_dir", "download", "tensorboard", "deterministic"}
 
     PRESETS = {
         "paper": {},
@@ -351,9 +351,7 @@ def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> dict[s
     st.w_opt.zero_grad(set_to_none=True)
     logits = model(x_t)
     loss = criterion(logits, y_t)
-    loss.backward()
-    for a in model.arch_parameters():  # the weight pass must not leave gradients on alpha
-        a.grad = None
+    weight_gradients(loss, model.weights())  # w.r.t. the weights only: no α gradient is computed
     norm = torch.nn.utils.clip_grad_norm_(model.weights(), cfg.grad_clip)
     # One host synchronisation for both checks, still before the optimizer step touches anything.
     loss_ok, norm_ok = torch.isfinite(torch.stack([loss.detach(), norm.detach()])).tolist()

@@ -38,7 +38,7 @@ from ..errors import CheckpointError, ConfigError, DataError, GenotypeError, Non
 from ..evalnet.cnn import NetworkCIFAR, NetworkImageNet, count_parameters
 from ..evalnet.flops import count_multiply_adds
 from ..space.genotype import Genotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
-from .common import CHECKPOINT, TrainingResult, nan_fault, resolve_device, write_json
+from .common import CHECKPOINT, TrainingResult, nan_fault, resolve_device, set_determinism, write_json
 from .engine import Ranks, Run, Task
 from .state import LoopState, Sums, saved_as, transient
 
@@ -81,6 +81,8 @@ class TrainConfig(ConfigBase):
     accum_steps: int = 1                 # split each global batch into this many micro-batches
     seed: int = 0
     device: str = "auto"
+    # GPU runs repeat bit for bit only with deterministic kernels (slower); CPU runs always do.
+    deterministic: bool = False
     # Speed switches. "auto" turns on what is safe and pays on CUDA; on CPU everything stays off (bit-exact
     # resume). Measured on one H100 (benchmarks/train_step.py, DARTS_V2 C36 20 cells batch 96): fp32 for-loop
     # SGD 5.42 steps/s; + channels-last + fused SGD 6.15; + bf16 autocast 5.90 (the step is launch-bound,
@@ -97,7 +99,7 @@ class TrainConfig(ConfigBase):
     tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
 
     HARMLESS = ConfigBase.HARMLESS | frozenset({"channels_last", "bf16", "optimizer_impl", "compile", "workers",
-                                                "data_dir", "download", "tensorboard"})
+                                                "data_dir", "download", "tensorboard", "deterministic"})
 
     PRESETS = {
         "paper": {},
@@ -628,6 +630,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool 
     Messages go to ``log`` (a callable taking one string), else to the ``dartsnas`` logger.
     """
     rank, world, device = init_distributed(cfg)
+    set_determinism(device, cfg.deterministic)  # cudnn.benchmark on CUDA unless deterministic
     rt = resolve_runtime(cfg, device, rank, world)
     run = Run(cfg, KIND, run_dir, resume, "train", log, ranks=rt)
     ck = run.checkpoint

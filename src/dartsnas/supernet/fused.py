@@ -4,26 +4,37 @@
 ``SearchConfig.fused_ops``). Nothing is stored here: every weight and running buffer is read from the cell's
 own modules at call time (so ``state_dict``, checkpoints, parameter counts and ``functional_call``
 overrides all behave as for the plain forward), and only the order in which the arithmetic is launched
-changes. Per cell and forward:
+changes. The results equal the plain forward's to float rounding (tests/test_fused.py, float64).
 
-* **Weights assembled once per cell, not per edge.** The first depthwise convs of ``sep_conv_3x3``,
-  ``sep_conv_5x5`` and ``dil_conv_3x3`` all fit a 5x5 window at padding 2: the 3x3 kernel is zero-padded,
-  the dilated 3x3 kernel is placed on every second tap, and the three become one depthwise conv with three
-  outputs per input channel (``groups=C``, output channel ``3g+k``). Their three pointwise convs become one
-  1x1 conv whose weight is block-structured (zeros outside the blocks; the gradient reaches only the stored
-  weights). The second units of the two SepConvs become one depthwise 5x5 conv over 2C channels and one
-  grouped 1x1 conv (``groups=2``). All these weights are stacked for the 14 edges at once.
-* **One ReLU per edge** instead of five (both SepConvs, both DilConvs and FactorizedReduce start with
-  ReLU(x)).
-* **Three batch norms per edge instead of seven to nine.** BN is per channel, so the BNs of channel blocks
-  that sit in one tensor (or are concatenated: pools, FactorizedReduce, ``dil_conv_5x5``) run as one BN over
-  the concatenated channels. Running statistics: the buffers of every BN of the cell are concatenated once,
-  updated in place slice by slice by ``F.batch_norm``, and copied back at the end of the cell (one
-  multi-tensor copy); ``num_batches_tracked`` is incremented with one multi-tensor add. The values are those
-  of the plain forward.
-* **One weighted sum per node.** Node i = Σ_j Σ_k w_jk op_k(h_j) over every incoming edge is one
+**Grouped by source.** Every edge of the cell starts from one of its states (the two preprocessed inputs or
+an intermediate node; spec §1.3), and all the edges leaving one state have the same stride (2 only for the
+inputs of a reduction cell). As soon as a state exists, all its K outgoing edges are computed together:
+
+* **One ReLU per source** (both SepConvs, both DilConvs and FactorizedReduce start with ReLU(x)).
+* **Two depthwise convs per source for the first units of all K edges.** The first depthwise kernels of
+  ``sep_conv_3x3``, ``sep_conv_5x5`` and ``dil_conv_3x3`` all fit a 5x5 window at padding 2 (the 3x3 kernel
+  zero-padded, the dilated 3x3 kernel on every second tap): one depthwise conv with 3K outputs per input
+  channel. ``dil_conv_5x5``'s depthwise kernel (dilation 2) is a second one with K outputs per channel.
+* **One grouped 1x1 conv** (``groups=4K``) for the 4K pointwise convs that follow, after one channel
+  permutation; **one BN** over its 4KC channels.
+* **The second units of both SepConvs of all K edges**: one depthwise conv over 2KC channels, one grouped
+  1x1 conv (``groups=2K``), one BN.
+* **Pooling shared per source.** Max and average pooling see the same input and stride on every edge of the
+  source: each is computed once. Each edge's pooling is followed by its own affine-free BN (§1.2); in
+  training mode their outputs use the batch statistics, which are the same for every edge, so the
+  normalisation is computed once too, and the K edges' running statistics are updated together from one
+  mean and (unbiased) variance. In eval mode each edge normalises with its own running statistics.
+* **FactorizedReduce** (the skip of a stride-2 edge): the two shifted 1x1 stride-2 convs of all K edges are
+  one 2x2 stride-2 conv whose kernels sit on taps (0, 0) and (1, 1), on the input padded by one pixel at
+  the bottom and right (the zero padding of the shorter branch for odd sizes); one BN.
+* **One weighted sum per node**: node i = Σ_j Σ_k w_jk op_k(h_j) over every incoming edge is one
   ``[1, 7E] x [7E, N·C·H·W]`` matrix product over the stacked terms (``none`` outputs zeros, so its term
   is dropped, as in ``MixedOp``).
+
+Running statistics: the buffers of every BN of the cell are concatenated once (in the order the grouped BNs
+use them), updated in place slice by slice, and copied back at the end of the cell (one multi-tensor copy);
+``num_batches_tracked`` is incremented with one multi-tensor add. The stacked weights of the whole cell are
+assembled once per forward, edges ordered by source, so that a source's K edges are one slice.
 
 Works with channels-last tensors (reshape, not view) and under autocast. Only the default candidate list
 (``PRIMITIVES``) is supported.
@@ -44,23 +55,17 @@ MAX, AVG, SKIP, SEP3, SEP5, DIL3, DIL5 = range(7)
 
 
 @dataclass
-class _EdgePlan:
+class _Source:
+    """The edges leaving one state of the cell, and where their BN statistics sit in the cell's buffers."""
+
+    state: int            # 0, 1: the preprocessed inputs; 2 + i: intermediate node i
+    edges: list[int]      # indices into cell._ops, by target node
     stride: int
-    C: int
-    g1: tuple[int, int]   # (offset, channels) in the cell's concatenated running buffers
-    g2: tuple[int, int]
-    g3: tuple[int, int]
-
-
-def _bns_of(op) -> tuple[list[nn.BatchNorm2d], list[nn.BatchNorm2d], list[nn.BatchNorm2d]]:
-    ops = op._ops
-    g1 = [ops[SEP3][0][3], ops[SEP5][0][3], ops[DIL3][3]]
-    g2 = [ops[SEP3][1][3], ops[SEP5][1][3]]
-    g3 = [ops[MAX][1], ops[AVG][1]]
-    if isinstance(ops[SKIP], FactorizedReduce):
-        g3.append(ops[SKIP].bn)
-    g3.append(ops[DIL5][3])
-    return g1, g2, g3
+    units: int = 0        # offsets (channels) in the concatenated running buffers
+    second: int = 0
+    pools: int = 0
+    reduce: int = 0
+    pool_bns: tuple[nn.BatchNorm2d, ...] = ()  # (max, avg) of every edge
 
 
 def supports_fused(cell) -> bool:
@@ -74,26 +79,53 @@ class CellPlan:
     def __init__(self, cell):
         if not supports_fused(cell):
             raise ValueError("the fused forward supports only the default candidate operations")
+        n = cell.num_nodes
+        first_edge = [sum(2 + k for k in range(i)) for i in range(n)]       # edge index of (node i, state 0)
+        self.incoming = [list(range(first_edge[i], first_edge[i] + 2 + i)) for i in range(n)]
+        self.C = cell._ops[0]._ops[SEP3][0][1].in_channels
+        self.sources: list[_Source] = []
+        self.order: list[int] = []
         self.bns: list[nn.BatchNorm2d] = []
-        self.edges: list[_EdgePlan] = []
         offset = 0
-        for op in cell._ops:
-            groups = []
-            for g in _bns_of(op):
-                n = sum(b.num_features for b in g)
-                groups.append((offset, n))
-                offset += n
-                self.bns += g
-            C = op._ops[SEP3][0][1].in_channels
-            self.edges.append(_EdgePlan(op.stride, C, *groups))
+        for j in range(n + 1):  # the last node has no outgoing edge
+            edges = [first_edge[i] + j for i in range(max(0, j - 1), n)]
+            ops = [cell._ops[e]._ops for e in edges]
+            strides = {cell._ops[e].stride for e in edges}
+            if len(strides) != 1:
+                raise ValueError("the fused forward expects one stride per source state")
+            src = _Source(j, edges, strides.pop())
+            self.order += edges
+            groups = [("units", [o[k][0][3] for o in ops for k in (SEP3, SEP5)] + [o[DIL3][3] for o in ops]
+                       + [o[DIL5][3] for o in ops]),
+                      ("second", [o[k][1][3] for o in ops for k in (SEP3, SEP5)]),
+                      ("pools", [o[k][1] for o in ops for k in (MAX, AVG)])]
+            if src.stride == 2:
+                if not all(isinstance(o[SKIP], FactorizedReduce) for o in ops):
+                    raise ValueError("the fused forward expects FactorizedReduce on stride-2 edges")
+                groups.append(("reduce", [o[SKIP].bn for o in ops]))
+            src.pool_bns = tuple(groups[2][1])
+            for name, bns in groups:
+                setattr(src, name, offset)
+                offset += sum(b.num_features for b in bns)
+                self.bns += bns
+            self.sources.append(src)
         for b in self.bns:
             if not (b.track_running_stats and b.momentum is not None and not b.affine):
                 raise ValueError("the fused forward expects affine-free BN with running statistics and a momentum")
+            if b.num_features != self.C:
+                raise ValueError("the fused forward expects every BN of a cell's edges to have C channels")
         self.momentum = self.bns[0].momentum
         self.eps = self.bns[0].eps
         if any(b.momentum != self.momentum or b.eps != self.eps for b in self.bns):
             raise ValueError("the fused forward expects one BN momentum and eps per cell")
         self.sizes = [b.num_features for b in self.bns]
+        self._edge_index: dict[torch.device, list[Tensor]] = {}
+
+    def edge_index(self, device: torch.device) -> list[Tensor]:
+        """Per source, its edges as an index tensor on ``device`` (made once: no copy inside a step)."""
+        if device not in self._edge_index:
+            self._edge_index[device] = [torch.tensor(src.edges, device=device) for src in self.sources]
+        return self._edge_index[device]
 
 
 def _dilate3(w: Tensor) -> Tensor:
@@ -103,65 +135,105 @@ def _dilate3(w: Tensor) -> Tensor:
     return z
 
 
-def _assemble(ops) -> dict[str, Tensor]:
-    """Stacked per-edge weights for the whole cell (gradients flow back to the stored weights only)."""
-    E = len(ops)
-    m = [op._ops for op in ops]
-    C = m[0][SEP3][0][1].in_channels
+def _assemble(cell, plan: CellPlan) -> dict[str, Tensor]:
+    """Stacked weights of the cell's edges, per source (gradients flow back to the stored weights only)."""
+    m = [cell._ops[e]._ops for e in plan.order]
     s3 = F.pad(torch.stack([o[SEP3][0][1].weight for o in m]), (1, 1, 1, 1))        # [E, C, 1, 5, 5]
     s5 = torch.stack([o[SEP5][0][1].weight for o in m])
     d3 = _dilate3(torch.stack([o[DIL3][1].weight for o in m]))
-    dw1 = torch.stack([s3, s5, d3], dim=3)                                         # [E, C, 1, 3, 5, 5]
-    pw = torch.stack([w for o in m for w in (o[SEP3][0][2].weight, o[SEP5][0][2].weight, o[DIL3][2].weight)])
-    pw = pw.reshape(E, 3, C, C, 1)                                                    # [E, k, o, i, 1]
-    eye = torch.eye(3, dtype=pw.dtype, device=pw.device).view(1, 3, 1, 1, 3)
-    pw1 = pw * eye                                                                 # [E, k, o, i, k']
+    pw = torch.stack([w for o in m for w in (o[SEP3][0][2].weight, o[SEP5][0][2].weight, o[DIL3][2].weight,
+                                               o[DIL5][2].weight)])                 # [4E, C, C, 1, 1]
     s3b = F.pad(torch.stack([o[SEP3][1][1].weight for o in m]), (1, 1, 1, 1))
     s5b = torch.stack([o[SEP5][1][1].weight for o in m])
-    dw2 = torch.stack([s3b, s5b], dim=1)                                           # [E, 2, C, 1, 5, 5]
-    pw2 = torch.stack([w for o in m for w in (o[SEP3][1][2].weight, o[SEP5][1][2].weight)])  # [2E, C, C, 1, 1]
-    return {
-        "dw1": dw1.reshape(E, 3 * C, 1, 5, 5),
-        "pw1": pw1.reshape(E, 3 * C, 3 * C, 1, 1),
-        "dw2": dw2.reshape(E, 2 * C, 1, 5, 5),
-        "pw2": pw2.reshape(E, 2 * C, C, 1, 1),
+    E, C = len(m), plan.C
+    stacked = {
+        "dw1": torch.cat([s3, s5, d3], dim=2),                                     # [E, C, 3, 5, 5]
+        "dw5": torch.stack([o[DIL5][1].weight for o in m]).reshape(E, C, 5, 5),    # [E, C, 5, 5]
+        "pw1": pw.reshape(E, 4, C, C),                                             # sep3, sep5, dil3, dil5
+        "dw2": torch.stack([s3b, s5b], dim=1).reshape(E, 2 * C, 1, 5, 5),
+        "pw2": torch.stack([w for o in m for w in (o[SEP3][1][2].weight, o[SEP5][1][2].weight)]).reshape(E, 2, C, C),
     }
+    # one chunk per source (split, not slicing: its backward is one concatenation, not a zero-fill per slice)
+    sizes = [len(src.edges) for src in plan.sources]
+    return {key: torch.split(t, sizes) for key, t in stacked.items()}
 
 
-def _edge_terms(op, ep: _EdgePlan, x: Tensor, W: dict[str, Tensor], e: int, rm: Tensor, rv: Tensor,
-                training: bool, momentum: float, eps: float) -> list[Tensor]:
-    """The seven non-zero terms of one edge, in column order (max, avg, skip, sep3, sep5, dil3, dil5)."""
-    ops, C, s = op._ops, ep.C, ep.stride
+def _reduce_weight(cell, src: _Source, C: int, like: Tensor) -> Tensor:
+    """The K FactorizedReduce convs of a stride-2 source as one [K·C, C, 2, 2] kernel (taps (0,0) and (1,1))."""
+    frs = [cell._ops[e]._ops[SKIP] for e in src.edges]
+    z = like.new_zeros(len(frs), 2, C // 2, C, 2, 2)
+    z[:, 0, :, :, 0, 0] = torch.stack([fr.conv_1.weight[:, :, 0, 0] for fr in frs])
+    z[:, 1, :, :, 1, 1] = torch.stack([fr.conv_2.weight[:, :, 0, 0] for fr in frs])
+    return z.reshape(len(frs) * C, C, 2, 2)
 
-    def bn(t: Tensor, g: tuple[int, int]) -> Tensor:
-        o, n = g
-        return F.batch_norm(t, rm[o:o + n], rv[o:o + n], None, None, training, momentum, eps)
+
+def _diagonal_blocks(w: Tensor) -> Tensor:
+    """[K, k] -> [K, K·k]: row t holds w[t, :] at the columns (t, 0..k-1) of blocks ordered (edge, op)."""
+    return torch.diag_embed(w.transpose(0, 1)).permute(1, 2, 0).reshape(w.shape[0], -1)
+
+
+def _source_contributions(cell, plan: CellPlan, src: _Source, x: Tensor, W: dict[str, Tensor], w: Tensor,
+                          rm: Tensor, rv: Tensor, training: bool, pool_stats: list) -> list[Tensor]:
+    """Σ_k w_ek op_k(x) for every edge e leaving ``x`` (``w``: the edges' rows of the softmaxed alphas), one
+    ``[N, C, H, W]`` tensor per edge of ``src.edges``. In training mode, appends (pool BNs, batch mean,
+    unbiased batch variance) to ``pool_stats`` for the running-statistics update at the end of the cell.
+
+    Every grouped tensor below is laid out as ``[N, blocks, C, H, W]``; a block is one operation of one edge.
+    The weighted sums are matrix products ``[K, blocks] x [N, blocks, C·H·W]`` (one kernel each, no copies).
+    """
+    C, s, K = plan.C, src.stride, len(src.edges)
+    W = {key: chunks[src.state] for key, chunks in W.items()}  # this source's K edges
+    N = x.shape[0]
+    momentum, eps = plan.momentum, plan.eps
+
+    def bn(t: Tensor, offset: int) -> Tensor:
+        n = t.shape[1]
+        return F.batch_norm(t, rm[offset:offset + n], rv[offset:offset + n], None, None, training, momentum, eps)
 
     r = F.relu(x)
-    # first units of sep3, sep5 and dil3: one depthwise 5x5 (3 outputs per channel), one 1x1, one BN
-    a = F.conv2d(r, W["dw1"][e], None, s, 2, 1, C)
-    a = F.conv2d(a, W["pw1"][e])
-    y35, d3 = torch.split(bn(a, ep.g1), [2 * C, C], dim=1)
-    # second units of sep3 and sep5
-    b = F.conv2d(F.relu(y35), W["dw2"][e], None, 1, 2, 1, 2 * C)
-    b = F.conv2d(b, W["pw2"][e], None, 1, 0, 1, 2)
-    s3, s5 = torch.split(bn(b, ep.g2), [C, C], dim=1)
-    # pools, factorized reduce, dil5: concatenated, one BN
-    d5 = F.conv2d(r, ops[DIL5][1].weight, None, s, 4, 2, C)
-    d5 = F.conv2d(d5, ops[DIL5][2].weight)
-    mp = F.max_pool2d(x, 3, s, 1)
-    ap = F.avg_pool2d(x, 3, s, 1, count_include_pad=False)
+    # First units of all K edges. One depthwise conv with 3K outputs per channel, in the order (sep3, sep5)
+    # of every edge, then dil3 of every edge; one with K outputs for dil5 (dilation 2).
+    dw1 = W["dw1"].transpose(0, 1)                                        # [C, K, 3, 5, 5]
+    dw1 = torch.cat([dw1[:, :, :2].reshape(C, 2 * K, 5, 5), dw1[:, :, 2]], dim=1).reshape(3 * K * C, 1, 5, 5)
+    a = F.conv2d(r, dw1, None, s, 2, 1, C)                                       # channel g·3K + block
+    d = F.conv2d(r, W["dw5"].transpose(0, 1).reshape(K * C, 1, 5, 5), None, s, 4, 2, C)
+    H, Wd = a.shape[-2:]
+    u = torch.cat([a.reshape(N, C, 3 * K, H * Wd).transpose(1, 2), d.reshape(N, C, K, H * Wd).transpose(1, 2)],
+                  dim=1).reshape(N, 4 * K * C, H, Wd)  # one copy; blocks (sep3, sep5) by edge, dil3, dil5
+    pw1 = W["pw1"]
+    pw1 = torch.cat([pw1[:, :2].reshape(2 * K * C, C), pw1[:, 2].reshape(K * C, C), pw1[:, 3].reshape(K * C, C)])
+    u = bn(F.conv2d(u, pw1.reshape(4 * K * C, C, 1, 1), None, 1, 0, 1, 4 * K), src.units)
+    sep_first, u = torch.split(u.reshape(N, 4 * K, C * H * Wd), [2 * K, 2 * K], dim=1)  # (split: no zero-fill
+    # in the backward, unlike slicing). Second units of sep3 and sep5 of all K edges, blocks (sep3, sep5) by edge:
+    y = F.relu(sep_first).reshape(N, 2 * K * C, H, Wd)
+    b = F.conv2d(y, W["dw2"].reshape(2 * K * C, 1, 5, 5), None, 1, 2, 1, 2 * K * C)
+    b = bn(F.conv2d(b, W["pw2"].reshape(2 * K * C, C, 1, 1), None, 1, 0, 1, 2 * K), src.second)
+    # pools, once per source; each edge's own affine-free BN
+    p = torch.cat([F.max_pool2d(x, 3, s, 1), F.avg_pool2d(x, 3, s, 1, count_include_pad=False)], dim=1)
+    if training:  # batch statistics: one output for every edge
+        pooled = F.batch_norm(p, None, None, None, None, True, 0.0, eps)
+        with torch.no_grad():
+            var, mean = torch.var_mean(p.float() if p.dtype in (torch.float16, torch.bfloat16) else p,
+                                       dim=(0, 2, 3), correction=1)
+        pool_stats.append((src.pool_bns, mean, var))
+        w_pool = w[:, 1 + MAX:1 + AVG + 1]                                       # [K, 2]
+    else:  # running statistics: each edge its own
+        pooled = torch.cat([bn(p, src.pools + 2 * e * C) for e in range(K)], dim=1)
+        w_pool = _diagonal_blocks(w[:, 1 + MAX:1 + AVG + 1])
     if s == 1:
-        mp, ap, d5 = torch.split(bn(torch.cat([mp, ap, d5], 1), ep.g3), [C, C, C], dim=1)
-        skip = x
+        skip, w_skip = x, w[:, 1 + SKIP:2 + SKIP]                                # shared identity
     else:
-        fr = ops[SKIP]
-        fa = F.conv2d(r, fr.conv_1.weight, None, 2)
-        fb = F.conv2d(r[:, :, 1:, 1:], fr.conv_2.weight, None, 2)
-        if fb.shape[-2:] != fa.shape[-2:]:
-            fb = F.pad(fb, (0, fa.shape[-1] - fb.shape[-1], 0, fa.shape[-2] - fb.shape[-2]))
-        mp, ap, skip, d5 = torch.split(bn(torch.cat([mp, ap, fa, fb, d5], 1), ep.g3), [C, C, C, C], dim=1)
-    return [mp, ap, skip, s3, s5, d3, d5]
+        skip = bn(F.conv2d(F.pad(r, (0, 1, 0, 1)), _reduce_weight(cell, src, C, r), None, 2), src.reduce)
+        w_skip = torch.diag(w[:, 1 + SKIP])
+
+    def mix(m: Tensor, t: Tensor) -> Tensor:  # [K, blocks] x [N, blocks, C·H·W], one batched product
+        return torch.bmm(m.to(t.dtype).expand(N, *m.shape), t.reshape(N, m.shape[1], -1))
+
+    out = mix(torch.cat([torch.diag(w[:, 1 + DIL3]), torch.diag(w[:, 1 + DIL5])], dim=1), u)  # dil3, dil5
+    out = out + mix(_diagonal_blocks(w[:, 1 + SEP3:1 + SEP5 + 1]), b)
+    out = out + mix(w_pool, pooled)
+    out = out + mix(w_skip, skip)
+    return [t.view(N, C, H, Wd) for t in out.unbind(1)]
 
 
 def fused_cell_forward(cell, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
@@ -172,23 +244,40 @@ def fused_cell_forward(cell, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
     bns = plan.bns
     rm = torch.cat([b.running_mean for b in bns])
     rv = torch.cat([b.running_var for b in bns])
-    W = _assemble(list(cell._ops))
+    W = _assemble(cell, plan)
+    index = plan.edge_index(weights.device)
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
-    offset = 0
-    for _ in range(cell.num_nodes):
-        terms: list[Tensor] = []
-        for j, h in enumerate(states):
-            e = offset + j
-            terms += _edge_terms(cell._ops[e], plan.edges[e], h, W, e, rm, rv, training, plan.momentum, plan.eps)
-        E = len(states)
-        stacked = torch.stack(terms)
-        w = weights[offset:offset + E, 1:].reshape(1, 7 * E).to(stacked.dtype)
-        node = torch.mm(w, stacked.reshape(7 * E, -1)).view(terms[0].shape)
-        offset += E
-        states.append(node)
+    parts: dict[int, list[Tensor]] = {i: [] for i in range(cell.num_nodes)}   # contributions to node i
+    pool_stats: list = []
+
+    def expand(j: int) -> None:
+        src = plan.sources[j]
+        w = weights.index_select(0, index[j])
+        contributions = _source_contributions(cell, plan, src, states[j], W, w, rm, rv, training, pool_stats)
+        for i, c in zip(range(max(0, j - 1), cell.num_nodes), contributions, strict=True):
+            parts[i].append(c)
+
+    expand(0)
+    expand(1)
+    for i in range(cell.num_nodes):
+        node = parts.pop(i)
+        total = node[0]
+        for c in node[1:]:
+            total = total + c
+        states.append(total)
+        if i + 2 < len(plan.sources):
+            expand(i + 2)
     if training:
         with torch.no_grad():
             torch._foreach_copy_([b.running_mean for b in bns] + [b.running_var for b in bns],
                                  list(torch.split(rm, plan.sizes)) + list(torch.split(rv, plan.sizes)))
             torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
+            # The shared pooling BNs, updated here (not in rm/rv, which the BN backward has saved): r <- (1-m)r + m*s
+            pool_bns = [b for ps in pool_stats for b in ps[0]]
+            for attr, k in (("running_mean", 1), ("running_var", 2)):
+                bufs = [getattr(b, attr) for b in pool_bns]
+                stats = [t.to(bufs[0].dtype) for ps in pool_stats
+                         for t in torch.split(ps[k], plan.C) * (len(ps[0]) // 2)]  # (max, avg) of every edge
+                torch._foreach_mul_(bufs, 1 - plan.momentum)
+                torch._foreach_add_(bufs, stats, alpha=plan.momentum)
     return torch.cat(states[-cell.multiplier:], dim=1)

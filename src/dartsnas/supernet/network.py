@@ -17,6 +17,18 @@ from .cells import SearchCell
 
 ARCH_NAMES = ("alphas_normal", "alphas_reduce")
 
+# Bumped whenever any module registers a parameter or a submodule: invalidates the cached weight lists
+# below. (Deleting a parameter with ``del`` is not seen; no code here does that.)
+_registrations = [0]
+
+
+def _count_registration(module, name, value) -> None:
+    _registrations[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+torch.nn.modules.module.register_module_module_registration_hook(_count_registration)
+
 
 class SearchNetwork(nn.Module):
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, num_nodes: int = 4,
@@ -53,10 +65,21 @@ class SearchNetwork(nn.Module):
         return self
 
     def weights(self) -> list[nn.Parameter]:
-        return [p for name, p in self.named_parameters() if name not in ARCH_NAMES]
+        return [p for _, p in self.named_weights()]
 
     def named_weights(self) -> list[tuple[str, nn.Parameter]]:
-        return [(name, p) for name, p in self.named_parameters() if name not in ARCH_NAMES]
+        # Walking the ~2,000 parameters costs milliseconds and runs several times per search step: cached,
+        # recomputed after any parameter registration (anywhere) or a device/dtype conversion (_apply).
+        cache = self.__dict__.get("_named_weights")
+        if cache is None or cache[0] != _registrations[0]:
+            cache = (_registrations[0],
+                     [(name, p) for name, p in self.named_parameters() if name not in ARCH_NAMES])
+            self.__dict__["_named_weights"] = cache
+        return list(cache[1])
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.pop("_named_weights", None)
+        return super()._apply(fn, recurse)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alphas_normal, self.alphas_reduce]
