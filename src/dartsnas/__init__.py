@@ -16,6 +16,7 @@ is ``dartsnas.select``, ``dartsnas.random_baseline``, ``dartsnas.evaluate_final`
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
@@ -39,15 +40,28 @@ _LAZY = {
 }
 
 
+@contextlib.contextmanager
+def _run_lock_scope():
+    """The run directory's lock (dartsnas.lock) is given back when the API call returns, not at exit."""
+    from .lock import release_all
+
+    try:
+        yield
+    finally:
+        release_all()
+
+
 def search(config: "Union[SearchConfig, RNNSearchConfig, None]" = None, run_dir: str | Path | None = None,
            resume: bool = False) -> "Union[SearchResult, RNNSearchResult]":
     """Search a cell. ``SearchConfig`` (CNN, default: the quick preset) or ``RNNSearchConfig`` (recurrent)."""
     from .loops.rnn_search import RNNSearchConfig, run_rnn_search
     from .loops.search import SearchConfig, run_search
 
-    if isinstance(config, RNNSearchConfig):
-        return run_rnn_search(config, run_dir=run_dir, resume=resume)
-    return run_search(config if config is not None else SearchConfig.build("quick"), run_dir=run_dir, resume=resume)
+    with _run_lock_scope():
+        if isinstance(config, RNNSearchConfig):
+            return run_rnn_search(config, run_dir=run_dir, resume=resume)
+        return run_search(config if config is not None else SearchConfig.build("quick"), run_dir=run_dir,
+                          resume=resume)
 
 
 def train(config: "Union[TrainConfig, RNNTrainConfig, None]" = None, run_dir: str | Path | None = None,
@@ -56,9 +70,11 @@ def train(config: "Union[TrainConfig, RNNTrainConfig, None]" = None, run_dir: st
     from .loops.rnn_train import RNNTrainConfig, run_rnn_train
     from .loops.train import TrainConfig, run_train
 
-    if isinstance(config, RNNTrainConfig):
-        return run_rnn_train(config, run_dir=run_dir, resume=resume)
-    return run_train(config if config is not None else TrainConfig.build("quick"), run_dir=run_dir, resume=resume)
+    with _run_lock_scope():
+        if isinstance(config, RNNTrainConfig):
+            return run_rnn_train(config, run_dir=run_dir, resume=resume)
+        return run_train(config if config is not None else TrainConfig.build("quick"), run_dir=run_dir,
+                         resume=resume)
 
 
 def select(config: "ProtocolConfig", experiment: str | Path | None = None, resume: bool = False,
