@@ -10,6 +10,9 @@ Python API (every function writes an ordinary run or experiment directory, exact
     print(trained.results["test_error_percent"])
     g = dartsnas.load_genotype("DARTS_V2")                   # published cells by name, or a genotype.json path
 
+    net = dartsnas.build_model("DARTS_V2", dataset="cifar10")  # an untrained evaluation network
+    model = dartsnas.load_model("runs/train")                # the trained network, in eval mode
+
 Recurrent cells take ``RNNSearchConfig`` / ``RNNTrainConfig`` in the same two functions; the paper's protocol
 is ``dartsnas.select``, ``dartsnas.random_baseline``, ``dartsnas.evaluate_final`` and ``dartsnas.report``.
 """
@@ -37,6 +40,7 @@ _LAZY = {
     "RNNSearchConfig": "loops.rnn_search", "RNNSearchResult": "loops.rnn_search",
     "RNNTrainConfig": "loops.rnn_train", "RNNTrainResult": "loops.rnn_train",
     "ProtocolConfig": "protocol", "ExperimentResult": "protocol",
+    "build_model": "export", "load_model": "export", "export_model": "export",
 }
 
 
