@@ -85,6 +85,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder, if it moved")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="evaluation batch size")
+    p.add_argument("--full", action="store_true", help="recurrent runs: the whole valid and test sets, "
+                   "not the run's eval_tokens/test_tokens caps (quick and tiny presets)")
     p.set_defaults(func=_cmd_eval)
 
 

@@ -408,11 +408,12 @@ def _save_curves(metrics: Metrics, run_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------- evaluation
 
 def eval_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
-             batch_size: int | None = None) -> dict[str, Any]:
+             batch_size: int | None = None, full: bool = False) -> dict[str, Any]:
     """Valid (B = eval_batch_size) and test (B = 1, or ``batch_size``) perplexity of a run's best weights.
 
-    Reads ``best.pt`` beside the checkpoint (``dartsnas eval RUN``); the test-token cap of the run's
-    config applies (quick and tiny runs).
+    Reads ``best.pt`` beside the checkpoint (``dartsnas eval RUN``); the token caps of the run's config
+    (``eval_tokens``, ``test_tokens``: quick and tiny runs) apply unless ``full``. The result says how many
+    tokens were evaluated of how many (``valid_tokens``/``valid_tokens_total``, ``test_tokens``/...).
     """
     run_dir = Path(run_dir)
     folder = run_dir if run_dir.is_dir() else run_dir.parent
@@ -437,19 +438,37 @@ def eval_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     except (KeyError, RuntimeError) as e:
         raise CheckpointError(f"weights do not fit the model ({str(e)[:200]})", str(path)) from None
     valid = batchify(corpus.valid, cfg.eval_batch_size).to(dev)
-    vl, vp = evaluate_lm(model, valid, cfg.bptt, _rows(cfg.eval_tokens, cfg.eval_batch_size))
+    v_rows = None if full else _rows(cfg.eval_tokens, cfg.eval_batch_size)
+    vl, vp = evaluate_lm(model, valid, cfg.bptt, v_rows)
     tb = batch_size or cfg.test_batch_size
     test = batchify(corpus.test, tb).to(dev)
-    tl, tp = evaluate_lm(model, test, cfg.bptt, _rows(cfg.test_tokens, tb))
+    t_rows = None if full else _rows(cfg.test_tokens, tb)
+    tl, tp = evaluate_lm(model, test, cfg.bptt, t_rows)
     return {"run": str(folder), "epoch": int(ck["epoch"]), "dataset": cfg.dataset, "valid_loss": vl,
             "valid_ppl": vp, "test_loss": tl, "test_ppl": tp, "test_batch_size": tb,
-            "params": count_parameters(model)}
+            "params": count_parameters(model), **_coverage("valid", valid, v_rows), **_coverage("test", test, t_rows)}
+
+
+def _coverage(split: str, data: torch.Tensor, rows: int | None) -> dict[str, int]:
+    """Tokens an evaluation read (``evaluate_lm`` keeps the first ``rows`` rows) and the split's total."""
+    used = data.size(0) if rows is None else min(data.size(0), max(2, rows))
+    return {f"{split}_tokens": used * data.size(1), f"{split}_tokens_total": data.numel()}
 
 
 def eval_main(args) -> int:
     """``dartsnas eval RUN`` for a recurrent training run (called by ``dartsnas.cli_train``)."""
-    print(json.dumps(eval_run(args.run, getattr(args, "data_dir", None), getattr(args, "device", "auto") or "auto",
-                              getattr(args, "batch_size", None)), indent=2))
+    import sys
+
+    full = bool(getattr(args, "full", False))
+    result = eval_run(args.run, getattr(args, "data_dir", None), getattr(args, "device", "auto") or "auto",
+                      getattr(args, "batch_size", None), full=full)
+    print(json.dumps(result, indent=2))
+    for split in ("valid", "test"):
+        used, total = result[f"{split}_tokens"], result[f"{split}_tokens_total"]
+        if used < total:  # quick and tiny runs cap their evaluation; say so rather than pass it off as the test
+            print(f"note: {split} perplexity is over the first {used:,} of {total:,} {split} tokens (the run's "
+                  f"{'test' if split == 'test' else 'eval'}_tokens cap); add --full to evaluate all of them",
+                  file=sys.stderr)
     return 0
 
 
