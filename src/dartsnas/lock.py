@@ -60,7 +60,7 @@ def acquire(path: str | Path, create: bool = True) -> DirLock:
             path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        raise RunDirError(f"cannot create or lock ({e.strerror or e})", str(path)) from None
+        raise RunDirError(f"cannot create or write ({e.strerror or e})", str(path)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
