@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dartsnas.errors import RunDirLockedError
-from dartsnas.lock import LOCK_FILE, acquire, hold_run_dir, locked, release_run_dir
+from dartsnas.lock import LOCK_FILE, abandon_run_dir, acquire, hold_run_dir, locked, release_run_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
@@ -129,3 +129,15 @@ def test_other_process_is_refused_while_held_and_admitted_after_sigkill(tmp_path
         except RunDirLockedError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_abandon_removes_only_an_otherwise_empty_run_dir(tmp_path):
+    empty, used = tmp_path / "empty", tmp_path / "used"
+    hold_run_dir(empty)
+    abandon_run_dir(empty)
+    assert not empty.exists()
+    hold_run_dir(used)
+    (used / "metrics.jsonl").write_text("{}\n")
+    abandon_run_dir(used)
+    assert (used / "metrics.jsonl").exists() and not (used / LOCK_FILE).exists()
+    acquire(used).release()  # the lock was given back

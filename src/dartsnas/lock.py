@@ -131,3 +131,19 @@ def release_run_dir(path: str | Path) -> None:
     lock = _held.pop(_key(path), None)
     if lock is not None:
         lock.release()
+
+
+def abandon_run_dir(path: str | Path) -> None:
+    """For a start that failed before writing anything: give back the lock, delete ``.lock`` and remove the
+    directory if nothing else is in it (a folder that holds anything else is left as it is)."""
+    path = Path(path)
+    try:
+        # Unlinked while still held: a writer that opened the old file is refused, a later one gets a new file.
+        (path / LOCK_FILE).unlink(missing_ok=True)
+    except OSError:
+        pass
+    release_run_dir(path)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
