@@ -294,7 +294,7 @@ def test_concat_out_of_range():
 
 
 def test_not_json():
-    for text in ["", "not json", "{'normal': []}", "Genotype(normal=[('sep_conv_3x3', 0)])", "{\"normal\": [}"]:
+    for text in ["", "not json", "{'normal': []}", "{\"normal\": [}"]:
         e = _err(text)
         assert e.path == "genotype" and "JSON" in str(e)
 

@@ -10,12 +10,16 @@ Python API (every function writes an ordinary run or experiment directory, exact
     print(trained.results["test_error_percent"])
     g = dartsnas.load_genotype("DARTS_V2")                   # published cells by name, or a genotype.json path
 
+    net = dartsnas.build_model("DARTS_V2", dataset="cifar10")  # an untrained evaluation network
+    model = dartsnas.load_model("runs/train")                # the trained network, in eval mode
+
 Recurrent cells take ``RNNSearchConfig`` / ``RNNTrainConfig`` in the same two functions; the paper's protocol
 is ``dartsnas.select``, ``dartsnas.random_baseline``, ``dartsnas.evaluate_final`` and ``dartsnas.report``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
@@ -36,7 +40,19 @@ _LAZY = {
     "RNNSearchConfig": "loops.rnn_search", "RNNSearchResult": "loops.rnn_search",
     "RNNTrainConfig": "loops.rnn_train", "RNNTrainResult": "loops.rnn_train",
     "ProtocolConfig": "protocol", "ExperimentResult": "protocol",
+    "build_model": "export", "load_model": "export", "export_model": "export",
 }
+
+
+@contextlib.contextmanager
+def _run_lock_scope():
+    """The run directory's lock (dartsnas.lock) is given back when the API call returns, not at exit."""
+    from .lock import release_all
+
+    try:
+        yield
+    finally:
+        release_all()
 
 
 def search(config: "Union[SearchConfig, RNNSearchConfig, None]" = None, run_dir: str | Path | None = None,
@@ -45,9 +61,11 @@ def search(config: "Union[SearchConfig, RNNSearchConfig, None]" = None, run_dir:
     from .loops.rnn_search import RNNSearchConfig, run_rnn_search
     from .loops.search import SearchConfig, run_search
 
-    if isinstance(config, RNNSearchConfig):
-        return run_rnn_search(config, run_dir=run_dir, resume=resume)
-    return run_search(config if config is not None else SearchConfig.build("quick"), run_dir=run_dir, resume=resume)
+    with _run_lock_scope():
+        if isinstance(config, RNNSearchConfig):
+            return run_rnn_search(config, run_dir=run_dir, resume=resume)
+        return run_search(config if config is not None else SearchConfig.build("quick"), run_dir=run_dir,
+                          resume=resume)
 
 
 def train(config: "Union[TrainConfig, RNNTrainConfig, None]" = None, run_dir: str | Path | None = None,
@@ -56,9 +74,11 @@ def train(config: "Union[TrainConfig, RNNTrainConfig, None]" = None, run_dir: st
     from .loops.rnn_train import RNNTrainConfig, run_rnn_train
     from .loops.train import TrainConfig, run_train
 
-    if isinstance(config, RNNTrainConfig):
-        return run_rnn_train(config, run_dir=run_dir, resume=resume)
-    return run_train(config if config is not None else TrainConfig.build("quick"), run_dir=run_dir, resume=resume)
+    with _run_lock_scope():
+        if isinstance(config, RNNTrainConfig):
+            return run_rnn_train(config, run_dir=run_dir, resume=resume)
+        return run_train(config if config is not None else TrainConfig.build("quick"), run_dir=run_dir,
+                         resume=resume)
 
 
 def select(config: "ProtocolConfig", experiment: str | Path | None = None, resume: bool = False,

@@ -1,6 +1,7 @@
 """Typed errors. Each knows where the problem is; the CLI turns them into one line and an exit code.
 
-Exit codes: 2 usage/config, 3 genotype, 4 data, 5 checkpoint, 6 non-finite value, 7 run directory / I/O.
+Exit codes: 2 usage/config, 3 genotype, 4 data, 5 checkpoint, 6 non-finite value, 7 run directory / I/O,
+9 run or experiment directory locked by another process (8 is the CLI's out-of-memory code).
 """
 
 from __future__ import annotations
@@ -58,3 +59,15 @@ class NonFiniteError(DartsError):
 class RunDirError(DartsError):
     exit_code = 7
     kind = "run directory error"
+
+
+class RunDirLockedError(RunDirError):
+    """Another process is writing this run or experiment directory (``DIR/.lock`` is held; see dartsnas.lock)."""
+
+    exit_code = 9
+    kind = "run directory locked"
+
+    def __init__(self, path, holder: str = ""):
+        who = f" ({holder})" if holder else ""
+        super().__init__(f"another dartsnas process is writing this directory{who}; wait for it to finish or "
+                         "stop it, or choose another directory", str(path))

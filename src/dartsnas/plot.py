@@ -29,14 +29,38 @@ def _svg(width: float, height: float, body: list[str], title: str) -> str:
             f'<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(body) + "\n</svg>\n")
 
 
-def _dag(title: str, nodes: list[tuple[str, str, float, float]], edges: list[tuple[str, str, str]],
-         width: float, height: float) -> str:
-    """nodes: (id, label, x, y); edges: (src, dst, label). Edges are curved so parallel ones stay apart."""
+NODE_R = 24
+CHAR_W = 0.6  # average glyph width of Helvetica/Arial in em, for text extents (labels are short, mostly ASCII)
+
+
+def text_box(x: float, y: float, text: str, size: float, anchor: str = "start") -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) that a text of ``size`` px drawn at baseline (x, y) with ``anchor`` covers (estimated)."""
+    w = CHAR_W * size * len(text)
+    x0 = x - w / 2 if anchor == "middle" else (x - w if anchor == "end" else x)
+    return x0, y - 0.8 * size, x0 + w, y + 0.25 * size
+
+
+def _quad_extent(p0: float, c: float, p1: float) -> tuple[float, float]:
+    """Extent of a quadratic Bezier coordinate: its ends and, if inside (0, 1), the turning point."""
+    vals = [p0, p1]
+    den = p0 - 2 * c + p1
+    if den:
+        t = (p0 - c) / den
+        if 0 < t < 1:
+            vals.append((1 - t) ** 2 * p0 + 2 * t * (1 - t) * c + t * t * p1)
+    return min(vals), max(vals)
+
+
+def _dag(title: str, nodes: list[tuple[str, str, float, float]], edges: list[tuple[str, str, str]]) -> str:
+    """nodes: (id, label, x, y); edges: (src, dst, label). Edges are curved so parallel ones stay apart.
+
+    The layout's coordinates are free; the picture is sized to the box around every circle, edge and label
+    (plus a margin and the title), so nothing is clipped whatever the number of nodes.
+    """
     pos = {n[0]: (n[2], n[3]) for n in nodes}
-    body = [f'<text x="{width / 2:.0f}" y="22" text-anchor="middle" font-size="16" font-weight="bold">'
-            f"{escape(title)}</text>"]
     centre_y = sum(y for _, _, _, y in nodes) / max(len(nodes), 1)
     seen: dict[tuple[str, str], int] = {}
+    paths, labels, boxes = [], [], []
     for src, dst, label in edges:
         (x1, y1), (x2, y2) = pos[src], pos[dst]
         k = seen.get((src, dst), 0)
@@ -48,28 +72,47 @@ def _dag(title: str, nodes: list[tuple[str, str, float, float]], edges: list[tup
         outward = -1.0 if (y1 + y2) / 2 <= centre_y else 1.0
         bend = outward * (10 + 0.26 * length + 22 * k) * (1 if dx >= 0 else -1)
         cx, cy = (x1 + x2) / 2 - dy / length * bend, (y1 + y2) / 2 + dx / length * bend
-        # shorten both ends so the arrow starts and stops at the nodes' edges (radius 24)
+        # shorten both ends so the arrow starts and stops at the nodes' edges
         d1 = math.hypot(cx - x1, cy - y1) or 1.0
         d2 = math.hypot(x2 - cx, y2 - cy) or 1.0
-        sx_, sy_ = x1 + (cx - x1) / d1 * 24, y1 + (cy - y1) / d1 * 24
-        ex, ey = x2 - (x2 - cx) / d2 * 26, y2 - (y2 - cy) / d2 * 26
+        sx_, sy_ = x1 + (cx - x1) / d1 * NODE_R, y1 + (cy - y1) / d1 * NODE_R
+        ex, ey = x2 - (x2 - cx) / d2 * (NODE_R + 2), y2 - (y2 - cy) / d2 * (NODE_R + 2)
         colour = OP_COLOURS.get(label, "#444444")
-        body.append(f'<path d="M {sx_:.1f} {sy_:.1f} Q {cx:.1f} {cy:.1f} {ex:.1f} {ey:.1f}" fill="none" '
-                    f'stroke="{colour}" stroke-width="2" marker-end="url(#arrow)"/>')
+        paths.append((sx_, sy_, cx, cy, ex, ey, colour))
+        (bx0, bx1), (by0, by1) = _quad_extent(sx_, cx, ex), _quad_extent(sy_, cy, ey)
+        boxes.append((bx0 - 4, by0 - 4, bx1 + 4, by1 + 4))  # stroke and arrow head
         if label:
-            lx, ly = 0.25 * x1 + 0.5 * cx + 0.25 * x2, 0.25 * y1 + 0.5 * cy + 0.25 * y2
-            body.append(f'<text x="{lx:.1f}" y="{ly - 4:.1f}" text-anchor="middle" font-size="11" '
-                        f'fill="{colour}" stroke="white" stroke-width="3" paint-order="stroke">{escape(label)}</text>')
+            lx, ly = 0.25 * x1 + 0.5 * cx + 0.25 * x2, 0.25 * y1 + 0.5 * cy + 0.25 * y2 - 4
+            labels.append((lx, ly, label, colour))
+            boxes.append(text_box(lx, ly, label, 11, "middle"))
+    for _, label, x, y in nodes:
+        boxes.append((x - NODE_R - 1, y - NODE_R - 1, x + NODE_R + 1, y + NODE_R + 1))
+        boxes.append(text_box(x, y + 4, label, 12, "middle"))
+    margin, title_h = 12, 34
+    x_lo, y_lo = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x_hi, y_hi = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    width = max(x_hi - x_lo, text_box(0, 0, title, 16)[2] * 1.1) + 2 * margin
+    height = y_hi - y_lo + 2 * margin + title_h
+    ox, oy = margin - x_lo + (width - 2 * margin - (x_hi - x_lo)) / 2, margin + title_h - y_lo
+    body = [f'<text x="{width / 2:.0f}" y="24" text-anchor="middle" font-size="16" font-weight="bold">'
+            f"{escape(title)}</text>"]
+    for sx_, sy_, cx, cy, ex, ey, colour in paths:
+        body.append(f'<path d="M {sx_ + ox:.1f} {sy_ + oy:.1f} Q {cx + ox:.1f} {cy + oy:.1f} {ex + ox:.1f} '
+                    f'{ey + oy:.1f}" fill="none" stroke="{colour}" stroke-width="2" marker-end="url(#arrow)"/>')
+    for lx, ly, label, colour in labels:
+        body.append(f'<text x="{lx + ox:.1f}" y="{ly + oy:.1f}" text-anchor="middle" font-size="11" '
+                    f'fill="{colour}" stroke="white" stroke-width="3" paint-order="stroke">{escape(label)}</text>')
     for nid, label, x, y in nodes:
         fill = "#dbe9f6" if nid.startswith("in") else ("#fde2b8" if nid == "out" else "#e6f2d9")
-        body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="24" fill="{fill}" stroke="#333" stroke-width="1.5"/>')
-        body.append(f'<text x="{x:.1f}" y="{y + 4:.1f}" text-anchor="middle" font-size="12">{escape(label)}</text>')
-    return _svg(width, height, body, title)
+        body.append(f'<circle cx="{x + ox:.1f}" cy="{y + oy:.1f}" r="{NODE_R}" fill="{fill}" stroke="#333" '
+                    'stroke-width="1.5"/>')
+        body.append(f'<text x="{x + ox:.1f}" y="{y + oy + 4:.1f}" text-anchor="middle" font-size="12">'
+                    f"{escape(label)}</text>")
+    return _svg(math.ceil(width), math.ceil(height), body, title)
 
 
 def cnn_cell_svg(pairs: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> str:
     num_nodes = len(pairs) // 2
-    width, height = 170 + 150 * (num_nodes + 1), 460
     nodes = [("in0", "c_{k-2}", 60, 110), ("in1", "c_{k-1}", 60, 350)]
     for i in range(num_nodes):
         nodes.append((f"n{i + 2}", str(i), 200 + 150 * i, 190 if i % 2 == 0 else 270))
@@ -77,12 +120,11 @@ def cnn_cell_svg(pairs: Sequence[tuple[str, int]], concat: Sequence[int], title:
     name = {0: "in0", 1: "in1", **{i + 2: f"n{i + 2}" for i in range(num_nodes)}}
     edges = [(name[src], name[2 + k // 2], op) for k, (op, src) in enumerate(pairs)]
     edges += [(name[c], "out", "") for c in concat]
-    return _dag(title, nodes, edges, width, height)
+    return _dag(title, nodes, edges)
 
 
 def rnn_cell_svg(g: RNNGenotype, title: str = "recurrent cell") -> str:
     n = len(g.recurrent)
-    width, height = 220 + 110 * n, 340
     nodes = [("in_x", "x_t", 50, 100), ("in_h", "h_{t-1}", 50, 240), ("n0", "0", 150, 170)]
     for i in range(n):
         nodes.append((f"n{i + 1}", str(i + 1), 250 + 110 * i, 110 if i % 2 == 0 else 230))
@@ -90,7 +132,7 @@ def rnn_cell_svg(g: RNNGenotype, title: str = "recurrent cell") -> str:
     edges = [("in_x", "n0", ""), ("in_h", "n0", "")]
     edges += [(f"n{src}", f"n{i + 1}", op) for i, (op, src) in enumerate(g.recurrent)]
     edges += [(f"n{c}", "out", "") for c in g.concat]
-    return _dag(title, nodes, edges, width, height)
+    return _dag(title, nodes, edges)
 
 
 def save_cell_pictures(g: AnyGenotype, folder: str | Path) -> list[Path]:
@@ -113,29 +155,62 @@ def save_cell_pictures(g: AnyGenotype, folder: str | Path) -> list[Path]:
 
 def curves_svg(history: Sequence[dict[str, Any]], series: Sequence[tuple[str, str]], title: str,
                x_key: str = "epoch", width: int = 520, height: int = 300) -> str:
-    """Line chart of ``history[i][key]`` for each (key, label) in ``series`` against ``x_key``."""
+    """Line chart of ``history[i][key]`` for each (key, label) in ``series`` against ``x_key``.
+
+    Metrics records count epochs from 0; the axis counts them from 1 (epoch 1 is the first epoch), as every
+    message a user reads does. The legend sits in rows under the title, the axis label under the ticks, so
+    neither can cover the other.
+    """
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
-    pts = {key: [(r[x_key], r[key]) for r in history if isinstance(r.get(key), (int, float))
+    shift = 1 if x_key == "epoch" else 0
+    pts = {key: [(r[x_key] + shift, r[key]) for r in history if isinstance(r.get(key), (int, float))
                  and isinstance(r.get(x_key), (int, float)) and math.isfinite(r[key])] for key, _ in series}
     allp = [p for v in pts.values() for p in v]
-    body = [f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{escape(title)}</text>']
-    left, right, top, bottom = 56, width - 16, 34, height - 40
-    body.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#999"/>')
+    body = [f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">'
+            f"{escape(title)}</text>"]
+    y_range = None
     if allp:
-        xs, ys = [p[0] for p in allp], [p[1] for p in allp]
-        x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+        ys = [p[1] for p in allp]
         y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
         pad = 0.05 * (y1 - y0)
-        y0, y1 = y0 - pad, y1 + pad
+        y_range = (y0 - pad, y1 + pad)
+    y_ticks = [y_range[0] + (y_range[1] - y_range[0]) * t / 4 for t in range(5)] if y_range else []
+    # The plot starts right of its widest tick label.
+    left = max([56.0] + [10 + text_box(0, 0, f"{v:.3g}", 10)[2] for v in y_ticks])
+    right = width - 16
+    legend_y, lx = 40, left
+    legend = []
+    for c, (key, label) in enumerate(series):
+        if not pts[key]:
+            continue
+        w = 22 + text_box(0, 0, label, 11)[2] + 16
+        if lx + w > right and lx > left:
+            lx, legend_y = left, legend_y + 16
+        colour = colours[c % len(colours)]
+        legend.append(f'<line x1="{lx}" x2="{lx + 16}" y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="{colour}" '
+                      f'stroke-width="2"/>')
+        legend.append(f'<text x="{lx + 22}" y="{legend_y}" font-size="11" fill="{colour}">{escape(label)}</text>')
+        lx += w
+    top, bottom = legend_y + 12, height - 40
+    body += legend
+    body.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" '
+                'stroke="#999"/>')
+    if allp and y_range:
+        xs = [p[0] for p in allp]
+        x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+        y0, y1 = y_range
 
         def sx(v): return left + (v - x0) / (x1 - x0) * (right - left)
         def sy(v): return bottom - (v - y0) / (y1 - y0) * (bottom - top)
-        for t in range(5):
-            v = y0 + (y1 - y0) * t / 4
+        for v in y_ticks:
             body.append(f'<text x="{left - 4}" y="{sy(v) + 4:.1f}" text-anchor="end" font-size="10">{v:.3g}</text>')
             body.append(f'<line x1="{left}" x2="{right}" y1="{sy(v):.1f}" y2="{sy(v):.1f}" stroke="#eee"/>')
-        for t in range(5):
-            v = x0 + (x1 - x0) * t / 4
+        if shift and all(float(v).is_integer() for v in xs):  # whole epochs: whole-number ticks
+            step = max(1, math.ceil((x1 - x0) / 5))
+            ticks = list(range(int(x0), int(x1) + 1, step))
+        else:
+            ticks = [x0 + (x1 - x0) * t / 4 for t in range(5)]
+        for v in ticks:
             body.append(f'<text x="{sx(v):.1f}" y="{bottom + 14}" text-anchor="middle" font-size="10">{v:.3g}</text>')
         for c, (key, label) in enumerate(series):
             p = pts[key]
@@ -146,9 +221,8 @@ def curves_svg(history: Sequence[dict[str, Any]], series: Sequence[tuple[str, st
             body.append(f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="2"/>')
             for a, b in p:
                 body.append(f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="2.5" fill="{colour}"/>')
-            body.append(f'<text x="{left + 8 + 110 * c}" y="{height - 8}" font-size="11" fill="{colour}">'
-                        f"{escape(label)}</text>")
-    body.append(f'<text x="{(left + right) / 2}" y="{bottom + 28}" text-anchor="middle" font-size="10">{escape(x_key)}</text>')
+    body.append(f'<text x="{(left + right) / 2}" y="{bottom + 30}" text-anchor="middle" font-size="11">'
+                f"{escape(x_key)}</text>")
     return _svg(width, height, body, title)
 
 

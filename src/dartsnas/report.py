@@ -252,8 +252,7 @@ def _curve(histories: dict[str, list[dict[str, Any]]], key: str, title: str) -> 
     hist, series = _merge(histories, key)
     if not series:
         return None
-    hist = [{**r, "epoch": r["epoch"] + 1} for r in hist]
-    return curves_svg(hist, series, title)
+    return curves_svg(hist, series, title)  # curves_svg counts the records' epochs from 1
 
 
 def _figure(svg: str, caption: str) -> str:

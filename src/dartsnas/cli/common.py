@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from ..lock import release_run_dir
 from ..errors import ConfigError, DartsError, DataError, NonFiniteError, RunDirError
 
 
@@ -278,6 +279,7 @@ def cleanup_failed_start(run_dir: str | Path | None, prefix: str) -> Iterator[No
                        if p.name.startswith(prefix + "-")]
             for path in new:
                 if _holds_nothing(path):
+                    release_run_dir(path)  # the failed start's own lock (lock.py) goes with the folder
                     shutil.rmtree(path, ignore_errors=True)
             if not parent_existed:
                 with contextlib.suppress(OSError):

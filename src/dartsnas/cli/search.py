@@ -140,11 +140,13 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     g = derive_from_run(run)
     print(genotype_to_json(g))
     if args.write:
+        from ..lock import locked
         from ..plot import save_cell_pictures
 
         folder = run if run.is_dir() else run.parent
-        save_genotype(g, folder / "genotype.json")
-        save_cell_pictures(g, folder)
+        with locked(folder, create=False):  # not while a search is writing this run
+            save_genotype(g, folder / "genotype.json")
+            save_cell_pictures(g, folder)
     return 0
 
 

@@ -6,6 +6,7 @@ Under ``torchrun`` the same ``train`` command runs data-parallel.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
@@ -118,6 +119,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder, if it moved")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="evaluation batch size")
+    p.add_argument("--full", action="store_true", help="recurrent runs: the whole valid and test sets, "
+                   "not the run's eval_tokens/test_tokens caps (quick and tiny presets)")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -130,8 +133,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if kind == "rnn-train":
         from ..loops.rnn_train import eval_run
 
-        out = eval_run(args.run, args.data_dir, args.device or "auto", args.batch_size)
+        out = eval_run(args.run, args.data_dir, args.device or "auto", args.batch_size, full=args.full)
         out["epoch"] += 1  # best.pt stores the 0-based index of its epoch; a user reads epochs from 1
+        for split in ("valid", "test"):
+            used, total = out[f"{split}_tokens"], out[f"{split}_tokens_total"]
+            if used < total:  # quick and tiny runs cap their evaluation: say so rather than pass it off as the test
+                cap = "test_tokens" if split == "test" else "eval_tokens"
+                print(f"note: {split} perplexity is over the first {used:,} of {total:,} {split} tokens (the run's "
+                      f"{cap} cap); add --full to evaluate all of them", file=sys.stderr)
     else:
         from ..loops.train import evaluate_run
 

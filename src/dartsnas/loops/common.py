@@ -38,6 +38,9 @@ def default_run_dir(prefix: str) -> Path:
 def prepare_run_dir(path: str | Path, resume: bool, log=None) -> Path:
     """Create (or, when resuming, reopen) a run directory; refuse to silently overwrite a run."""
     path = Path(path)
+    from ..lock import hold_run_dir  # one writer per run directory (issue 12): lock before looking inside
+
+    hold_run_dir(path, create=not resume)
     if resume:
         if not (path / CHECKPOINT).exists():
             raise RunDirError(f"nothing to resume: no {CHECKPOINT} here", str(path))

@@ -442,11 +442,12 @@ def _save_curves(history: list[dict[str, Any]], run_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------- evaluation
 
 def eval_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
-             batch_size: int | None = None) -> dict[str, Any]:
+             batch_size: int | None = None, full: bool = False) -> dict[str, Any]:
     """Valid (B = eval_batch_size) and test (B = 1, or ``batch_size``) perplexity of a run's best weights.
 
-    Reads ``best.pt`` beside the checkpoint (``dartsnas eval RUN``); the test-token cap of the run's
-    config applies (quick and tiny runs).
+    Reads ``best.pt`` beside the checkpoint (``dartsnas eval RUN``); the token caps of the run's config
+    (``eval_tokens``, ``test_tokens``: quick and tiny runs) apply unless ``full``. The result says how many
+    tokens were evaluated of how many (``valid_tokens``/``valid_tokens_total``, ``test_tokens``/...).
     """
     run_dir = Path(run_dir)
     folder = run_dir if run_dir.is_dir() else run_dir.parent
@@ -471,10 +472,19 @@ def eval_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     except (KeyError, RuntimeError) as e:
         raise CheckpointError(f"weights do not fit the model ({str(e)[:200]})", str(path)) from None
     valid = batchify(corpus.valid, cfg.eval_batch_size).to(dev)
-    vl, vp = evaluate_lm(model, valid, cfg.bptt, _rows(cfg.eval_tokens, cfg.eval_batch_size))
+    v_rows = None if full else _rows(cfg.eval_tokens, cfg.eval_batch_size)
+    vl, vp = evaluate_lm(model, valid, cfg.bptt, v_rows)
     tb = batch_size or cfg.test_batch_size
     test = batchify(corpus.test, tb).to(dev)
-    tl, tp = evaluate_lm(model, test, cfg.bptt, _rows(cfg.test_tokens, tb))
-    return {"run": str(folder), "epoch": int(ck["epoch"]) + 1, "dataset": cfg.dataset, "valid_loss": vl,
+    t_rows = None if full else _rows(cfg.test_tokens, tb)
+    tl, tp = evaluate_lm(model, test, cfg.bptt, t_rows)
+    return {"run": str(folder), "epoch": int(ck["epoch"]), "dataset": cfg.dataset, "valid_loss": vl,
             "valid_ppl": vp, "test_loss": tl, "test_ppl": tp, "test_batch_size": tb,
-            "params": count_parameters(model)}
+            "params": count_parameters(model), **_coverage("valid", valid, v_rows), **_coverage("test", test, t_rows)}
+
+
+def _coverage(split: str, data: torch.Tensor, rows: int | None) -> dict[str, int]:
+    """Tokens an evaluation read (``evaluate_lm`` keeps the first ``rows`` rows) and the split's total."""
+    used = data.size(0) if rows is None else min(data.size(0), max(2, rows))
+    return {f"{split}_tokens": used * data.size(1), f"{split}_tokens_total": data.numel()}
+

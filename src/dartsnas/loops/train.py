@@ -414,7 +414,9 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        from ..distributed import init_process_group  # a fresh store key space per torchrun restart
+
+        init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, dist.get_world_size(), device
 
 

@@ -113,13 +113,7 @@ class Experiment:
 
     def lock(self):
         """An exclusive lock so that two processes never drive one experiment; released when the process dies."""
-        import fcntl
+        from ..lock import locked
 
-        f = open(self.path / ".lock", "w")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            raise RunDirError("is in use by another dartsnas process", str(self.path)) from None
-        return f
+        return locked(self.path)
 

@@ -89,8 +89,8 @@ def select(cfg: ProtocolConfig, experiment: str | Path | None = None, resume: bo
     validation performance; optionally (``run_final``) the full evaluation of the pick."""
     exp = Experiment(experiment or _default_path("select"))
     small = _check_loop_configs(cfg, "select")
-    exp.create("select", cfg, resume)
     with exp.lock():
+        exp.create("select", cfg, resume)  # under the lock: two starts never both write experiment.json
         searches, trainings = [], []  # searches first: with several jobs they start before any training
         for seed in cfg.search_seeds():
             s_name, t_name = f"search-seed{seed}", f"select-seed{seed}"
@@ -114,8 +114,8 @@ def random_baseline(cfg: ProtocolConfig, experiment: str | Path | None = None, r
     """The random-search baseline (spec §9): N uniformly sampled cells, the same short training, the same pick."""
     exp = Experiment(experiment or _default_path("random"))
     small = _check_loop_configs(cfg, "random")
-    exp.create("random", cfg, resume)
     with exp.lock():
+        exp.create("random", cfg, resume)  # under the lock: two starts never both write experiment.json
         num_nodes = cfg.search_config().num_nodes
         tasks = []
         for k, g in enumerate(sample_genotypes(cfg.space, cfg.resolved_samples(), cfg.sample_seed, num_nodes)):

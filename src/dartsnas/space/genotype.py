@@ -2,8 +2,10 @@
 
 A CNN genotype holds, per cell type, a flat list of (operation, input) pairs; pairs 2i and 2i+1 build
 intermediate node i+2. Inputs 0 and 1 are the cell's two inputs. A recurrent genotype holds one
-(activation, predecessor) pair per node. The parser never evaluates code: it accepts JSON only and
-reports the first bad field with its path (``normal[3].input: 5 is not an earlier node (0..4)``).
+(activation, predecessor) pair per node. The parser never evaluates code: it accepts JSON, or the text form
+the original DARTS code prints (``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), ...)``)
+read by walking its syntax tree for literals and ``range(a, b)`` only, and reports the first bad field with its
+path (``normal[3].input: 5 is not an earlier node (0..4)``).
 
 Example::
 
@@ -15,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,8 +214,127 @@ def genotype_from_dict(data: Any, num_nodes: int | None = None) -> AnyGenotype:
     raise GenotypeError(f"unknown kind {kind!r}; expected 'cnn' or 'rnn'", "kind")
 
 
+# ------------------------------------------------------------------------------- the original's text form
+
+# Field order of the original code's namedtuples, for positional arguments.
+_TEXT_FIELDS = {4: ("normal", "normal_concat", "reduce", "reduce_concat"), 2: ("recurrent", "concat")}
+MAX_TEXT_CHARS = 1_000_000
+
+
+def _is_text_form(text: str) -> bool:
+    """True for text that looks like a ``Genotype(...)`` expression or a Python file defining one."""
+    head = text.lstrip()
+    return not head.startswith("{") and "Genotype(" in head[:100_000]
+
+
+def _literal(node: ast.AST, where: str) -> Any:
+    """The value of a literal node: str, int, list/tuple of those, or ``range(a[, b[, c]])`` with int bounds.
+
+    Anything else (names, attributes, other calls, operators) is refused without being evaluated.
+    """
+    if isinstance(node, ast.Constant) and (isinstance(node.value, str) or _is_int(node.value)):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant) \
+            and _is_int(node.operand.value):
+        return -node.operand.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e, f"{where}[{k}]") for k, e in enumerate(node.elts)]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range" \
+            and not node.keywords and 1 <= len(node.args) <= 3:
+        bounds = [_literal(a, f"{where}: range argument") for a in node.args]
+        if not all(_is_int(b) for b in bounds) or any(abs(b) > 10_000 for b in bounds):
+            raise GenotypeError("range() takes small integers only", where)
+        return list(range(*bounds))
+    raise GenotypeError(f"only strings, integers, lists, tuples and range(a, b) are allowed here, found "
+                        f"{_describe(node)} (line {getattr(node, 'lineno', '?')})", where)
+
+
+def _describe(node: ast.AST) -> str:
+    if isinstance(node, ast.Call):
+        try:
+            return f"a call of {ast.unparse(node.func)[:40]}"
+        except Exception:  # noqa: BLE001 - unparse of a pathological tree; the type name still says enough
+            return "a call"
+    if isinstance(node, ast.Constant):
+        return f"the constant {node.value!r:.40}"
+    return f"a {type(node).__name__} expression"
+
+
+def _genotype_call(tree: ast.Module) -> ast.Call:
+    """The one ``Genotype(...)`` call of a parsed text: an expression, or an assignment in a .py file (other
+    statements such as imports and the namedtuple definition are ignored, never run)."""
+    calls: list[tuple[str, ast.Call]] = []
+    for stmt in tree.body:
+        value = stmt.value if isinstance(stmt, (ast.Expr, ast.Assign)) else None
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "Genotype":
+            name = stmt.targets[0].id if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name) \
+                else "<expression>"
+            calls.append((name, value))
+        elif isinstance(stmt, ast.Expr):
+            raise GenotypeError(f"expected Genotype(...), found {_describe(stmt.value)}", "genotype")
+    if not calls:
+        raise GenotypeError("no Genotype(...) expression found", "genotype")
+    if len(calls) > 1:
+        names = ", ".join(n for n, _ in calls)
+        raise GenotypeError(f"holds {len(calls)} genotypes ({names}); keep one Genotype(...) per file", "genotype")
+    return calls[0][1]
+
+
+def parse_genotype_text(text: str, num_nodes: int | None = None) -> AnyGenotype:
+    """Parse the original code's ``Genotype(...)`` text form (CNN or recurrent), inline or a file's content.
+
+    The text is parsed into a syntax tree and only literal nodes and ``range(...)`` are read; nothing is
+    evaluated, so ``Genotype(normal=__import__('os')...)`` is refused with the field it appears in.
+    """
+    if len(text) > MAX_TEXT_CHARS:
+        raise GenotypeError(f"text form is {len(text)} characters long (at most {MAX_TEXT_CHARS})", "genotype")
+    try:
+        tree = ast.parse(text, mode="exec")
+    except SyntaxError as e:
+        raise GenotypeError(f"not a Genotype(...) expression ({e.msg} at line {e.lineno} column {e.offset})",
+                            "genotype") from None
+    except (ValueError, RecursionError, MemoryError) as e:  # null bytes, nesting beyond the parser's limit
+        raise GenotypeError(f"not a Genotype(...) expression ({type(e).__name__})", "genotype") from None
+    call = _genotype_call(tree)
+    if call.args and call.keywords:
+        raise GenotypeError("give the fields either all by name or all by position", "genotype")
+    try:
+        if call.args:
+            fields = _TEXT_FIELDS.get(len(call.args))
+            if fields is None:
+                raise GenotypeError(f"expected 4 (CNN) or 2 (recurrent) fields, got {len(call.args)}", "genotype")
+            data = {f: _literal(a, f) for f, a in zip(fields, call.args)}
+        else:
+            data = {}
+            for kw in call.keywords:
+                if kw.arg is None:
+                    raise GenotypeError("**-arguments are not allowed", "genotype")
+                data[kw.arg] = _literal(kw.value, kw.arg)
+    except RecursionError:
+        raise GenotypeError("nested too deeply", "genotype") from None
+    data["kind"] = "rnn" if "recurrent" in data else "cnn"
+    return genotype_from_dict(data, num_nodes)
+
+
+def genotype_to_text(g: AnyGenotype) -> str:
+    """The original code's text form of ``g`` (what its ``print(genotype)`` shows)."""
+    def pairs(ps):
+        return "[" + ", ".join(f"({op!r}, {i})" for op, i in ps) + "]"
+
+    def concat(c):
+        c = list(c)
+        return f"range({c[0]}, {c[-1] + 1})" if c == list(range(c[0], c[-1] + 1)) else repr(c)
+
+    if isinstance(g, Genotype):
+        return (f"Genotype(normal={pairs(g.normal)}, normal_concat={concat(g.normal_concat)}, "
+                f"reduce={pairs(g.reduce)}, reduce_concat={concat(g.reduce_concat)})")
+    return f"Genotype(recurrent={pairs(g.recurrent)}, concat={concat(g.concat)})"
+
+
 def parse_genotype(text: str, num_nodes: int | None = None) -> AnyGenotype:
-    """Parse genotype JSON text. Never evaluates code; anything but JSON is refused."""
+    """Parse genotype JSON text, or the original code's ``Genotype(...)`` text form. Never evaluates code."""
+    if _is_text_form(text):
+        return parse_genotype_text(text, num_nodes)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -227,19 +349,23 @@ def parse_genotype(text: str, num_nodes: int | None = None) -> AnyGenotype:
 
 
 def load_genotype(spec: str | Path, kind: str | None = None) -> AnyGenotype:
-    """A published name (``DARTS_V2``), a ``genotype.json`` path, or a run directory holding one."""
+    """A published name (``DARTS_V2``), a genotype file (JSON, or the original's ``Genotype(...)`` text in a
+    .txt/.py file), a run directory holding ``genotype.json``, or the text itself (JSON or ``Genotype(...)``)."""
     name = str(spec)
-    if kind == "rnn" and f"RNN_{name}" in PUBLISHED and not Path(name).exists():
+    if kind == "rnn" and f"RNN_{name}" in PUBLISHED and not _exists(name):
         g = PUBLISHED[f"RNN_{name}"]  # checked first: DARTS/DARTS_V1/DARTS_V2 also name CNN cells
-    elif name in PUBLISHED and not Path(name).exists():
+    elif name in PUBLISHED and not _exists(name):
         g = PUBLISHED[name]
+    elif not _exists(name) and (_is_text_form(name) or name.lstrip().startswith("{")):
+        g = parse_genotype(name)  # inline text, not a path (a path this long would fail: File name too long)
     else:
         path = Path(name)
-        if path.is_dir():
+        if _is_dir(path):
             path = path / "genotype.json"
-        if not path.is_file():
+        if not _is_file(path):
             names = ", ".join(k for k in PUBLISHED)
-            raise GenotypeError(f"no such file, and not a published genotype name ({names})", str(path))
+            raise GenotypeError(f"no such file, not a Genotype(...) or JSON text, and not a published genotype name "
+                                f"({names})", _shown(str(path)))
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -249,5 +375,32 @@ def load_genotype(spec: str | Path, kind: str | None = None) -> AnyGenotype:
         except GenotypeError as e:
             raise GenotypeError(e.message, f"{path}: {e.path}" if e.path else str(path)) from None
     if kind is not None and g.kind != kind:
-        raise GenotypeError(f"is a {g.kind.upper()} genotype, but a {kind.upper()} one is needed", name)
+        raise GenotypeError(f"is a {g.kind.upper()} genotype, but a {kind.upper()} one is needed", _shown(name))
     return g
+
+
+def _shown(name: str, limit: int = 120) -> str:
+    """A name for an error message, shortened so that a long inline genotype keeps the message readable."""
+    return name if len(name) <= limit else f"{name[:limit]}... ({len(name)} characters)"
+
+
+def _exists(name: str) -> bool:
+    """``Path.exists`` that answers False for names the OS refuses (too long, a NUL byte) instead of raising."""
+    try:
+        return Path(name).exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,35 @@
+"""Joining the process group so that torchrun restarts work (issue 12, item 10).
+
+Why restarts failed: torchrun's default (static) rendezvous keeps one TCPStore, hosted by the agent, for the
+whole job, and every attempt's workers join the default process group under the same store keys
+(``default_pg/...``). After ``--max-restarts`` restarts the workers, the store still holds the killed
+workers' gloo addresses; a new worker that reads them before its peer has overwritten them connects to a
+dead port (``Connection refused``) until gloo's retries run out. Whether the peer wins that race is chance,
+hence "2 runs of 5". The fix keys every attempt apart: the store is wrapped in a ``PrefixStore`` named
+after ``TORCHELASTIC_RESTART_COUNT``, so an attempt reads only addresses its own workers wrote. (The c10d
+rendezvous backend, ``--rdzv-backend=c10d``, creates a new store per attempt and was not affected.)
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch.distributed as dist
+
+
+def init_process_group(backend: str, timeout: timedelta | None = None) -> None:
+    """``dist.init_process_group(backend)`` from torchrun's environment, with a fresh key space per attempt.
+
+    Outside torchrun's elastic agent (no ``TORCHELASTIC_RESTART_COUNT``) this is the plain env:// join.
+    """
+    kw = {} if timeout is None else {"timeout": timeout}
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        dist.init_process_group(backend, **kw)
+        return
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world = next(rendezvous("env://", **kw))
+    store = dist.PrefixStore(f"dartsnas/attempt-{attempt}", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, **kw)
