@@ -190,7 +190,7 @@ PARSERS = [_search_parser, _derive_parser, _genotype_parser]
 def _extra_parsers() -> list:
     """Subcommands that live in their own modules (train, eval, select, random, report, ...)."""
     extra = []
-    for module in ("cli_train", "cli_protocol"):
+    for module in ("cli_train", "cli_protocol", "cli_lookup"):
         try:
             mod = __import__(f"dartsnas.{module}", fromlist=["PARSERS"])
         except ModuleNotFoundError as e:

@@ -58,3 +58,9 @@ class NonFiniteError(DartsError):
 class RunDirError(DartsError):
     exit_code = 7
     kind = "run directory error"
+
+
+class TableError(DataError):
+    """The NAS-Bench-201 accuracy table is missing, malformed, or lacks a cell (ROBUST-SPEC §1.7)."""
+
+    kind = "NB201 table error"

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .space.genotype import AnyGenotype, Genotype, RNNGenotype
+from .space.nb201 import EDGES as NB201_EDGES, NB201Genotype
 
 OP_COLOURS = {
     "sep_conv_3x3": "#1f77b4", "sep_conv_5x5": "#17becf", "sep_conv_7x7": "#0b4f6c",
     "dil_conv_3x3": "#2ca02c", "dil_conv_5x5": "#8fbc3f", "max_pool_3x3": "#d62728",
     "avg_pool_3x3": "#ff7f0e", "skip_connect": "#7f7f7f", "conv_7x1_1x7": "#9467bd", "none": "#cccccc",
+    "nor_conv_3x3": "#1f77b4", "nor_conv_1x1": "#17becf",
     "tanh": "#1f77b4", "relu": "#d62728", "sigmoid": "#2ca02c", "identity": "#7f7f7f",
 }
 
@@ -93,12 +95,24 @@ def rnn_cell_svg(g: RNNGenotype, title: str = "recurrent cell") -> str:
     return _dag(title, nodes, edges, width, height)
 
 
+def nb201_cell_svg(g: NB201Genotype, title: str = "NB201 cell") -> str:
+    """The NB201 cell (ROBUST-SPEC §1.2): node 0 is the input, node 3 the output; ``none`` edges are omitted."""
+    nodes = [("in0", "0", 60, 200), ("n1", "1", 210, 110), ("n2", "2", 360, 290), ("out", "3", 510, 200)]
+    name = {0: "in0", 1: "n1", 2: "n2", 3: "out"}
+    edges = [(name[src], name[node], op) for (node, src), (op, _) in zip(NB201_EDGES, g.edges) if op != "none"]
+    return _dag(f"{title}: {sum(op == 'none' for op, _ in g.edges)} none edge(s)", nodes, edges, 580, 400)
+
+
 def save_cell_pictures(g: AnyGenotype, folder: str | Path) -> list[Path]:
     """Write ``normal.svg`` and ``reduce.svg`` (CNN) or ``recurrent.svg`` (RNN) into ``folder``."""
     from .checkpoint import atomic_write_text
 
     folder = Path(folder)
     out = []
+    if isinstance(g, NB201Genotype):
+        path = folder / "cell.svg"
+        atomic_write_text(path, nb201_cell_svg(g))
+        return [path]
     if isinstance(g, Genotype):
         for kind, pairs, concat in (("normal", g.normal, g.normal_concat), ("reduce", g.reduce, g.reduce_concat)):
             path = folder / f"{kind}.svg"
