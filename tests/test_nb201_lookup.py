@@ -9,12 +9,17 @@ from collections import Counter
 
 import pytest
 import torch
-
 from conftest import shared_data_root
+
 from dartsnas.errors import TableError
 from dartsnas.space.genotype import save_genotype
 from dartsnas.space.lookup import load_table, lookup, resolve_table
-from dartsnas.space.nb201 import NB201_PRIMITIVES, NB201Genotype, derive_nb201, parse_arch_str
+from dartsnas.space.nb201 import (
+    NB201_PRIMITIVES,
+    NB201Genotype,
+    derive_nb201,
+    parse_arch_str,
+)
 
 ROOT = shared_data_root()
 TABLE = ROOT / "nasbench201" / "nb201_accuracies.csv" if ROOT else None
@@ -106,7 +111,7 @@ def test_malformed_tables_are_typed_errors(tmp_path):
         "duplicate": lambda: _write(p, rows[:-1] + [[15624] + rows[0][1:]]),
         "binary": lambda: p.write_bytes(b"\xff\xfe\x00garbage"),
     }
-    for name, make in cases.items():
+    for make in cases.values():
         make()
         with pytest.raises(TableError):
             load_table(p)

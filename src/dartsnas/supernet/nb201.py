@@ -16,12 +16,20 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..space.nb201 import EDGES, NB201_PRIMITIVES, NUM_EDGES, NUM_NODES, NB201Genotype, derive_nb201, make_op
+from ..space.nb201 import (
+    EDGES,
+    NB201_PRIMITIVES,
+    NUM_EDGES,
+    NUM_NODES,
+    NB201Genotype,
+    derive_nb201,
+    make_op,
+)
 
 ARCH_NAMES = ("alphas",)
 
