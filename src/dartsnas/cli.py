@@ -93,7 +93,8 @@ def _search_parser(sub) -> None:
                        description="DARTS architecture search. Defaults are the paper's (50 epochs on CIFAR-10); "
                                    "with no dataset given, a quick search on the built-in data.")
     _add_config_options(p, list(SearchConfig.PRESETS))
-    p.add_argument("--space", choices=["cnn", "rnn"], default="cnn", help="cell type (default cnn)")
+    p.add_argument("--space", choices=["cnn", "rnn", "nb201"], default="cnn",
+                   help="cell type: cnn (the DARTS space, default), rnn, or nb201 (NAS-Bench-201)")
     p.add_argument("--dataset", help="cifar10 or builtin (rnn: ptb, builtin)")
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder (or $DARTSNAS_DATA)")
     p.add_argument("--download", action="store_true", help="fetch CIFAR-10 if missing (needs internet)")
@@ -116,6 +117,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .loops.search import SearchConfig, run_search
 
     names = ["dataset", "data_dir", "download", "order", "epochs", "batch_size", "seed", "device", "subset"]
+    if args.space == "nb201":
+        args.set.insert(0, "space=nb201")
     if not args.resume and not args.preset and not args.dataset and not args.config and not any(
             s.startswith("dataset=") for s in args.set):
         args.preset = "quick"  # no dataset named: the quick search on the built-in data
@@ -126,7 +129,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     run_dir, resume = run_target(args)
     result = run_search(cfg, run_dir=run_dir, resume=resume)
     print(f"genotype: {result.run_dir / 'genotype.json'}")
-    print(f"cells:    {result.run_dir / 'normal.svg'}, {result.run_dir / 'reduce.svg'}")
+    if cfg.space == "nb201":
+        print(f"cell:     {result.run_dir / 'cell.svg'}, results: {result.run_dir / 'results.json'}")
+    else:
+        print(f"cells:    {result.run_dir / 'normal.svg'}, {result.run_dir / 'reduce.svg'}")
     return 0
 
 

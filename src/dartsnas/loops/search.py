@@ -24,7 +24,8 @@ from ..config import ConfigBase, require
 from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images, to_device
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
-from ..supernet.network import SearchNetwork
+from . import search_hooks
+from .search_hooks import NB201_PRESETS
 from .common import (bilevel_state, load_bilevel_state, end_of_step, check_resume_config, CHECKPOINT, set_determinism, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
                      resolve_device, write_json)
 
@@ -76,6 +77,18 @@ class SearchConfig(ConfigBase):
     # edges and keep the last cell within the limit (an early-stopping rule in the spirit of DARTS+; off by
     # default, as in the paper).
     max_skip_normal: int | None = None
+    # Search space and collapse diagnostics (ROBUST-SPEC §1, §2; loops/search_hooks.py). nb201_cells is N, the
+    # search cells per stage of the NB201 supernet; image_size downsamples the images (the CPU proxy);
+    # split=nb201 takes the benchmark's CIFAR-10 split file (AutoDL); hessian logs λ_max every epoch;
+    # early_stop=hessian applies DARTS-ES (§2.1).
+    space: Literal["darts", "nb201"] = "darts"
+    nb201_cells: int = 5
+    image_size: int | None = None
+    split: Literal["halves", "nb201"] = "halves"
+    nesterov: bool = False
+    hessian: bool = False
+    hessian_batch: int = 64
+    early_stop: Literal["none", "hessian"] = "none"
 
     HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph"}
 
@@ -87,6 +100,7 @@ class SearchConfig(ConfigBase):
                   "arch_lr": 3e-3, "log_interval": 4, "subset": 256},
         "tiny": {"dataset": "builtin", "init_channels": 4, "layers": 3, "num_nodes": 2, "epochs": 2,
                  "batch_size": 16, "subset": 64, "log_interval": 2},
+        **NB201_PRESETS,
     }
 
     def check(self) -> list[str]:
@@ -105,6 +119,7 @@ class SearchConfig(ConfigBase):
         require(p, self.max_skip_normal is None or 0 <= self.max_skip_normal <= 2 * self.num_nodes,
                 f"max_skip_normal: must be in 0..{2 * self.num_nodes}, got {self.max_skip_normal}")
         require(p, self.lr_min <= self.lr, f"lr_min: {self.lr_min} exceeds lr {self.lr}")
+        p += search_hooks.check_config(self)
         for name in ("momentum", "arch_beta1", "arch_beta2"):
             require(p, 0 <= getattr(self, name) < 1, f"{name}: must be in [0, 1), got {getattr(self, name)}")
         return p
@@ -137,13 +152,13 @@ class _State:
         split = int(math.floor(n_train * cfg.train_portion))
         w_idx = torch.arange(0, split)
         a_idx = torch.arange(split, n_train)
+        w_idx, a_idx = search_hooks.search_split(cfg, n_train) or (w_idx, a_idx)
         if cfg.subset is not None:
             w_idx, a_idx = w_idx[:cfg.subset], a_idx[:cfg.subset]
         self.w_idx, self.a_idx = w_idx.to(device), a_idx.to(device)
-        self.model = SearchNetwork(cfg.init_channels, data.num_classes, cfg.layers, cfg.num_nodes,
-                                   stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops).to(device)
+        self.model = search_hooks.build_search_model(cfg, data.num_classes).to(device)
         self.w_opt = torch.optim.SGD(self.model.weights(), lr=cfg.lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
+                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_lr,
                                       betas=(cfg.arch_beta1, cfg.arch_beta2), weight_decay=cfg.arch_weight_decay)
         self.architect = Architect(self.model, self.a_opt, order=cfg.order, weight_momentum=cfg.momentum,
@@ -186,6 +201,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
                log=print, data: ImageData | None = None) -> SearchResult:
     """Run (or continue) a search; writes config, metrics, checkpoints, genotype and pictures to ``run_dir``."""
     from ..plot import save_cell_pictures, save_search_pictures
+    from ..space.nb201 import NB201_PRIMITIVES
     from ..space.ops import PRIMITIVES
 
     run_dir = prepare_run_dir(run_dir or default_run_dir("search"), resume, log)
@@ -199,6 +215,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
     else:
         data = ImageData(data.name, data.train_x.to(device), data.train_y.to(device), data.test_x.to(device),
                          data.test_y.to(device), data.mean, data.std, data.num_classes)
+    data = search_hooks.prepare_images(cfg, data)
     set_determinism(device, cfg.deterministic)
     seed_everything(cfg.seed)
     st = _State(cfg, data, device)
@@ -215,7 +232,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
 
     def batch(idx_pool: torch.Tensor, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx_pool[to_device(stream.next(), device)]
-        x = augment(data.train_x[idx], st.aug_gen, data.mean, data.std)
+        x = augment(data.train_x[idx], st.aug_gen, data.mean, data.std, pad=search_hooks.augment_padding(cfg))
         return x, data.train_y[idx]
 
     stepper = None
@@ -231,6 +248,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
             stepper.check()  # graph mode: never save a state that took a non-finite step
         save_checkpoint(run_dir / CHECKPOINT, st.state_dict())
 
+    monitor = search_hooks.SearchMonitor(cfg, data, st.a_idx, log)
     with StopRequest() as stop:
         while st.epoch < cfg.epochs and not st.stopped_early:
             t0 = time.perf_counter()
@@ -266,11 +284,11 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
                 "train_loss": s[0] / max(s[2], 1), "train_acc": s[1] / max(s[2], 1),
                 "arch_batch_loss": s[3] / max(steps, 1),
                 "valid_loss": val_loss, "valid_acc": val_acc,
-                "alphas_normal": torch.softmax(st.model.alphas_normal.detach().double(), -1).cpu().tolist(),
-                "alphas_reduce": torch.softmax(st.model.alphas_reduce.detach().double(), -1).cpu().tolist(),
+                **search_hooks.alpha_record(st.model),
                 "genotype": genotype_to_dict(genotype),
                 "epoch_seconds": time.perf_counter() - t0, "wall_seconds": st.wall,
             }
+            record.update(monitor.epoch_record(st.model, genotype))
             log(f"epoch {st.epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} acc "
                 f"{record['train_acc']:.3f} | valid loss {val_loss:.4f} acc {val_acc:.3f} | lr {lr:.5f}")
             collapsed = too_many_skips(genotype, cfg.max_skip_normal)
@@ -279,6 +297,11 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
                 record["stopped_early"] = True
                 log(f"stopping early: the normal cell has {skip_count(genotype)} skip connections, more than "
                     f"max_skip_normal={cfg.max_skip_normal}; genotype.json keeps the last cell within the limit")
+            es_genotype = monitor.early_stop([r for r in metrics.read() if "epoch" in r] + [record])
+            if es_genotype is not None:
+                st.stopped_early = collapsed = record["stopped_early"] = True
+                save_genotype(es_genotype, run_dir / "genotype.json")
+                save_cell_pictures(es_genotype, run_dir)
             st.epoch += 1
             st.step_in_epoch = 0
             st.sums.zero_()
@@ -287,13 +310,16 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
             if not collapsed or not (run_dir / "genotype.json").exists():
                 save_genotype(genotype, run_dir / "genotype.json")
                 save_cell_pictures(genotype, run_dir)
-            save_search_pictures([r for r in metrics.read() if "epoch" in r], run_dir, PRIMITIVES)
+            save_search_pictures([r for r in metrics.read() if "epoch" in r], run_dir,
+                                 NB201_PRIMITIVES if cfg.space == "nb201" else PRIMITIVES)
             save()
     history = [r for r in metrics.read() if "epoch" in r]
     from ..space.genotype import load_genotype
 
-    return SearchResult(run_dir, load_genotype(run_dir / "genotype.json", kind="cnn"), st.model.alphas_normal.detach().cpu(),
-                        st.model.alphas_reduce.detach().cpu(), history)
+    final = load_genotype(run_dir / "genotype.json", kind="nb201" if cfg.space == "nb201" else "cnn")
+    monitor.finish(run_dir, final, st.wall)
+    alphas = [a.detach().cpu() for a in st.model.arch_parameters()]
+    return SearchResult(run_dir, final, alphas[0], alphas[-1], history)
 
 
 def skip_count(genotype: Genotype) -> int:
@@ -355,6 +381,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 def derive_from_run(run_dir: str | Path) -> Genotype:
     """Re-derive the genotype from a run's checkpoint (``dartsnas derive RUN``)."""
     from ..space.derive import derive_genotype
+    from ..space.nb201 import derive_nb201
 
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
@@ -362,6 +389,8 @@ def derive_from_run(run_dir: str | Path) -> Genotype:
     try:
         cfg = SearchConfig.from_dict(ck["config"])
         model = ck["model"]
+        if cfg.space == "nb201":
+            return derive_nb201(model["alphas"])
         return derive_genotype(model["alphas_normal"], model["alphas_reduce"], cfg.num_nodes)
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"holds no alphas or config ({e})", str(path)) from None
