@@ -6,12 +6,14 @@ Plotting reads genotypes and metrics, never a live model.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .space.genotype import AnyGenotype, Genotype, RNNGenotype
-from .space.nb201 import EDGES as NB201_EDGES, NB201Genotype
+from .space.nb201 import EDGES as NB201_EDGES
+from .space.nb201 import NB201Genotype
 
 OP_COLOURS = {
     "sep_conv_3x3": "#1f77b4", "sep_conv_5x5": "#17becf", "sep_conv_7x7": "#0b4f6c",
@@ -209,6 +211,7 @@ def save_search_pictures(history: Sequence[dict[str, Any]], folder: str | Path, 
     out = []
     charts = [curves_svg(history, [("train_loss", "train loss"), ("valid_loss", "valid loss")], "loss"),
               curves_svg(history, [("train_acc", "train accuracy"), ("valid_acc", "valid accuracy")], "accuracy")]
+    charts += diagnostic_charts(history)
     path = folder / "curves.svg"
     atomic_write_text(path, _side_by_side(charts, "search curves"))
     out.append(path)
@@ -221,7 +224,30 @@ def save_search_pictures(history: Sequence[dict[str, Any]], folder: str | Path, 
         path = folder / "alphas.svg"
         atomic_write_text(path, _side_by_side(maps, "softmax(alpha)"))
         out.append(path)
+    if "alphas" in last:  # NB201: one 6×5 matrix shared by every cell
+        from .space.nb201 import edge_labels
+
+        path = folder / "alphas.svg"
+        atomic_write_text(path, heatmap_svg(last["alphas"], edge_labels(), list(primitives),
+                                            f"NB201 cell, epoch {last['epoch'] + 1}"))
+        out.append(path)
     return out
+
+
+def diagnostic_charts(history: Sequence[dict[str, Any]]) -> list[str]:
+    """Collapse diagnostics (ROBUST-SPEC §2.2), for the records that carry them: λ_max of the α Hessian,
+    skip / none / parameter-free counts of the derived cell, and NB201 table accuracies."""
+    charts = []
+    if any("hessian_eig" in r for r in history):
+        charts.append(curves_svg(history, [("hessian_eig", "λ_max (α Hessian)")], "dominant eigenvalue"))
+    counts = [(k, label) for k, label in (("skip_count", "skip"), ("none_count", "none"),
+                                          ("param_free_count", "parameter-free")) if any(k in r for r in history)]
+    if counts:
+        charts.append(curves_svg(history, counts, "cell: operation counts"))
+    if any("table_cifar10" in r for r in history):
+        charts.append(curves_svg(history, [("table_cifar10", "CIFAR-10"), ("table_cifar100", "CIFAR-100"),
+                                           ("table_imagenet16", "ImageNet16-120")], "NB201 table test accuracy (%)"))
+    return charts
 
 
 def _side_by_side(svgs: Sequence[str], title: str) -> str:

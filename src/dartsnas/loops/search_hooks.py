@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import nn
 
 from ..data.images import ImageData
 from ..diagnostics import darts_es, epoch_diagnostics, fixed_batch
-from ..errors import DataError, DartsError
+from ..errors import DartsError, DataError
 from ..space.genotype import genotype_from_dict
 
 SPLIT_FILE = Path("nasbench201") / "cifar10-split.json"
