@@ -43,7 +43,7 @@ NB201_PRESETS: dict[str, dict[str, Any]] = {
     "nb201-autodl": {**_NB201, "epochs": 50, "weight_decay": 5e-4, "nesterov": True, "split": "nb201"},
     # The CPU proxy (notes/nb201.md): C = 8, N = 1, 16×16 images, the 6,000 + 6,000 images of subset-15k.npz
     # (the first 6,000 of each half of the full training set).
-    "nb201-proxy": {**_NB201, "epochs": 10, "weight_decay": 3e-4, "init_channels": 8, "nb201_cells": 1,
+    "nb201-proxy": {**_NB201, "epochs": 20, "weight_decay": 3e-4, "init_channels": 8, "nb201_cells": 1,
                     "image_size": 16, "subset": 6000, "log_interval": 20},
 }
 
