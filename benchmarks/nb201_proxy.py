@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dartsnas.loops.search import SearchConfig, run_search  # noqa: E402
+from dartsnas.loops.search import SearchConfig, run_search
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict:
