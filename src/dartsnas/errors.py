@@ -71,3 +71,9 @@ class RunDirLockedError(RunDirError):
         who = f" ({holder})" if holder else ""
         super().__init__(f"another dartsnas process is writing this directory{who}; wait for it to finish or "
                          "stop it, or choose another directory", str(path))
+
+
+class TableError(DataError):
+    """The NAS-Bench-201 accuracy table is missing, malformed, or lacks a cell (ROBUST-SPEC §1.7)."""
+
+    kind = "NB201 table error"

@@ -6,16 +6,20 @@ Plotting reads genotypes and metrics, never a live model.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .space.genotype import AnyGenotype, Genotype, RNNGenotype
+from .space.nb201 import EDGES as NB201_EDGES
+from .space.nb201 import NB201Genotype
 
 OP_COLOURS = {
     "sep_conv_3x3": "#1f77b4", "sep_conv_5x5": "#17becf", "sep_conv_7x7": "#0b4f6c",
     "dil_conv_3x3": "#2ca02c", "dil_conv_5x5": "#8fbc3f", "max_pool_3x3": "#d62728",
     "avg_pool_3x3": "#ff7f0e", "skip_connect": "#7f7f7f", "conv_7x1_1x7": "#9467bd", "none": "#cccccc",
+    "nor_conv_3x3": "#1f77b4", "nor_conv_1x1": "#17becf",
     "tanh": "#1f77b4", "relu": "#d62728", "sigmoid": "#2ca02c", "identity": "#7f7f7f",
 }
 
@@ -135,12 +139,24 @@ def rnn_cell_svg(g: RNNGenotype, title: str = "recurrent cell") -> str:
     return _dag(title, nodes, edges)
 
 
+def nb201_cell_svg(g: NB201Genotype, title: str = "NB201 cell") -> str:
+    """The NB201 cell (ROBUST-SPEC §1.2): node 0 is the input, node 3 the output; ``none`` edges are omitted."""
+    nodes = [("in0", "0", 60, 200), ("n1", "1", 210, 110), ("n2", "2", 360, 290), ("out", "3", 510, 200)]
+    name = {0: "in0", 1: "n1", 2: "n2", 3: "out"}
+    edges = [(name[src], name[node], op) for (node, src), (op, _) in zip(NB201_EDGES, g.edges) if op != "none"]
+    return _dag(f"{title}: {sum(op == 'none' for op, _ in g.edges)} none edge(s)", nodes, edges, 580, 400)
+
+
 def save_cell_pictures(g: AnyGenotype, folder: str | Path) -> list[Path]:
     """Write ``normal.svg`` and ``reduce.svg`` (CNN) or ``recurrent.svg`` (RNN) into ``folder``."""
     from .checkpoint import atomic_write_text
 
     folder = Path(folder)
     out = []
+    if isinstance(g, NB201Genotype):
+        path = folder / "cell.svg"
+        atomic_write_text(path, nb201_cell_svg(g))
+        return [path]
     if isinstance(g, Genotype):
         for kind, pairs, concat in (("normal", g.normal, g.normal_concat), ("reduce", g.reduce, g.reduce_concat)):
             path = folder / f"{kind}.svg"
@@ -269,6 +285,7 @@ def save_search_pictures(history: Sequence[dict[str, Any]], folder: str | Path, 
     out = []
     charts = [curves_svg(history, [("train_loss", "train loss"), ("valid_loss", "valid loss")], "loss"),
               curves_svg(history, [("train_acc", "train accuracy"), ("valid_acc", "valid accuracy")], "accuracy")]
+    charts += diagnostic_charts(history)
     path = folder / "curves.svg"
     atomic_write_text(path, _side_by_side(charts, "search curves"))
     out.append(path)
@@ -281,7 +298,30 @@ def save_search_pictures(history: Sequence[dict[str, Any]], folder: str | Path, 
         path = folder / "alphas.svg"
         atomic_write_text(path, _side_by_side(maps, "softmax(alpha)"))
         out.append(path)
+    if "alphas" in last:  # NB201: one 6×5 matrix shared by every cell
+        from .space.nb201 import edge_labels
+
+        path = folder / "alphas.svg"
+        atomic_write_text(path, heatmap_svg(last["alphas"], edge_labels(), list(primitives),
+                                            f"NB201 cell, epoch {last['epoch'] + 1}"))
+        out.append(path)
     return out
+
+
+def diagnostic_charts(history: Sequence[dict[str, Any]]) -> list[str]:
+    """Collapse diagnostics (ROBUST-SPEC §2.2), for the records that carry them: λ_max of the α Hessian,
+    skip / none / parameter-free counts of the derived cell, and NB201 table accuracies."""
+    charts = []
+    if any("hessian_eig" in r for r in history):
+        charts.append(curves_svg(history, [("hessian_eig", "λ_max (α Hessian)")], "dominant eigenvalue"))
+    counts = [(k, label) for k, label in (("skip_count", "skip"), ("none_count", "none"),
+                                          ("param_free_count", "parameter-free")) if any(k in r for r in history)]
+    if counts:
+        charts.append(curves_svg(history, counts, "cell: operation counts"))
+    if any("table_cifar10" in r for r in history):
+        charts.append(curves_svg(history, [("table_cifar10", "CIFAR-10"), ("table_cifar100", "CIFAR-100"),
+                                           ("table_imagenet16", "ImageNet16-120")], "NB201 table test accuracy (%)"))
+    return charts
 
 
 def _side_by_side(svgs: Sequence[str], title: str) -> str:

@@ -19,7 +19,8 @@ def _search_parser(sub) -> None:
                                    "with no dataset and no --data-dir given, a quick search on the built-in data. "
                                    "--data-dir without --dataset takes the dataset the folder holds.")
     add_config_options(p, list(SearchConfig.PRESETS))
-    p.add_argument("--space", choices=["cnn", "rnn"], default="cnn", help="cell type (default cnn)")
+    p.add_argument("--space", choices=["cnn", "rnn", "nb201"], default="cnn",
+                   help="cell type: cnn (the DARTS space, default), rnn, or nb201 (NAS-Bench-201)")
     p.add_argument("--dataset", help="cifar10 or builtin (rnn: ptb, wikitext2, builtin)")
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder (or $DARTSNAS_DATA)")
     p.add_argument("--download", action="store_true", help="fetch CIFAR-10 if missing (needs internet)")
@@ -40,6 +41,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from ..loops.search import SearchConfig, run_search
 
     apply_dataset_inference(args, "cnn", DATASETS)
+    if args.space == "nb201":
+        args.set.insert(0, "space=nb201")
     names = ["dataset", "data_dir", "download", "order", "epochs", "batch_size", "seed", "device", "subset",
              "layers", "init_channels", "lr"]
     if not args.resume and not args.preset and not named_dataset(args) and not args.config:
@@ -56,7 +59,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     with cleanup_failed_start(run_dir, "search"):
         result = run_search(cfg, run_dir=run_dir, resume=resume)
     print(f"genotype: {result.run_dir / 'genotype.json'}")
-    print(f"cells:    {result.run_dir / 'normal.svg'}, {result.run_dir / 'reduce.svg'}")
+    if cfg.space == "nb201":
+        print(f"cell:     {result.run_dir / 'cell.svg'}, results: {result.run_dir / 'results.json'}")
+    else:
+        print(f"cells:    {result.run_dir / 'normal.svg'}, {result.run_dir / 'reduce.svg'}")
     return 0
 
 

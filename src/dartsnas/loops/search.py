@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -23,9 +24,10 @@ from ..config import ConfigBase, require
 from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images, to_device
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
-from ..supernet.network import SearchNetwork
+from . import search_hooks
 from .common import CHECKPOINT, poison_batch, resolve_device, set_determinism
 from .engine import Run, Task
+from .search_hooks import NB201_PRESETS
 from .state import LoopState, Sums, saved_as, transient
 
 KIND = "cnn-search"
@@ -77,6 +79,18 @@ class SearchConfig(ConfigBase):
     # default, as in the paper).
     max_skip_normal: int | None = None
     tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
+    # Search space and collapse diagnostics (ROBUST-SPEC §1, §2; loops/search_hooks.py). nb201_cells is N, the
+    # search cells per stage of the NB201 supernet; image_size downsamples the images (the CPU proxy);
+    # split=nb201 takes the benchmark's CIFAR-10 split file (AutoDL); hessian logs λ_max every epoch;
+    # early_stop=hessian applies DARTS-ES (§2.1).
+    space: Literal["darts", "nb201"] = "darts"
+    nb201_cells: int = 5
+    image_size: int | None = None
+    split: Literal["halves", "nb201"] = "halves"
+    nesterov: bool = False
+    hessian: bool = False
+    hessian_batch: int = 64
+    early_stop: Literal["none", "hessian"] = "none"
 
     # Where the data comes from does not change the run (the dataset name does), as for the other loops.
     HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph", "data_dir", "download", "tensorboard", "deterministic"}
@@ -89,6 +103,7 @@ class SearchConfig(ConfigBase):
                   "arch_lr": 3e-3, "log_interval": 4, "subset": 256},
         "tiny": {"dataset": "builtin", "init_channels": 4, "layers": 3, "num_nodes": 2, "epochs": 2,
                  "batch_size": 16, "subset": 64, "log_interval": 2},
+        **NB201_PRESETS,
     }
 
     def check(self) -> list[str]:
@@ -108,6 +123,7 @@ class SearchConfig(ConfigBase):
         require(p, self.max_skip_normal is None or 0 <= self.max_skip_normal <= 2 * self.num_nodes,
                 f"max_skip_normal: must be in 0..{2 * self.num_nodes}, got {self.max_skip_normal}")
         require(p, self.lr_min <= self.lr, f"lr_min: {self.lr_min} exceeds lr {self.lr}")
+        p += search_hooks.check_config(self)
         for name in ("momentum", "arch_beta1", "arch_beta2"):
             require(p, 0 <= getattr(self, name) < 1, f"{name}: must be in [0, 1), got {getattr(self, name)}")
         return p
@@ -159,15 +175,15 @@ class _State(LoopState):
         split = int(math.floor(n_train * cfg.train_portion))
         w_idx = torch.arange(0, split)
         a_idx = torch.arange(split, n_train)
+        w_idx, a_idx = search_hooks.search_split(cfg, n_train) or (w_idx, a_idx)
         if cfg.subset is not None:
             w_idx, a_idx = w_idx[:cfg.subset], a_idx[:cfg.subset]
         self.w_idx, self.a_idx = w_idx.to(device), a_idx.to(device)
         if model is None:
-            model = SearchNetwork(cfg.init_channels, data.num_classes, cfg.layers, cfg.num_nodes,
-                                  stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops)
+            model = search_hooks.build_search_model(cfg, data.num_classes)
         self.model = model.to(device)
         self.w_opt = torch.optim.SGD(self.model.weights(), lr=cfg.lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
+                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_lr,
                                       betas=(cfg.arch_beta1, cfg.arch_beta2), weight_decay=cfg.arch_weight_decay)
         self.architect = Architect(self.model, self.a_opt, order=cfg.order, weight_momentum=cfg.momentum,
@@ -195,6 +211,11 @@ class SearchTask(Task):
         self.sums = Sums(SUMS, device)
         self.criterion = torch.nn.CrossEntropyLoss()
         self.lr = cfg.lr
+        self.pad = search_hooks.augment_padding(cfg)
+        # Diagnostics (λ_max, entropies, skip/none counts), the NB201 table row of the cell, DARTS-ES.
+        self.monitor = search_hooks.SearchMonitor(cfg, data, self.state.a_idx, log)
+        self.past: Callable[[], list[dict[str, Any]]] = list  # the run's earlier records (set by run_search)
+        self.es_genotype = None
         self.graphed = None
         if cfg.cuda_graph:
             if device.type == "cuda":
@@ -217,7 +238,7 @@ class SearchTask(Task):
     def _batch(self, idx_pool: torch.Tensor, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.data
         idx = idx_pool[to_device(stream.next(), self.device)]
-        return augment(d.train_x[idx], self.state.aug_gen, d.mean, d.std), d.train_y[idx]
+        return augment(d.train_x[idx], self.state.aug_gen, d.mean, d.std, pad=self.pad), d.train_y[idx]
 
     def batches(self):
         st = self.state
@@ -253,8 +274,10 @@ class SearchTask(Task):
             "valid_loss": val_loss, "valid_acc": val_acc,
             **st.model.arch_record(), "genotype": genotype_to_dict(self.genotype),
         }
+        record.update(self.monitor.epoch_record(st.model, self.genotype))
         self.collapsed = too_many_skips(self.genotype, cfg.max_skip_normal)
-        if self.collapsed:
+        self.es_genotype = self.monitor.early_stop(self.past() + [record])
+        if self.collapsed or self.es_genotype is not None:
             st.stopped_early = True
             record["stopped_early"] = True
         return record
@@ -272,18 +295,19 @@ class SearchTask(Task):
         self.state.train_stream.new_epoch()
 
     def after_epoch(self, record: dict[str, Any], run: Run) -> None:
-        self.write_outputs(self.genotype, run.path, run.history(), keep_cell=not self.collapsed)
+        if self.es_genotype is not None:  # DARTS-ES returns the cell of the epoch it points back to
+            self.write_outputs(self.es_genotype, run.path, run.history(), keep_cell=True)
+        else:
+            self.write_outputs(self.genotype, run.path, run.history(), keep_cell=not self.collapsed)
 
     def write_outputs(self, genotype: Genotype, folder: Path, history: list[dict[str, Any]], keep_cell: bool) -> None:
         """The space's per-epoch files: genotype.json and the cell pictures (unless the cell collapsed and an
         earlier one is kept), the loss curves and the alpha picture."""
         from ..plot import save_cell_pictures, save_search_pictures
-        from ..space.ops import PRIMITIVES
-
         if keep_cell or not (folder / "genotype.json").exists():
             save_genotype(genotype, folder / "genotype.json")
             save_cell_pictures(genotype, folder)
-        save_search_pictures(history, folder, PRIMITIVES)
+        save_search_pictures(history, folder, self.state.model.primitives)
 
     def finished(self) -> bool:
         return self.state.stopped_early
@@ -309,9 +333,11 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
     else:
         data = ImageData(data.name, data.train_x.to(device), data.train_y.to(device), data.test_x.to(device),
                          data.test_y.to(device), data.mean, data.std, data.num_classes)
+    data = search_hooks.prepare_images(cfg, data)
     set_determinism(device, cfg.deterministic)
     seed_everything(cfg.seed)
     task = SearchTask(cfg, data, device, run.log)
+    task.past = run.history
     run.start(task)
     st = task.state
     run.log(f"search: {cfg.dataset}, {len(st.w_idx)}+{len(st.a_idx)} images, order {cfg.order}, "
@@ -319,8 +345,11 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
     run.loop(task)
     from ..space.genotype import load_genotype
 
-    return SearchResult(run.path, load_genotype(run.path / "genotype.json", kind="cnn"),
-                        st.model.alphas_normal.detach().cpu(), st.model.alphas_reduce.detach().cpu(), run.history())
+    final = load_genotype(run.path / "genotype.json", kind="nb201" if cfg.space == "nb201" else "cnn")
+    if run.ranks.main:
+        task.monitor.finish(run.path, final, st.wall)  # NB201: results.json names the cell's table row
+    alphas = [a.detach().cpu() for a in st.model.arch_parameters()]
+    return SearchResult(run.path, final, alphas[0], alphas[-1], run.history())
 
 
 def skip_count(genotype: Genotype) -> int:
@@ -396,6 +425,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 def derive_from_run(run_dir: str | Path) -> Genotype:
     """Re-derive the genotype from a run's checkpoint (``dartsnas derive RUN``)."""
     from ..space.derive import derive_genotype
+    from ..space.nb201 import derive_nb201
 
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
@@ -403,6 +433,8 @@ def derive_from_run(run_dir: str | Path) -> Genotype:
     try:
         cfg = SearchConfig.from_dict(ck["config"])
         model = ck["model"]
+        if cfg.space == "nb201":
+            return derive_nb201(model["alphas"])
         return derive_genotype(model["alphas_normal"], model["alphas_reduce"], cfg.num_nodes)
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"holds no alphas or config ({e})", str(path)) from None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..errors import GenotypeError
+from .nb201 import NB201Genotype, nb201_from_dict, nb201_to_dict
 from .ops import EXTRA_PRIMITIVES, PRIMITIVES
 
 SCHEMA_VERSION = 1
@@ -66,7 +67,7 @@ class RNNGenotype:
         return len(self.recurrent)
 
 
-AnyGenotype = Union[Genotype, RNNGenotype]
+AnyGenotype = Union[Genotype, RNNGenotype, NB201Genotype]
 
 
 def _cnn(normal, normal_concat, reduce, reduce_concat) -> Genotype:
@@ -116,6 +117,8 @@ PUBLISHED["RNN_DARTS"] = PUBLISHED["RNN_DARTS_V2"]
 # ---------------------------------------------------------------------------------------------- JSON
 
 def genotype_to_dict(g: AnyGenotype) -> dict[str, Any]:
+    if isinstance(g, NB201Genotype):
+        return {"schema_version": SCHEMA_VERSION, "kind": "nb201", **nb201_to_dict(g)}
     if isinstance(g, Genotype):
         return {
             "schema_version": SCHEMA_VERSION, "kind": "cnn",
@@ -211,7 +214,9 @@ def genotype_from_dict(data: Any, num_nodes: int | None = None) -> AnyGenotype:
                 raise GenotypeError("missing", key)
         rec = _parse_pairs(data["recurrent"], "recurrent", RNN_OPS, 1, 1, num_nodes)
         return RNNGenotype(rec, _parse_concat(data["concat"], "concat", 1, len(rec)))
-    raise GenotypeError(f"unknown kind {kind!r}; expected 'cnn' or 'rnn'", "kind")
+    if kind == "nb201":
+        return nb201_from_dict(data)
+    raise GenotypeError(f"unknown kind {kind!r}; expected 'cnn', 'rnn' or 'nb201'", "kind")
 
 
 # ------------------------------------------------------------------------------- the original's text form

@@ -31,6 +31,7 @@ torch.nn.modules.module.register_module_module_registration_hook(_count_registra
 
 
 class SearchNetwork(nn.Module):
+    primitives = PRIMITIVES  # the columns of alpha
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, num_nodes: int = 4,
                  multiplier: int | None = None, stem_multiplier: int = 3, in_channels: int = 3,
                  fused: bool = False):
