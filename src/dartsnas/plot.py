@@ -144,7 +144,7 @@ def nb201_cell_svg(g: NB201Genotype, title: str = "NB201 cell") -> str:
     nodes = [("in0", "0", 60, 200), ("n1", "1", 210, 110), ("n2", "2", 360, 290), ("out", "3", 510, 200)]
     name = {0: "in0", 1: "n1", 2: "n2", 3: "out"}
     edges = [(name[src], name[node], op) for (node, src), (op, _) in zip(NB201_EDGES, g.edges) if op != "none"]
-    return _dag(f"{title}: {sum(op == 'none' for op, _ in g.edges)} none edge(s)", nodes, edges, 580, 400)
+    return _dag(f"{title}: {sum(op == 'none' for op, _ in g.edges)} none edge(s)", nodes, edges)
 
 
 def save_cell_pictures(g: AnyGenotype, folder: str | Path) -> list[Path]:
