@@ -23,6 +23,7 @@ from ..checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpo
 from ..config import ConfigBase, require
 from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images, to_device
 from ..errors import CheckpointError, ConfigError, NonFiniteError
+from ..methods import EpochContext, build_method
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from ..supernet.network import SearchNetwork
 from .common import (bilevel_state, load_bilevel_state, end_of_step, check_resume_config, CHECKPOINT, set_determinism, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
@@ -76,6 +77,11 @@ class SearchConfig(ConfigBase):
     # edges and keep the last cell within the limit (an early-stopping rule in the spirit of DARTS+; off by
     # default, as in the paper).
     max_skip_normal: int | None = None
+    # The search method (ROBUST-SPEC §5; dartsnas.methods): a registry name ("a+b" composes), its space
+    # (None: the method's default) and hyper-parameter overrides "key=value,...".
+    method: str = "darts"
+    space: str | None = None
+    method_args: str = ""
 
     HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph"}
 
@@ -105,6 +111,10 @@ class SearchConfig(ConfigBase):
         require(p, self.max_skip_normal is None or 0 <= self.max_skip_normal <= 2 * self.num_nodes,
                 f"max_skip_normal: must be in 0..{2 * self.num_nodes}, got {self.max_skip_normal}")
         require(p, self.lr_min <= self.lr, f"lr_min: {self.lr_min} exceeds lr {self.lr}")
+        try:
+            build_method(self.method, self.space, self.method_args, self.epochs)
+        except ConfigError as e:
+            p += e.problems
         for name in ("momentum", "arch_beta1", "arch_beta2"):
             require(p, 0 <= getattr(self, name) < 1, f"{name}: must be in [0, 1), got {getattr(self, name)}")
         return p
@@ -140,8 +150,11 @@ class _State:
         if cfg.subset is not None:
             w_idx, a_idx = w_idx[:cfg.subset], a_idx[:cfg.subset]
         self.w_idx, self.a_idx = w_idx.to(device), a_idx.to(device)
+        self.method = build_method(cfg.method, cfg.space, cfg.method_args, cfg.epochs)
         self.model = SearchNetwork(cfg.init_channels, data.num_classes, cfg.layers, cfg.num_nodes,
-                                   stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops).to(device)
+                                   stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops,
+                                   **self.method.network_options()).to(device)
+        self.method.attach(self.model)
         self.w_opt = torch.optim.SGD(self.model.weights(), lr=cfg.lr, momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_lr,
@@ -163,6 +176,7 @@ class _State:
             **bilevel_state(self, KIND),
             "train_stream": self.train_stream.state_dict(), "val_stream": self.val_stream.state_dict(),
             "stopped_early": self.stopped_early, "rng": capture_rng({"augment": self.aug_gen}),
+            "method": self.method.state_dict(),
         }
 
     def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
@@ -172,6 +186,8 @@ class _State:
             self.val_stream.load_state_dict(ck["val_stream"])
             self.stopped_early = bool(ck.get("stopped_early", False))
             restore_rng(ck["rng"], {"augment": self.aug_gen})
+            if "method" in ck:
+                self.method.load_state_dict(ck["method"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"does not match this search ({type(e).__name__}: {str(e)[:200]})", str(path)) from None
 
@@ -186,8 +202,6 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
                log=print, data: ImageData | None = None) -> SearchResult:
     """Run (or continue) a search; writes config, metrics, checkpoints, genotype and pictures to ``run_dir``."""
     from ..plot import save_cell_pictures, save_search_pictures
-    from ..space.ops import PRIMITIVES
-
     run_dir = prepare_run_dir(run_dir or default_run_dir("search"), resume, log)
     ck = None
     if resume:
@@ -220,11 +234,12 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
 
     stepper = None
     if cfg.cuda_graph:
-        if device.type == "cuda":
+        if device.type == "cuda" and st.method.plain:
             from .graphed import GraphedSearchStep
             stepper = GraphedSearchStep(st, criterion)
         else:
-            log(f"note: cuda_graph needs a CUDA device; device {device} runs the eager step")
+            log(f"note: cuda_graph needs a CUDA device and plain DARTS; device {device}, method {cfg.method} "
+                "runs the eager step")
 
     def save() -> None:
         if stepper is not None:
@@ -237,6 +252,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
             lr = cosine_lr(st.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
             for group in st.w_opt.param_groups:
                 group["lr"] = lr
+            st.method.on_epoch_start(st.model, st.epoch, EpochContext(cfg.epochs, st.w_opt))
             st.model.train()
             bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress, interval=cfg.log_interval)
             while st.step_in_epoch < steps:
@@ -260,7 +276,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
             val_loss, val_acc = evaluate(st.model, data.train_x, data.train_y, st.a_idx, data.mean, data.std,
                                          cfg.eval_batch_size)
             st.wall += time.perf_counter() - t0
-            genotype = st.model.genotype()
+            genotype = st.method.genotype(st.model)
             record = {
                 "epoch": st.epoch, "lr": lr,
                 "train_loss": s[0] / max(s[2], 1), "train_acc": s[1] / max(s[2], 1),
@@ -270,6 +286,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
                 "alphas_reduce": torch.softmax(st.model.alphas_reduce.detach().double(), -1).cpu().tolist(),
                 "genotype": genotype_to_dict(genotype),
                 "epoch_seconds": time.perf_counter() - t0, "wall_seconds": st.wall,
+                **st.method.log(),
             }
             log(f"epoch {st.epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} acc "
                 f"{record['train_acc']:.3f} | valid loss {val_loss:.4f} acc {val_acc:.3f} | lr {lr:.5f}")
@@ -287,7 +304,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
             if not collapsed or not (run_dir / "genotype.json").exists():
                 save_genotype(genotype, run_dir / "genotype.json")
                 save_cell_pictures(genotype, run_dir)
-            save_search_pictures([r for r in metrics.read() if "epoch" in r], run_dir, PRIMITIVES)
+            save_search_pictures([r for r in metrics.read() if "epoch" in r], run_dir, st.model.primitives)
             save()
     history = [r for r in metrics.read() if "epoch" in r]
     from ..space.genotype import load_genotype
@@ -307,12 +324,16 @@ def too_many_skips(genotype: Genotype, limit: int | None) -> bool:
 def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> None:
     """One bilevel step (spec §3.3): the alpha step first, then the weight step with the updated alphas."""
     model, cfg = st.model, st.cfg
-    out = st.architect.step(make_loss_fn(model, x_t, y_t, criterion), make_loss_fn(model, x_v, y_v, criterion),
-                            lr, st.w_opt, st.global_step)
+    out = {}
+    if st.method.updates_alpha(st.epoch):  # method hooks (ROBUST-SPEC §5): warm-up, extra α-loss terms
+        out = st.architect.step(make_loss_fn(model, x_t, y_t, criterion),
+                                st.method.alpha_loss_fn(model, make_loss_fn(model, x_v, y_v, criterion)),
+                                lr, st.w_opt, st.global_step)
     st.w_opt.zero_grad(set_to_none=True)
-    logits = model(x_t)
-    loss = criterion(logits, y_t)
-    loss.backward()
+    with st.method.weight_step(model, x_t, y_t, criterion):  # method hook: α transform (SDARTS)
+        logits = model(x_t)
+        loss = criterion(logits, y_t)
+        loss.backward()
     for a in model.arch_parameters():  # the weight pass must not leave gradients on alpha
         a.grad = None
     norm = torch.nn.utils.clip_grad_norm_(model.weights(), cfg.grad_clip)
