@@ -70,7 +70,9 @@ class PartialMixedOp(MixedOp):
     def _wrap(self, x: torch.Tensor, mixed) -> torch.Tensor:
         xa, xb = x[:, :self.part], x[:, self.part:]
         out = mixed(xa)
-        if self.stride == 2:
+        if xb.shape[1] == 0:  # K = 1: no bypass (max_pool2d refuses empty tensors)
+            xb = xb.new_zeros(xb.shape[0], 0, *out.shape[2:])
+        elif self.stride == 2:
             xb = nn.functional.max_pool2d(xb, 2, 2)
         return channel_shuffle(torch.cat([out, xb], dim=1), self.K)
 
