@@ -158,7 +158,7 @@ SMOKE = {"darts": "", "pc-darts": "K=2,warmup_epochs=0", "darts-minus": "", "bet
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_two_steps_of_every_method_in_the_darts_space(name):
-    st = make_state(name, init_channels=8, space="darts", method_args=SMOKE[name])
+    st = make_state(name, init_channels=8, search_space="darts", method_args=SMOKE[name])
     # β-DARTS: λ_0 = 0, so take epoch 40 of 50, where the term is active.
     st.method.on_epoch_start(st.model, 40 if name == "beta-darts" else 0, EpochContext(50, st.w_opt))
     before = [a.detach().clone() for a in st.model.arch_parameters()]

@@ -95,6 +95,8 @@ def _search_parser(sub) -> None:
     _add_config_options(p, list(SearchConfig.PRESETS))
     p.add_argument("--space", choices=["cnn", "rnn"], default="cnn", help="cell type (default cnn)")
     p.add_argument("--dataset", help="cifar10 or builtin (rnn: ptb, builtin)")
+    p.add_argument("--method", help="darts (default), pc-darts, darts-minus, beta-darts, sdarts-rs, sdarts-adv, "
+                                    "drnas, gdas, darts-pt; a+b composes")
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder (or $DARTSNAS_DATA)")
     p.add_argument("--download", action="store_true", help="fetch CIFAR-10 if missing (needs internet)")
     p.add_argument("--order", type=str, help="1 (first order) or 2 (second order, unrolled)")
@@ -115,7 +117,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         return rnn_search.cli_main(args)
     from .loops.search import SearchConfig, run_search
 
-    names = ["dataset", "data_dir", "download", "order", "epochs", "batch_size", "seed", "device", "subset"]
+    names = ["dataset", "data_dir", "download", "order", "epochs", "batch_size", "seed", "device", "subset",
+             "method"]
     if not args.resume and not args.preset and not args.dataset and not args.config and not any(
             s.startswith("dataset=") for s in args.set):
         args.preset = "quick"  # no dataset named: the quick search on the built-in data

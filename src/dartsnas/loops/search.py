@@ -24,6 +24,7 @@ from ..config import ConfigBase, require
 from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images, to_device
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..methods import EpochContext, build_method
+from ..methods.pt import supernet_accuracy
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from ..supernet.network import SearchNetwork
 from .common import (bilevel_state, load_bilevel_state, end_of_step, check_resume_config, CHECKPOINT, set_determinism, poison_batch, Metrics, Progress, StopRequest, default_run_dir, prepare_run_dir,
@@ -77,10 +78,10 @@ class SearchConfig(ConfigBase):
     # edges and keep the last cell within the limit (an early-stopping rule in the spirit of DARTS+; off by
     # default, as in the paper).
     max_skip_normal: int | None = None
-    # The search method (ROBUST-SPEC §5; dartsnas.methods): a registry name ("a+b" composes), its space
-    # (None: the method's default) and hyper-parameter overrides "key=value,...".
+    # The search method (ROBUST-SPEC §5; dartsnas.methods): a registry name ("a+b" composes), its operation
+    # space ("darts" or "darts-7"; None: the method's default) and hyper-parameter overrides "key=value,...".
     method: str = "darts"
-    space: str | None = None
+    search_space: str | None = None
     method_args: str = ""
 
     HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph"}
@@ -112,7 +113,7 @@ class SearchConfig(ConfigBase):
                 f"max_skip_normal: must be in 0..{2 * self.num_nodes}, got {self.max_skip_normal}")
         require(p, self.lr_min <= self.lr, f"lr_min: {self.lr_min} exceeds lr {self.lr}")
         try:
-            build_method(self.method, self.space, self.method_args, self.epochs)
+            build_method(self.method, self.search_space, self.method_args, self.epochs)
         except ConfigError as e:
             p += e.problems
         for name in ("momentum", "arch_beta1", "arch_beta2"):
@@ -150,7 +151,7 @@ class _State:
         if cfg.subset is not None:
             w_idx, a_idx = w_idx[:cfg.subset], a_idx[:cfg.subset]
         self.w_idx, self.a_idx = w_idx.to(device), a_idx.to(device)
-        self.method = build_method(cfg.method, cfg.space, cfg.method_args, cfg.epochs)
+        self.method = build_method(cfg.method, cfg.search_space, cfg.method_args, cfg.epochs)
         self.model = SearchNetwork(cfg.init_channels, data.num_classes, cfg.layers, cfg.num_nodes,
                                    stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops,
                                    **self.method.network_options()).to(device)
@@ -249,10 +250,14 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
     with StopRequest() as stop:
         while st.epoch < cfg.epochs and not st.stopped_early:
             t0 = time.perf_counter()
-            lr = cosine_lr(st.epoch, cfg.epochs, cfg.lr, cfg.lr_min)
+            # Method epoch hook (ROBUST-SPEC §5): schedules, warm-up, pruning, DARTS-PT projections; it may
+            # shorten the cosine's horizon (ctx.epochs) or set the epoch's learning rate (ctx.lr).
+            ctx = EpochContext(cfg.epochs, st.w_opt, accuracy=lambda: supernet_accuracy(
+                st.model, data.train_x, data.train_y, st.a_idx, data.mean, data.std, cfg.eval_batch_size))
+            st.method.on_epoch_start(st.model, st.epoch, ctx)
+            lr = ctx.lr if ctx.lr is not None else cosine_lr(st.epoch, ctx.epochs, cfg.lr, cfg.lr_min)
             for group in st.w_opt.param_groups:
                 group["lr"] = lr
-            st.method.on_epoch_start(st.model, st.epoch, EpochContext(cfg.epochs, st.w_opt))
             st.model.train()
             bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress, interval=cfg.log_interval)
             while st.step_in_epoch < steps:

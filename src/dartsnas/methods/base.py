@@ -54,17 +54,23 @@ LossFn = Callable[[dict[str, Tensor] | None], Tensor]
 
 
 class EpochContext:
-    """What an epoch hook may use besides the model: the epoch count, the weight optimiser, an accuracy probe.
+    """What an epoch hook may use besides the model.
 
+    ``epochs``: the run's epoch count as the loop knows it; ``Method.on_epoch_start`` keeps it in
+    ``total_epochs`` and sets ``epochs`` to the supernet phase (total minus the components' extra epochs,
+    DARTS-PT's tuning), which the schedules (β_e, ε_e, τ) run over. ``lr``: the weight learning rate of the
+    epoch, which a hook may change (DARTS-PT's tuning); the loop applies it after the hooks.
     ``accuracy()`` (DARTS-PT) returns the supernet's accuracy on the validation half, training-mode BN and
     no gradients; the loop supplies it.
     """
 
     def __init__(self, epochs: int, weight_optimizer: torch.optim.Optimizer | None = None,
-                 accuracy: Callable[[], float] | None = None):
+                 accuracy: Callable[[], float] | None = None, lr: float | None = None):
         self.epochs = epochs
+        self.total_epochs = epochs
         self.weight_optimizer = weight_optimizer
         self.accuracy = accuracy
+        self.lr = lr
 
 
 class Component:
@@ -78,6 +84,10 @@ class Component:
 
     def attach(self, model) -> None:
         pass
+
+    def extra_epochs(self) -> int:
+        """Epochs this component adds after the supernet phase (DARTS-PT's tuning)."""
+        return 0
 
     def transform_weights(self, weights: list[Tensor]) -> list[Tensor]:
         return weights
@@ -161,6 +171,11 @@ class Method:
 
     def on_epoch_start(self, model, epoch: int, ctx: EpochContext) -> None:
         self.epoch = epoch
+        ctx.total_epochs = ctx.epochs
+        ctx.epochs = ctx.total_epochs - sum(c.extra_epochs() for c in self.components)
+        if ctx.epochs < 1:
+            raise ConfigError(f"epochs: {self.name} needs more than {ctx.total_epochs - ctx.epochs} epochs "
+                              f"(its extra phase), got {ctx.total_epochs}")
         for c in self.components:
             c.on_epoch_start(model, epoch, ctx)
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from ..config import ConfigBase, require
 from ..errors import ConfigError
 from .base import SPACES, Component, Method
+from .pt import PerturbationSelection
 from .variants import (
     AuxSkip,
     BetaDecay,
@@ -127,6 +128,27 @@ class GDASParams(MethodParams):
         return p
 
 
+@dataclass(kw_only=True)
+class PTParams(MethodParams):
+    default_space: ClassVar[str] = "darts-7"
+    tune_epochs: int | None = None   # None: 5 per projection + 1 (86 in the DARTS space; NB201: 25)
+    interval: int = 5
+    tune_lr: float = 0.0025
+    tune_lr_min: float = 0.001
+    cosine: bool = True              # NB201: constant
+    topology: bool = True            # DARTS space: two inputs per node; NB201: none
+    seed: int | None = None          # edge/node order; None: drawn from the run's seed
+
+    def check(self) -> list[str]:
+        p: list[str] = []
+        require(p, self.tune_epochs is None or self.tune_epochs >= 1,
+                f"tune_epochs: must be positive, got {self.tune_epochs}")
+        require(p, self.interval >= 1, f"interval: must be positive, got {self.interval}")
+        require(p, 0 < self.tune_lr_min <= self.tune_lr,
+                f"tune_lr_min/tune_lr: need 0 < {self.tune_lr_min} <= {self.tune_lr}")
+        return p
+
+
 @dataclass
 class Entry:
     params: type[MethodParams]
@@ -145,6 +167,8 @@ REGISTRY: dict[str, Entry] = {
                    + [DirichletMixing(p.reg, p.reg_scale, p.prune_epoch, p.prune_keep)]),
     "gdas": Entry(GDASParams, lambda p: [GumbelHard(p.tau_max, p.tau_min)]),
     "blank": Entry(DartsParams, lambda p: [Blank()]),
+    "darts-pt": Entry(PTParams, lambda p: [PerturbationSelection(p.tune_epochs, p.interval, p.tune_lr, p.tune_lr_min,
+                                                                 p.cosine, p.topology, p.seed)]),
 }
 
 # Search protocols in the DARTS space (ROBUST-SPEC §3), as SearchConfig overrides.
@@ -158,6 +182,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "drnas": {"epochs": 50, "lr": 0.1, "lr_min": 0.0, "arch_lr": 6e-4},
     "gdas": {"epochs": 250},
     "blank": {},
+    "darts-pt": {"epochs": 50 + 86},  # 50 supernet epochs, then 86 tuning epochs with 18 projections
 }
 
 

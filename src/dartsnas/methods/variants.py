@@ -61,7 +61,7 @@ class AuxSkip(Component):
         model.set_hooks(aux_weight=self.beta)
 
     def on_epoch_start(self, model, epoch: int, ctx: EpochContext) -> None:
-        self.beta = darts_minus_beta(epoch, ctx.epochs, self.schedule)
+        self.beta = darts_minus_beta(min(epoch, ctx.epochs - 1), ctx.epochs, self.schedule)  # held after the search
         model.set_hooks(aux_weight=self.beta)
 
     def log(self) -> dict[str, Any]:
@@ -140,7 +140,7 @@ class Perturb(Component):
         self.last_losses: tuple[float, float] | None = None  # ADV: (unperturbed, final), for tests and logs
 
     def on_epoch_start(self, model, epoch: int, ctx: EpochContext) -> None:
-        self.eps = sdarts_epsilon(epoch, ctx.epochs, self.eps_min, self.eps_max)
+        self.eps = sdarts_epsilon(min(epoch, ctx.epochs - 1), ctx.epochs, self.eps_min, self.eps_max)
 
     def log(self) -> dict[str, Any]:
         return {"epsilon": self.eps}
@@ -302,7 +302,7 @@ class GumbelHard(Component):
         model.set_hooks(sampled_only=True)
 
     def on_epoch_start(self, model, epoch: int, ctx: EpochContext) -> None:
-        self.tau = gdas_tau(epoch, ctx.epochs, self.tau_max, self.tau_min)
+        self.tau = gdas_tau(min(epoch, ctx.epochs - 1), ctx.epochs, self.tau_max, self.tau_min)
 
     def log(self) -> dict[str, Any]:
         return {"tau": self.tau}
