@@ -357,3 +357,19 @@ def test_gdas_runs_only_the_sampled_op():
     for h in hooks:
         h.remove()
     assert len(calls) <= 1  # one op, or none when `none` was drawn
+
+
+def test_gdas_edge_value_and_gradient():
+    """Value: the sampled op's output alone; gradient: the op's weight gets ⟨g, op(x)⟩, the others Σ g."""
+    torch.manual_seed(0)
+    op = MixedOp(4, 1)
+    x = torch.randn(2, 4, 6, 6)
+    w = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], requires_grad=True)  # sep_conv_3x3
+    out = op.forward_sampled(x, w)
+    ref = op._ops[op.columns.index(4)](x)
+    assert torch.equal(out, ref)
+    g = torch.randn_like(out)
+    out.backward(g)
+    assert w.grad[4].item() == pytest.approx((g * ref).sum().item(), rel=1e-5)
+    others = [w.grad[k].item() for k in range(8) if k != 4]
+    assert others == pytest.approx([g.sum().item()] * 7, rel=1e-5)

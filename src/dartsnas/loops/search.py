@@ -203,6 +203,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
                log=print, data: ImageData | None = None) -> SearchResult:
     """Run (or continue) a search; writes config, metrics, checkpoints, genotype and pictures to ``run_dir``."""
     from ..plot import save_cell_pictures, save_search_pictures
+
     run_dir = prepare_run_dir(run_dir or default_run_dir("search"), resume, log)
     ck = None
     if resume:
@@ -388,6 +389,15 @@ def derive_from_run(run_dir: str | Path) -> Genotype:
     try:
         cfg = SearchConfig.from_dict(ck["config"])
         model = ck["model"]
-        return derive_genotype(model["alphas_normal"], model["alphas_reduce"], cfg.num_nodes)
-    except (KeyError, ConfigError) as e:
+        method = build_method(cfg.method, cfg.search_space, cfg.method_args)
+        if method.plain:
+            return derive_genotype(model["alphas_normal"], model["alphas_reduce"], cfg.num_nodes)
+        # A method's selection may need its supernet and state (edge β, pruning masks, PT decisions).
+        net = SearchNetwork(cfg.init_channels, model["classifier.weight"].shape[0], cfg.layers, cfg.num_nodes,
+                            stem_multiplier=cfg.stem_multiplier, **method.network_options())
+        net.load_state_dict(model)
+        method.attach(net)
+        method.load_state_dict(ck["method"])
+        return method.genotype(net)
+    except (KeyError, ConfigError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"holds no alphas or config ({e})", str(path)) from None

@@ -43,13 +43,13 @@ class MixedOp(nn.Module):
     def forward_sampled(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """GDAS (ROBUST-SPEC §3.7): ``weights`` is a (straight-through) one-hot row; only its op runs.
 
-        The chosen weight (value 1, gradient through the straight-through estimator) multiplies the op's
-        output, so α receives a gradient although a single op is evaluated.
+        The chosen weight (value 1) multiplies the op's output; the other weights (value exactly 0) are added
+        as scalars, as the reference release does, so that every weight, and through the straight-through
+        estimator every α of the row, receives a gradient although a single op is evaluated.
         """
         k = int(weights.detach().argmax())
-        if k in self.columns:
-            return weights[k] * self._ops[self.columns.index(k)](x)
-        return weights[k] * Zero(self.stride)(x)  # `none` was sampled
+        op = self._ops[self.columns.index(k)] if k in self.columns else Zero(self.stride)  # `none` was sampled
+        return weights[k] * op(x) + torch.cat([weights[:k], weights[k + 1:]]).sum()
 
 
 class PartialMixedOp(MixedOp):
