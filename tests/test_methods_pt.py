@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from dartsnas.methods import EpochContext, build_method
-from dartsnas.methods.pt import PerturbationSelection, default_tune_epochs, projection_epochs, tuning_lr
+from dartsnas.methods.pt import (
+    PerturbationSelection,
+    default_tune_epochs,
+    projection_epochs,
+    tuning_lr,
+)
 from dartsnas.supernet.network import SearchNetwork
 
 torch.set_num_threads(1)

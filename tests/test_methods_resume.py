@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import run_cli
-from dartsnas.checkpoint import load_checkpoint
 from test_search import _metrics
+
+from dartsnas.checkpoint import load_checkpoint
 
 TINY = ["--preset", "tiny", "--no-progress", "--set", "epochs=3"]
 CASES = {

@@ -7,15 +7,25 @@ import math
 
 import pytest
 import torch
+from test_methods import batches, make_state
 
 from dartsnas.methods import EpochContext, build_method
-from dartsnas.methods.variants import (beta_decay_lambda, beta_decay_regulariser, darts_minus_beta,
-                                       dirichlet_concentration, dirichlet_kl, dirichlet_mixing, gdas_tau,
-                                       gumbel_hard, project_simplex, sdarts_epsilon, uniform_perturbation)
+from dartsnas.methods.variants import (
+    beta_decay_lambda,
+    beta_decay_regulariser,
+    darts_minus_beta,
+    dirichlet_concentration,
+    dirichlet_kl,
+    dirichlet_mixing,
+    gdas_tau,
+    gumbel_hard,
+    project_simplex,
+    sdarts_epsilon,
+    uniform_perturbation,
+)
 from dartsnas.space.derive import derive_genotype
 from dartsnas.supernet.mixed import MixedOp, PartialMixedOp, channel_shuffle
 from dartsnas.supernet.network import SearchNetwork
-from test_methods import batches, make_state
 
 torch.set_num_threads(1)
 
@@ -283,7 +293,7 @@ def test_dirichlet_kl_against_the_closed_form():
     a = torch.tensor([[0.5, -0.3, 1.2]], dtype=torch.float64)
     c = (torch.nn.functional.elu(a) + 1)[0].tolist()
     c0 = sum(c)
-    dig = lambda v: torch.digamma(torch.tensor(v, dtype=torch.float64)).item()  # noqa: E731
+    dig = lambda v: torch.digamma(torch.tensor(v, dtype=torch.float64)).item()
     # KL(Dir(c) || Dir(1)) = lnΓ(c0) − Σ lnΓ(c_i) − lnΓ(K) + Σ (c_i − 1)(ψ(c_i) − ψ(c0))
     ref = math.lgamma(c0) - sum(math.lgamma(v) for v in c) - math.lgamma(3) + sum(
         (v - 1) * (dig(v) - dig(c0)) for v in c)
