@@ -128,6 +128,9 @@ def test_unknown_method_and_bad_arguments_are_config_errors():
         build_method("darts", space="nb301")
     with pytest.raises(ConfigError, match="method"):
         SearchConfig.build("tiny", method="nope")
+    with pytest.raises(ConfigError, match="K=4"):  # tiny: C = 4, 8, 16; C/K = 1 is odd
+        SearchConfig.build("tiny", method="pc-darts", method_args="warmup_epochs=1")
+    assert SearchConfig.build("tiny", method="pc-darts", method_args="warmup_epochs=1", init_channels=8)
 
 
 def test_default_spaces_and_arguments():

@@ -153,6 +153,15 @@ class Method:
             opts["primitives"] = self.primitives
         return opts
 
+    def check_network(self, init_channels: int, layers: int = 8) -> list[str]:
+        """Config problems of the supernet this method builds (partial channels: K must split every cell's C,
+        and C/K must be even for the stride-2 FactorizedReduce)."""
+        K = self.network_options().get("partial_channels", 1)
+        sizes = {init_channels, 2 * init_channels, 4 * init_channels} if layers >= 3 else {init_channels}
+        bad = sorted(c for c in sizes if c % K or (K > 1 and (c // K) % 2))
+        return [f"init_channels: {init_channels} does not split into K={K} partial-channel groups of an even "
+                f"size in every cell (C = {', '.join(map(str, bad))})"] if bad else []
+
     def attach(self, model) -> None:
         """Install the mixing hook (left at None for softmax without transforms, the plain path)."""
         base = next((c.base_mixing for c in self.components if c.base_mixing is not None), None)
