@@ -22,8 +22,10 @@ from dartsnas.methods.variants import (
     project_simplex,
     sdarts_epsilon,
     uniform_perturbation,
+    widen_mixed_op,
 )
 from dartsnas.space.derive import derive_genotype
+from dartsnas.space.ops import PRIMITIVES
 from dartsnas.supernet.mixed import MixedOp, PartialMixedOp, channel_shuffle
 from dartsnas.supernet.network import SearchNetwork
 
@@ -383,3 +385,72 @@ def test_gdas_edge_value_and_gradient():
     assert w.grad[4].item() == pytest.approx((g * ref).sum().item(), rel=1e-5)
     others = [w.grad[k].item() for k in range(8) if k != 4]
     assert others == pytest.approx([g.sum().item()] * 7, rel=1e-5)
+
+
+def test_widening_copies_channels_with_their_statistics_and_momentum():
+    torch.manual_seed(0)
+    op = PartialMixedOp(16, 2, K=4)  # 4 channels through the ops, stride 2 (FactorizedReduce halves of 2)
+    with torch.no_grad():  # give the BN statistics distinct values
+        for m in op.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2)
+    momentum = {p: torch.randn_like(p) for p in op.parameters()}
+    new, maps, new_mom = widen_mixed_op(op, 2, PRIMITIVES, torch.Generator().manual_seed(3), momentum)
+    assert new.part == 8 and new.K == 2 and set(maps) == {4, 2}
+    assert torch.equal(maps[4][:4], torch.arange(4)) and len(maps[4]) == 8 and len(maps[2]) == 4
+    checked = 0
+    for (name, m_old), m_new in zip(op.named_modules(), new.modules()):
+        if isinstance(m_old, torch.nn.Conv2d):
+            out_map = maps[m_old.weight.shape[0]]
+            for c in range(m_new.weight.shape[0]):
+                w_new, w_old = m_new.weight[c], m_old.weight[out_map[c]]
+                if m_old.groups == 1:
+                    w_old = w_old[maps[m_old.weight.shape[1]]]
+                assert torch.equal(w_new, w_old), (name, c)
+                mo = new_mom[m_new.weight][c]
+                mr = momentum[m_old.weight][out_map[c]]
+                assert torch.equal(mo, mr if m_old.groups > 1 else mr[maps[m_old.weight.shape[1]]])
+                checked += 1
+        elif isinstance(m_old, torch.nn.BatchNorm2d):
+            cmap = maps[m_old.num_features]
+            assert torch.equal(m_new.running_mean, m_old.running_mean[cmap]), name
+            assert torch.equal(m_new.running_var, m_old.running_var[cmap]), name
+            checked += 1
+    assert checked > 50
+    x, w = torch.randn(2, 16, 8, 8), torch.softmax(torch.randn(8), 0)
+    assert new(x, w).shape == (2, 16, 4, 4)
+
+
+def test_progressive_drnas_prunes_widens_and_keeps_training():
+    m = build_method("drnas", args="partial_channels=4,prune_epoch=1,prune_keep=3,widen_to=2")
+    torch.manual_seed(0)
+    net = SearchNetwork(8, 10, 3, 2, **m.network_options())
+    m.attach(net)
+    opt = torch.optim.SGD(net.weights(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([1, 2, 3, 4])
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+    n0 = sum(p.numel() for p in net.weights())
+    m.on_epoch_start(net, 1, EpochContext(2, opt))
+    assert all(op.K == 2 for c in net.cells for op in c._ops)
+    assert sum(p.numel() for p in net.weights()) > n0
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in net.weights()}
+    assert all("momentum_buffer" in opt.state[p] for p in net.weights() if p.dim() == 4)
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+    for w in net.mixing_weights():
+        assert ((w > 0).sum(-1) == 3).all()
+    # resume: a fresh network rebuilt from the method state takes the widened state_dict
+    state = copy.deepcopy(m.state_dict())
+    m2 = build_method("drnas", args="partial_channels=4,prune_epoch=1,prune_keep=3,widen_to=2")
+    torch.manual_seed(0)
+    net2 = SearchNetwork(8, 10, 3, 2, **m2.network_options())
+    m2.attach(net2)
+    opt2 = torch.optim.SGD(net2.weights(), lr=0.1, momentum=0.9)
+    m2.load_state_dict(state)
+    m2.restore(net2, opt2)
+    net2.load_state_dict(net.state_dict())
+    opt2.load_state_dict(opt.state_dict())
+    assert {id(p) for g in opt2.param_groups for p in g["params"]} == {id(p) for p in net2.weights()}

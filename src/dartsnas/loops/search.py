@@ -183,13 +183,14 @@ class _State:
 
     def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
         try:
+            if "method" in ck:  # first: the method may rebuild structure (DrNAS widening) before the weights load
+                self.method.load_state_dict(ck["method"])
+                self.method.restore(self.model, self.w_opt)
             load_bilevel_state(self, ck)
             self.train_stream.load_state_dict(ck["train_stream"])
             self.val_stream.load_state_dict(ck["val_stream"])
             self.stopped_early = bool(ck.get("stopped_early", False))
             restore_rng(ck["rng"], {"augment": self.aug_gen})
-            if "method" in ck:
-                self.method.load_state_dict(ck["method"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"does not match this search ({type(e).__name__}: {str(e)[:200]})", str(path)) from None
 
@@ -396,9 +397,10 @@ def derive_from_run(run_dir: str | Path) -> Genotype:
         # A method's selection may need its supernet and state (edge β, pruning masks, PT decisions).
         net = SearchNetwork(cfg.init_channels, model["classifier.weight"].shape[0], cfg.layers, cfg.num_nodes,
                             stem_multiplier=cfg.stem_multiplier, **method.network_options())
-        net.load_state_dict(model)
         method.attach(net)
         method.load_state_dict(ck["method"])
+        method.restore(net, None)
+        net.load_state_dict(model)
         return method.genotype(net)
     except (KeyError, ConfigError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"holds no alphas or config ({e})", str(path)) from None

@@ -89,6 +89,10 @@ class Component:
         """Epochs this component adds after the supernet phase (DARTS-PT's tuning)."""
         return 0
 
+    def restore(self, model, weight_optimizer) -> None:
+        """On resume, after ``load_state_dict`` and before the network's own state is loaded: rebuild any
+        structure the method changed (DrNAS's widening), swapping the optimiser's parameters alike."""
+
     def transform_weights(self, weights: list[Tensor]) -> list[Tensor]:
         return weights
 
@@ -156,11 +160,16 @@ class Method:
     def check_network(self, init_channels: int, layers: int = 8) -> list[str]:
         """Config problems of the supernet this method builds (partial channels: K must split every cell's C,
         and C/K must be even for the stride-2 FactorizedReduce)."""
-        K = self.network_options().get("partial_channels", 1)
         sizes = {init_channels, 2 * init_channels, 4 * init_channels} if layers >= 3 else {init_channels}
-        bad = sorted(c for c in sizes if c % K or (K > 1 and (c // K) % 2))
-        return [f"init_channels: {init_channels} does not split into K={K} partial-channel groups of an even "
-                f"size in every cell (C = {', '.join(map(str, bad))})"] if bad else []
+        ks = {self.network_options().get("partial_channels", 1)}
+        ks |= {c.widen_to for c in self.components if getattr(c, "widen_to", None)}  # DrNAS's second stage
+        problems = []
+        for K in sorted(ks):
+            bad = sorted(c for c in sizes if c % K or (K > 1 and (c // K) % 2))
+            if bad:
+                problems.append(f"init_channels: {init_channels} does not split into K={K} partial-channel groups "
+                                f"of an even size in every cell (C = {', '.join(map(str, bad))})")
+        return problems
 
     def attach(self, model) -> None:
         """Install the mixing hook (left at None for softmax without transforms, the plain path)."""
@@ -225,6 +234,10 @@ class Method:
         for c in self.components:
             out.update(c.log())
         return out
+
+    def restore(self, model, weight_optimizer) -> None:
+        for c in self.components:
+            c.restore(model, weight_optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "space": self.space, "components": [c.state_dict() for c in self.components]}

@@ -107,6 +107,7 @@ class DrNASParams(MethodParams):
     partial_channels: int = 1
     prune_epoch: int | None = None
     prune_keep: int = 4
+    widen_to: int | None = None  # progressive: K after pruning (paper, DARTS space: 6 -> 4; NB201: 4 -> 2)
 
     def check(self) -> list[str]:
         p: list[str] = []
@@ -114,6 +115,10 @@ class DrNASParams(MethodParams):
         require(p, self.reg_scale >= 0, f"reg_scale: must be non-negative, got {self.reg_scale}")
         require(p, self.partial_channels >= 1, f"partial_channels: must be positive, got {self.partial_channels}")
         require(p, self.prune_keep >= 1, f"prune_keep: must be positive, got {self.prune_keep}")
+        require(p, self.widen_to is None
+                or (self.prune_epoch is not None and 1 <= self.widen_to < self.partial_channels),
+                f"widen_to: needs prune_epoch and 1 <= widen_to < partial_channels ({self.partial_channels}), "
+                f"got {self.widen_to}")
         return p
 
 
@@ -164,7 +169,7 @@ REGISTRY: dict[str, Entry] = {
     "sdarts-adv": Entry(SDartsParams, lambda p: [Perturb(True, p.eps_min, p.eps_max, p.attack_steps)]),
     "drnas": Entry(DrNASParams, lambda p: ([PartialChannels(p.partial_channels, 0, False)]
                                            if p.partial_channels > 1 else [])
-                   + [DirichletMixing(p.reg, p.reg_scale, p.prune_epoch, p.prune_keep)]),
+                   + [DirichletMixing(p.reg, p.reg_scale, p.prune_epoch, p.prune_keep, p.widen_to)]),
     "gdas": Entry(GDASParams, lambda p: [GumbelHard(p.tau_max, p.tau_min)]),
     "blank": Entry(DartsParams, lambda p: [Blank()]),
     "darts-pt": Entry(PTParams, lambda p: [PerturbationSelection(p.tune_epochs, p.interval, p.tune_lr, p.tune_lr_min,

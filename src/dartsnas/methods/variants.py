@@ -211,21 +211,91 @@ def dirichlet_kl(alphas: Sequence[Tensor]) -> Tensor:
     return total
 
 
+def _channel_map(old: int, new: int, generator: torch.Generator | None) -> Tensor:
+    """Keep the ``old`` channels in place and fill the rest with copies of randomly chosen existing ones."""
+    return torch.cat([torch.arange(old), torch.randint(old, (new - old,), generator=generator)])
+
+
+def _widen(t: Tensor, dims: Sequence[int], maps: dict[int, Tensor]) -> Tensor:
+    for d in dims:
+        t = t.index_select(d, maps[t.shape[d]].to(t.device))
+    return t
+
+
+def widen_mixed_op(op, new_K: int, primitives: tuple[str, ...], generator: torch.Generator | None = None,
+                   momentum: dict[Tensor, Tensor] | None = None):
+    """A ``PartialMixedOp`` rebuilt for C/new_K channels, each new channel a copy of an existing one.
+
+    Conv weights are copied along their output channels and, unless depthwise, their input channels; BN
+    running statistics along their channels; ``momentum`` (parameter -> SGD momentum buffer) likewise. One
+    map per channel count (C/K, and C/(2K) for the halves of FactorizedReduce), so a channel keeps one source
+    across all tensors. Returns ``(new_op, maps, new_momentum)``.
+    """
+    from torch import nn
+
+    from ..supernet.mixed import PartialMixedOp
+
+    C, old = op.part * op.K, op.part
+    new_op = PartialMixedOp(C, op.stride, primitives, new_K)
+    ref = next(op.parameters())
+    new_op.to(device=ref.device, dtype=ref.dtype).train(op.training)
+    new = new_op.part
+    maps = {old: _channel_map(old, new, generator)}
+    if old % 2 == 0:
+        maps[old // 2] = _channel_map(old // 2, new // 2, generator)
+    new_momentum: dict[Tensor, Tensor] = {}
+    with torch.no_grad():
+        for m_old, m_new in zip(op.modules(), new_op.modules()):
+            if isinstance(m_old, nn.Conv2d):
+                dims = (0,) if m_old.groups > 1 else (0, 1)
+                m_new.weight.copy_(_widen(m_old.weight, dims, maps))
+                if momentum is not None and m_old.weight in momentum:
+                    new_momentum[m_new.weight] = _widen(momentum[m_old.weight], dims, maps)
+            elif isinstance(m_old, nn.BatchNorm2d):
+                m_new.running_mean.copy_(_widen(m_old.running_mean, (0,), maps))
+                m_new.running_var.copy_(_widen(m_old.running_var, (0,), maps))
+                m_new.num_batches_tracked.copy_(m_old.num_batches_tracked)
+    return new_op, maps, new_momentum
+
+
+def widen_partial_channels(model, optimizer: torch.optim.Optimizer | None, new_K: int,
+                           generator: torch.Generator | None = None) -> None:
+    """Progressive DrNAS: every partial mixed op of ``model`` goes to K = ``new_K``; the weight optimiser keeps
+    its state (momentum buffers copied channel by channel) and its learning rate."""
+    for cell in model.cells:
+        for e, op in enumerate(cell._ops):
+            momentum = None
+            if optimizer is not None:
+                momentum = {p: optimizer.state[p]["momentum_buffer"] for p in op.parameters()
+                            if p in optimizer.state and optimizer.state[p].get("momentum_buffer") is not None}
+            new_op, _, new_momentum = widen_mixed_op(op, new_K, model.primitives, generator, momentum)
+            if optimizer is not None:
+                swap = dict(zip(map(id, op.parameters()), new_op.parameters()))
+                for group in optimizer.param_groups:
+                    group["params"] = [swap.get(id(p), p) for p in group["params"]]
+                for p in op.parameters():
+                    optimizer.state.pop(p, None)
+                for p, buf in new_momentum.items():
+                    optimizer.state[p] = {"momentum_buffer": buf}
+            cell._ops[e] = new_op
+
+
 class DirichletMixing(Component):
     """Dirichlet samples as mixing weights in both steps; "kl" adds reg_scale·KL to the α loss.
 
-    ``prune_epoch``: at the start of that epoch each edge keeps its ``prune_keep`` strongest ops by α; pruned
-    ops get weight exactly 0 and the sample is renormalised over the survivors (progressive DrNAS, without
-    the channel widening).
+    Progressive DrNAS: at the start of epoch ``prune_epoch`` each edge keeps its ``prune_keep`` strongest ops by
+    α (pruned ops get weight exactly 0, the sample renormalised over the survivors) and, with ``widen_to``, the
+    partial mixed ops are widened to K = ``widen_to`` by channel copies (``widen_partial_channels``).
     """
 
     base_mixing = staticmethod(dirichlet_mixing)
 
     def __init__(self, reg: str = "l2", reg_scale: float = 1e-3, prune_epoch: int | None = None,
-                 prune_keep: int = 4):
+                 prune_keep: int = 4, widen_to: int | None = None):
         self.reg, self.reg_scale = reg, reg_scale
-        self.prune_epoch, self.prune_keep = prune_epoch, prune_keep
+        self.prune_epoch, self.prune_keep, self.widen_to = prune_epoch, prune_keep, widen_to
         self.masks: list[Tensor] | None = None
+        self.widened = False
 
     def alpha_loss(self, model) -> Tensor | None:
         if self.reg != "kl":
@@ -240,7 +310,7 @@ class DirichletMixing(Component):
             return weights
         out = []
         for w, m in zip(weights, self.masks):
-            w = w * m.to(w.dtype)
+            w = w * m.to(device=w.device, dtype=w.dtype)
             out.append(w / w.sum(-1, keepdim=True))
         return out
 
@@ -254,21 +324,29 @@ class DirichletMixing(Component):
     def on_epoch_start(self, model, epoch: int, ctx: EpochContext) -> None:
         if self.prune_epoch is not None and epoch >= self.prune_epoch and self.masks is None:
             self.prune(model)
+            if self.widen_to is not None and not self.widened:
+                widen_partial_channels(model, ctx.weight_optimizer, self.widen_to)
+                self.widened = True
+
+    def restore(self, model, weight_optimizer) -> None:
+        if self.widened:  # rebuild the widened structure; the checkpoint then fills in every value
+            widen_partial_channels(model, weight_optimizer, self.widen_to, torch.Generator().manual_seed(0))
 
     def select(self, model):
         if self.masks is None:
             return None
         # Argmax of softmax(α) over the surviving ops (pruned ops are out of the race).
         from ..supernet.network import derive_scaled_genotype
-        an, ar = (a.detach().masked_fill(~m, float("-inf")) for a, m in zip(model.alphas(), self.masks))
+        an, ar = (a.detach().masked_fill(~m.to(a.device), float("-inf")) for a, m in zip(model.alphas(), self.masks))
         return derive_scaled_genotype(an, ar, model.num_nodes, model.primitives)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": None if self.masks is None else [m.cpu() for m in self.masks]}
+        return {"masks": None if self.masks is None else [m.cpu() for m in self.masks], "widened": self.widened}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         masks = state.get("masks")
         self.masks = None if masks is None else [torch.as_tensor(m, dtype=torch.bool) for m in masks]
+        self.widened = bool(state.get("widened", False))
 
 
 # ----------------------------------------------------------------------------------------- GDAS §3.7
