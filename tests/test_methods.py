@@ -178,3 +178,35 @@ def test_two_steps_of_every_method_in_the_darts_space(name):
     assert all(not torch.equal(b, a) for b, a in zip(before, st.model.arch_parameters()))
     g = st.method.genotype(st.model)
     assert len(g.normal) == 2 * st.cfg.num_nodes
+
+
+@pytest.mark.parametrize("name,args", [("pc-darts", "K=2,warmup_epochs=0"), ("darts-minus", ""), ("gdas", ""),
+                                       ("beta-darts", ""), ("drnas", "")])
+def test_fused_flag_falls_back_to_the_plain_forward_under_hooks(name, args):
+    """fused=True with a non-default construction or runtime hook computes exactly the plain forward."""
+    m = build_method(name, args=args)
+    torch.manual_seed(0)
+    plain = SearchNetwork(8, 10, 3, 2, **m.network_options())
+    m.attach(plain)
+    fused = SearchNetwork(8, 10, 3, 2, fused=True, **m.network_options())
+    m.attach(fused)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    torch.manual_seed(1)
+    a = plain(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, fused(x))
+
+
+def test_composed_sdarts_rs_with_pt_runs_end_to_end(tmp_path):
+    from dartsnas.loops.search import run_search
+
+    cfg = SearchConfig.build("tiny", epochs=5, method="sdarts-rs+darts-pt",
+                             method_args="tune_epochs=2,interval=1,seed=1", progress=False, device="cpu")
+    res = run_search(cfg, run_dir=tmp_path / "run", log=lambda *a: None)
+    assert [h["pt_projections"] for h in res.history] == [0, 0, 0, 1, 7]
+    assert all(math.isfinite(h["train_loss"]) for h in res.history)
+    # ε over the 3 supernet epochs (E = 3), then held at ε_{E-1} during the 2 tuning epochs
+    assert [h["epsilon"] for h in res.history] == pytest.approx([0.03, 0.12, 0.21, 0.21, 0.21])
+    assert [h["lr"] for h in res.history][3] == 0.0025
+    assert all(op in PRIMITIVES[1:] for op, _ in res.genotype.normal)
