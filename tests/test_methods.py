@@ -131,6 +131,9 @@ def test_unknown_method_and_bad_arguments_are_config_errors():
     with pytest.raises(ConfigError, match="K=4"):  # tiny: C = 4, 8, 16; C/K = 1 is odd
         SearchConfig.build("tiny", method="pc-darts", method_args="warmup_epochs=1")
     assert SearchConfig.build("tiny", method="pc-darts", method_args="warmup_epochs=1", init_channels=8)
+    with pytest.raises(ConfigError, match="exceed 31"):  # tiny: 5 edges + 2 nodes = 7 projections, 5·6+1 epochs
+        SearchConfig.build("tiny", method="darts-pt")
+    assert SearchConfig.build("tiny", method="darts-pt", epochs=32)
 
 
 def test_default_spaces_and_arguments():

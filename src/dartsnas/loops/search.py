@@ -113,8 +113,8 @@ class SearchConfig(ConfigBase):
                 f"max_skip_normal: must be in 0..{2 * self.num_nodes}, got {self.max_skip_normal}")
         require(p, self.lr_min <= self.lr, f"lr_min: {self.lr_min} exceeds lr {self.lr}")
         try:
-            p += build_method(self.method, self.search_space, self.method_args, self.epochs).check_network(
-                self.init_channels, self.layers)
+            p += build_method(self.method, self.search_space, self.method_args, self.epochs).check_config(
+                self.init_channels, self.layers, self.num_nodes, self.epochs)
         except ConfigError as e:
             p += e.problems
         for name in ("momentum", "arch_beta1", "arch_beta2"):

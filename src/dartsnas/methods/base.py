@@ -86,7 +86,11 @@ class Component:
         pass
 
     def extra_epochs(self) -> int:
-        """Epochs this component adds after the supernet phase (DARTS-PT's tuning)."""
+        """Epochs this component adds after the supernet phase (DARTS-PT's tuning), once attached."""
+        return 0
+
+    def planned_extra_epochs(self, num_nodes: int) -> int:
+        """``extra_epochs`` before attaching, for a DARTS-space cell of ``num_nodes`` nodes (config checks)."""
         return 0
 
     def restore(self, model, weight_optimizer) -> None:
@@ -157,9 +161,19 @@ class Method:
             opts["primitives"] = self.primitives
         return opts
 
-    def check_network(self, init_channels: int, layers: int = 8) -> list[str]:
-        """Config problems of the supernet this method builds (partial channels: K must split every cell's C,
-        and C/K must be even for the stride-2 FactorizedReduce)."""
+    def check_config(self, init_channels: int, layers: int = 8, num_nodes: int = 4,
+                     epochs: int | None = None) -> list[str]:
+        """Config problems of a DARTS-space search with this method: partial channels (K must split every
+        cell's C, and C/K must be even for the stride-2 FactorizedReduce); extra phases (DARTS-PT's tuning
+        must leave at least one supernet epoch)."""
+        problems = self._check_channels(init_channels, layers)
+        extra = sum(c.planned_extra_epochs(num_nodes) for c in self.components)
+        if epochs is not None and extra >= epochs:
+            problems.append(f"epochs: {self.name} adds {extra} epochs after the supernet phase (at {num_nodes} "
+                            f"nodes), so epochs must exceed {extra}, got {epochs}")
+        return problems
+
+    def _check_channels(self, init_channels: int, layers: int) -> list[str]:
         sizes = {init_channels, 2 * init_channels, 4 * init_channels} if layers >= 3 else {init_channels}
         ks = {self.network_options().get("partial_channels", 1)}
         ks |= {c.widen_to for c in self.components if getattr(c, "widen_to", None)}  # DrNAS's second stage

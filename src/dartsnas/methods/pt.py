@@ -74,6 +74,7 @@ class PerturbationSelection(Component):
         self.tuning_started = False
         self.num_nodes = 0
         self.shape: list[tuple[int, int]] = []
+        self.orders: list[list[int]] | None = None  # per α tensor: the random node order of the topology step
 
     # -- schedule --
 
@@ -95,6 +96,10 @@ class PerturbationSelection(Component):
 
     def extra_epochs(self) -> int:
         return self.tune_epochs()
+
+    def planned_extra_epochs(self, num_nodes: int) -> int:
+        rows = sum(range(2, 2 + num_nodes))
+        return self.tune_epochs_arg or default_tune_epochs(rows + (num_nodes if self.topology else 0), self.interval)
 
     def schedule(self) -> list[int]:
         return projection_epochs(self.n_projections(), self.tune_epochs(), self.interval)
@@ -170,9 +175,9 @@ class PerturbationSelection(Component):
         self.done += 1
 
     def node_order(self, t: int) -> list[int]:
-        if not hasattr(self, "_orders"):
-            self._orders = [torch.randperm(self.num_nodes, generator=self.gen).tolist() for _ in self.shape]
-        return self._orders[t]
+        if self.orders is None:  # drawn at the first topology projection
+            self.orders = [torch.randperm(self.num_nodes, generator=self.gen).tolist() for _ in self.shape]
+        return self.orders[t]
 
     def on_epoch_start(self, model, epoch: int, ctx: EpochContext) -> None:
         start = ctx.total_epochs - self.tune_epochs()
@@ -214,7 +219,7 @@ class PerturbationSelection(Component):
     def state_dict(self) -> dict[str, Any]:
         return {"decided": [dict(d) for d in self.decided], "removed": [sorted(r) for r in self.removed],
                 "done": self.done, "tuning_started": self.tuning_started, "gen": self.gen.get_state(),
-                "orders": getattr(self, "_orders", None)}
+                "orders": self.orders}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decided = [{int(k): int(v) for k, v in d.items()} for d in state["decided"]]
@@ -222,8 +227,7 @@ class PerturbationSelection(Component):
         self.done = int(state["done"])
         self.tuning_started = bool(state["tuning_started"])
         self.gen.set_state(state["gen"])
-        if state.get("orders") is not None:
-            self._orders = [list(o) for o in state["orders"]]
+        self.orders = None if state.get("orders") is None else [list(o) for o in state["orders"]]
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ class PartialChannels(Component):
 
     def __init__(self, K: int, warmup_epochs: int, edge_norm: bool = True):
         self.K, self.warmup_epochs, self.edge_norm = K, warmup_epochs, edge_norm
+        self.epoch: int | None = None
 
     def network_options(self) -> dict[str, Any]:
         return {"partial_channels": self.K, "edge_norm": self.edge_norm}
@@ -31,11 +32,11 @@ class PartialChannels(Component):
     def updates_alpha(self, epoch: int) -> bool:
         return epoch >= self.warmup_epochs
 
-    def log(self) -> dict[str, Any]:
-        return {"warmup": not self.updates_alpha(self._epoch)} if hasattr(self, "_epoch") else {}
-
     def on_epoch_start(self, model, epoch: int, ctx: EpochContext) -> None:
-        self._epoch = epoch
+        self.epoch = epoch
+
+    def log(self) -> dict[str, Any]:
+        return {} if self.epoch is None else {"warmup": not self.updates_alpha(self.epoch)}
 
 
 # ----------------------------------------------------------------------------------------- DARTS- §3.2
