@@ -19,8 +19,11 @@ def _search_parser(sub) -> None:
                                    "with no dataset and no --data-dir given, a quick search on the built-in data. "
                                    "--data-dir without --dataset takes the dataset the folder holds.")
     add_config_options(p, list(SearchConfig.PRESETS))
-    p.add_argument("--space", choices=["cnn", "rnn", "nb201"], default="cnn",
-                   help="cell type: cnn (the DARTS space, default), rnn, or nb201 (NAS-Bench-201)")
+    p.add_argument("--space", choices=["cnn", "darts-7", "rnn", "nb201"], default="cnn",
+                   help="cell type: cnn (the DARTS space, 8 ops, default), darts-7 (the DARTS space without none), "
+                        "rnn, or nb201 (NAS-Bench-201)")
+    p.add_argument("--method", help="darts (default), pc-darts, darts-minus, beta-darts, sdarts-rs, sdarts-adv, "
+                                    "drnas, gdas, darts-pt, blank; a+b composes (e.g. sdarts-rs+darts-pt)")
     p.add_argument("--dataset", help="cifar10 or builtin (rnn: ptb, wikitext2, builtin)")
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder (or $DARTSNAS_DATA)")
     p.add_argument("--download", action="store_true", help="fetch CIFAR-10 if missing (needs internet)")
@@ -41,10 +44,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from ..loops.search import SearchConfig, run_search
 
     apply_dataset_inference(args, "cnn", DATASETS)
-    if args.space == "nb201":
-        args.set.insert(0, "space=nb201")
+    if args.space in ("nb201", "darts-7"):
+        args.set.insert(0, f"space={args.space}")
     names = ["dataset", "data_dir", "download", "order", "epochs", "batch_size", "seed", "device", "subset",
-             "layers", "init_channels", "lr"]
+             "layers", "init_channels", "lr", "method"]
     if not args.resume and not args.preset and not named_dataset(args) and not args.config:
         args.preset = "quick"  # no dataset named: the quick search on the built-in data
     cfg = resolve_config(SearchConfig, args, names)
@@ -77,6 +80,8 @@ def _rnn_search(args: argparse.Namespace) -> int:
                               "max_steps_per_epoch=N or eval_tokens=N")
     if args.download:
         raise ConfigError("--download is for CIFAR-10; PTB and WikiText-2 are read from --data-dir")
+    if args.method not in (None, "darts"):
+        raise ConfigError(f"--method {args.method}: the robust methods search CNN cells; recurrent search is DARTS")
     apply_dataset_inference(args, "rnn", CORPORA)
     names = ["dataset", "data_dir", "order", "epochs", "batch_size", "seed", "device", "lr"]
     if not args.resume and not args.preset and not named_dataset(args) and not args.config:

@@ -23,6 +23,10 @@ from ..checkpoint import load_checkpoint, seed_everything
 from ..config import ConfigBase, require
 from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images, to_device
 from ..errors import CheckpointError, ConfigError, NonFiniteError
+from ..methods import EpochContext, Method
+from ..methods.pt import supernet_accuracy
+from ..methods import EpochContext, build_method
+from ..methods.pt import supernet_accuracy
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from . import search_hooks
 from .common import CHECKPOINT, poison_batch, resolve_device, set_determinism
@@ -79,11 +83,12 @@ class SearchConfig(ConfigBase):
     # default, as in the paper).
     max_skip_normal: int | None = None
     tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
-    # Search space and collapse diagnostics (ROBUST-SPEC §1, §2; loops/search_hooks.py). nb201_cells is N, the
+    # Search space (darts: 8 ops; darts-7: no none; nb201) and collapse diagnostics (ROBUST-SPEC §1, §2, §5;
+    # loops/search_hooks.py). nb201_cells is N, the
     # search cells per stage of the NB201 supernet; image_size downsamples the images (the CPU proxy);
     # split=nb201 takes the benchmark's CIFAR-10 split file (AutoDL); hessian logs λ_max every epoch;
     # early_stop=hessian applies DARTS-ES (§2.1).
-    space: Literal["darts", "nb201"] = "darts"
+    space: Literal["darts", "darts-7", "nb201"] = "darts"
     nb201_cells: int = 5
     image_size: int | None = None
     split: Literal["halves", "nb201"] = "halves"
@@ -91,6 +96,10 @@ class SearchConfig(ConfigBase):
     hessian: bool = False
     hessian_batch: int = 64
     early_stop: Literal["none", "hessian"] = "none"
+    # The search method (ROBUST-SPEC §5; dartsnas.methods): a registry name ("a+b" composes) and hyper-parameter
+    # overrides "key=value,...". Plain DARTS ("darts") is the method whose hooks are all identities.
+    method: str = "darts"
+    method_args: str = ""
 
     # Where the data comes from does not change the run (the dataset name does), as for the other loops.
     HARMLESS = ConfigBase.HARMLESS | {"fused_ops", "cuda_graph", "data_dir", "download", "tensorboard", "deterministic"}
@@ -124,6 +133,11 @@ class SearchConfig(ConfigBase):
                 f"max_skip_normal: must be in 0..{2 * self.num_nodes}, got {self.max_skip_normal}")
         require(p, self.lr_min <= self.lr, f"lr_min: {self.lr_min} exceeds lr {self.lr}")
         p += search_hooks.check_config(self)
+        try:
+            p += search_hooks.build_method_for(self).check_config(self.init_channels, self.layers, self.num_nodes,
+                                                                  self.epochs)
+        except ConfigError as e:
+            p += e.problems
         for name in ("momentum", "arch_beta1", "arch_beta2"):
             require(p, 0 <= getattr(self, name) < 1, f"{name}: must be in [0, 1), got {getattr(self, name)}")
         return p
@@ -147,6 +161,22 @@ def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
     return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
+class _MethodCheckpoint:
+    """The search method's checkpoint entry. It is restored before the supernet and its optimiser because a
+    method may change their structure (DrNAS's widening rebuilds operations before their weights load)."""
+
+    def __init__(self, method: Method, model: torch.nn.Module):
+        self.method, self.model = method, model
+        self.weight_optimizer: torch.optim.Optimizer | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.method.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state)
+        self.method.restore(self.model, self.weight_optimizer)
+
+
 @dataclass(init=False, eq=False)
 class _State(LoopState):
     """Everything that changes during a search (saved generically, see ``loops.state``).
@@ -155,6 +185,7 @@ class _State(LoopState):
     ``genotype()`` and ``arch_record()`` (the space's fields of the per-epoch record) plugs in.
     """
 
+    method_state: _MethodCheckpoint = saved_as("method")  # restored first: a method may rebuild the supernet
     model: torch.nn.Module
     w_opt: torch.optim.SGD = saved_as("weight_optimizer")
     a_opt: torch.optim.Adam = saved_as("arch_optimizer")
@@ -163,6 +194,7 @@ class _State(LoopState):
     aug_gen: torch.Generator = saved_as("augment")
     stopped_early: bool = False
     cfg: SearchConfig = transient()
+    method: Method = transient()
     architect: Architect = transient()
     w_idx: torch.Tensor = transient()
     a_idx: torch.Tensor = transient()
@@ -179,11 +211,15 @@ class _State(LoopState):
         if cfg.subset is not None:
             w_idx, a_idx = w_idx[:cfg.subset], a_idx[:cfg.subset]
         self.w_idx, self.a_idx = w_idx.to(device), a_idx.to(device)
+        self.method = search_hooks.build_method_for(cfg)
         if model is None:
-            model = search_hooks.build_search_model(cfg, data.num_classes)
+            model = search_hooks.build_search_model(cfg, data.num_classes, self.method)
         self.model = model.to(device)
+        self.method.attach(self.model)
+        self.method_state = _MethodCheckpoint(self.method, self.model)
         self.w_opt = torch.optim.SGD(self.model.weights(), lr=cfg.lr, momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        self.method_state.weight_optimizer = self.w_opt
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_lr,
                                       betas=(cfg.arch_beta1, cfg.arch_beta2), weight_decay=cfg.arch_weight_decay)
         self.architect = Architect(self.model, self.a_opt, order=cfg.order, weight_momentum=cfg.momentum,
@@ -218,19 +254,25 @@ class SearchTask(Task):
         self.es_genotype = None
         self.graphed = None
         if cfg.cuda_graph:
-            if device.type == "cuda":
+            if device.type == "cuda" and self.state.method.plain:
                 from .graphed import GraphedSearchStep
 
                 self.graphed = GraphedSearchStep(self.state, self.criterion)
             else:
-                log(f"note: cuda_graph needs a CUDA device; device {device} runs the eager step")
+                log(f"note: cuda_graph needs a CUDA device and plain DARTS; device {device}, method {cfg.method} "
+                    "runs the eager step")
 
     def steps_per_epoch(self) -> int:
         return self.state.train_stream.steps_per_epoch()
 
     def begin_epoch(self) -> None:
-        st = self.state
-        self.lr = cosine_lr(st.epoch, self.cfg.epochs, self.cfg.lr, self.cfg.lr_min)
+        st, cfg, d = self.state, self.cfg, self.data
+        # Method epoch hook (ROBUST-SPEC §5): schedules, warm-up, pruning, DARTS-PT projections; it may shorten
+        # the cosine's horizon (ctx.epochs) or set the epoch's learning rate (ctx.lr).
+        ctx = EpochContext(cfg.epochs, st.w_opt, accuracy=lambda: supernet_accuracy(
+            st.model, d.train_x, d.train_y, st.a_idx, d.mean, d.std, cfg.eval_batch_size))
+        st.method.on_epoch_start(st.model, st.epoch, ctx)
+        self.lr = ctx.lr if ctx.lr is not None else cosine_lr(st.epoch, ctx.epochs, cfg.lr, cfg.lr_min)
         for group in st.w_opt.param_groups:
             group["lr"] = self.lr
         st.model.train()
@@ -266,13 +308,13 @@ class SearchTask(Task):
     def end_of_epoch(self, s: dict[str, float]) -> dict[str, Any]:
         st, cfg, d = self.state, self.cfg, self.data
         val_loss, val_acc = evaluate(st.model, d.train_x, d.train_y, st.a_idx, d.mean, d.std, cfg.eval_batch_size)
-        self.genotype = st.model.genotype()
+        self.genotype = st.method.genotype(st.model)
         n = max(s["count"], 1)
         record = {
             "epoch": st.epoch, "lr": self.lr, "train_loss": s["loss"] / n, "train_acc": s["correct"] / n,
             "arch_step_val_loss": s["arch_step_val_loss"] / max(self.steps_per_epoch(), 1),
             "valid_loss": val_loss, "valid_acc": val_acc,
-            **st.model.arch_record(), "genotype": genotype_to_dict(self.genotype),
+            **st.model.arch_record(), "genotype": genotype_to_dict(self.genotype), **st.method.log(),
         }
         record.update(self.monitor.epoch_record(st.model, self.genotype))
         self.collapsed = too_many_skips(self.genotype, cfg.max_skip_normal)
@@ -373,14 +415,18 @@ def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> dict[s
     forward with the just-updated alphas, any alpha transform before it), (3) nothing else touches state.
     """
     model, cfg = st.model, st.cfg
-    # (1) alpha step on the validation batch
-    out = st.architect.step(make_loss_fn(model, x_t, y_t, criterion), make_loss_fn(model, x_v, y_v, criterion),
-                            lr, st.w_opt, st.global_step)
-    # (2) weight step on the training batch, with the alphas just updated
+    out = {}
+    # (1) alpha step on the validation batch; method hooks (ROBUST-SPEC §5): warm-up, extra α-loss terms
+    if st.method.updates_alpha(st.epoch):
+        out = st.architect.step(make_loss_fn(model, x_t, y_t, criterion),
+                                st.method.alpha_loss_fn(model, make_loss_fn(model, x_v, y_v, criterion)),
+                                lr, st.w_opt, st.global_step)
+    # (2) weight step on the training batch, with the alphas just updated; method hook: α transform (SDARTS)
     st.w_opt.zero_grad(set_to_none=True)
-    logits = model(x_t)
-    loss = criterion(logits, y_t)
-    weight_gradients(loss, model.weights())  # w.r.t. the weights only: no α gradient is computed
+    with st.method.weight_step(model, x_t, y_t, criterion):
+        logits = model(x_t)
+        loss = criterion(logits, y_t)
+        weight_gradients(loss, model.weights())  # w.r.t. the weights only: no α gradient is computed
     norm = torch.nn.utils.clip_grad_norm_(model.weights(), cfg.grad_clip)
     # One host synchronisation for both checks, still before the optimizer step touches anything.
     loss_ok, norm_ok = torch.isfinite(torch.stack([loss.detach(), norm.detach()])).tolist()
@@ -435,6 +481,15 @@ def derive_from_run(run_dir: str | Path) -> Genotype:
         model = ck["model"]
         if cfg.space == "nb201":
             return derive_nb201(model["alphas"])
-        return derive_genotype(model["alphas_normal"], model["alphas_reduce"], cfg.num_nodes)
-    except (KeyError, ConfigError) as e:
+        method = search_hooks.build_method_for(cfg)
+        if method.plain:
+            return derive_genotype(model["alphas_normal"], model["alphas_reduce"], cfg.num_nodes)
+        # A method's selection may need its supernet and state (edge β, pruning masks, PT decisions).
+        net = search_hooks.build_search_model(cfg, model["classifier.weight"].shape[0], method)
+        method.attach(net)
+        method.load_state_dict(ck["method"])
+        method.restore(net, None)
+        net.load_state_dict(model)
+        return method.genotype(net)
+    except (KeyError, ConfigError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"holds no alphas or config ({e})", str(path)) from None

@@ -27,6 +27,7 @@ from torch import nn
 from ..data.images import ImageData
 from ..diagnostics import darts_es, epoch_diagnostics, fixed_batch
 from ..errors import DartsError, DataError
+from ..methods import Method, build_method
 from ..space.genotype import genotype_from_dict
 
 SPLIT_FILE = Path("nasbench201") / "cifar10-split.json"
@@ -56,6 +57,8 @@ def check_config(cfg: Any) -> list[str]:
         p.append(f"image_size: must be in 4..64 pixels, got {cfg.image_size}")
     if cfg.hessian_batch <= 0:
         p.append(f"hessian_batch: must be positive, got {cfg.hessian_batch}")
+    if cfg.space == "nb201" and cfg.method != "darts":
+        p.append(f"method: {cfg.method} is wired for the DARTS spaces only so far; NB201 searches run plain DARTS")
     if cfg.space == "nb201" and cfg.fused_ops:
         p.append("fused_ops: the fused cell forward exists for the DARTS space only")
     if cfg.split == "nb201" and cfg.dataset != "cifar10":
@@ -63,7 +66,13 @@ def check_config(cfg: Any) -> list[str]:
     return p
 
 
-def build_search_model(cfg: Any, num_classes: int) -> nn.Module:
+def build_method_for(cfg: Any) -> Method:
+    """The config's search method (ROBUST-SPEC §5) in the config's operation space (darts or darts-7)."""
+    return build_method(cfg.method, None if cfg.space == "nb201" else cfg.space, cfg.method_args, cfg.epochs)
+
+
+def build_search_model(cfg: Any, num_classes: int, method: Method) -> nn.Module:
+    """The supernet of ``cfg.space`` with the structural options the method asks for."""
     if cfg.space == "nb201":
         from ..supernet.nb201 import NB201SearchNetwork
 
@@ -71,7 +80,7 @@ def build_search_model(cfg: Any, num_classes: int) -> nn.Module:
     from ..supernet.network import SearchNetwork
 
     return SearchNetwork(cfg.init_channels, num_classes, cfg.layers, cfg.num_nodes,
-                         stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops)
+                         stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops, **method.network_options())
 
 
 def prepare_images(cfg: Any, data: ImageData) -> ImageData:
