@@ -232,8 +232,10 @@ def test_thread_rule(monkeypatch):
     monkeypatch.setattr(threads, "cpu_cores", lambda: 16)
     assert threads.choose_threads(small=True)[0] == 1
     assert threads.choose_threads(small=False)[0] == 4
-    assert threads.choose_threads(small=False, jobs=8)[0] == 2  # each run's share of the cores
-    assert threads.choose_threads(small=False, jobs=32)[0] == 1
+    assert threads.choose_threads(small=False, jobs=4)[0] == 4  # each run's share of the cores
+    assert threads.choose_threads(small=False, jobs=8)[0] == 1  # 2 cores a run: one thread (measured)
+    monkeypatch.setattr(threads, "cpu_cores", lambda: 2)
+    assert threads.choose_threads(small=False)[0] == 1
     assert threads.choose_threads(small=True, explicit=3) == (3, "")  # the user's choice, not announced
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     assert threads.choose_threads(small=False) == (5, "")

@@ -152,7 +152,8 @@ def test_child_runs_get_the_thread_rule(tmp_path, monkeypatch):
     assert n == "1" and len(logs) == 1 and logs[0].startswith("threads: 1 per run")
     assert child_threads(True, "jobs=2") == ("1", [])  # said once per process (select, then its final stage)
     assert child_threads(False, "jobs=2")[0] == "4"
-    assert child_threads(False, "jobs=8")[0] == "2"
+    assert child_threads(False, "jobs=4")[0] == "4"
+    assert child_threads(False, "jobs=8")[0] == "1"  # 2 cores a run
     assert child_threads(False, "jobs=2", "threads=3") == ("3", [])
     monkeypatch.setenv("OMP_NUM_THREADS", "6")
     assert child_threads(True, "jobs=2") == ("6", [])

@@ -1,11 +1,12 @@
-"""The CPU intra-op thread count when the user has not chosen one (issue 12 item 1; measured in
-benchmarks/threads.py, figures in the README).
+"""The CPU intra-op thread count when the user has not chosen one (issue 12 item 1; measured with
+benchmarks/threads.py and benchmarks/search_step.py, figures in the README).
 
-Small runs (the quick and tiny presets on the built-in data) are launch-bound: more threads add
-synchronisation, and beside any other busy process they stall (the quick search on 2 cores: 59 s idle
-either way, but 195 s against 88 s with a busy process beside it). They get one thread. Larger runs
-(real datasets) gain from a few threads; they get min(cores, 4), and their share of the cores when the
-protocol runs several at once. ``OMP_NUM_THREADS`` or ``--threads`` always win.
+Small runs (the quick and tiny presets on the built-in data) get one thread: on a busy 2-core machine the
+quick search needs 25.7 CPU seconds at one thread whatever the load, while two threads used 4-15 times
+that without finishing. Larger runs (real datasets) get min(cores per run, 4) only where each run has at
+least 4 cores: on 2 cores the paper-size search step was also slower with two threads than with one
+(under load), and more threads were not measured here. The protocol divides the cores by its ``jobs``.
+``OMP_NUM_THREADS`` or ``--threads`` always win.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 
 LARGE_RUN_THREADS = 4
+MIN_CORES_FOR_MORE = 4   # below this many cores per run, one thread (measured on 2 cores)
 
 
 def cpu_cores() -> int:
@@ -37,6 +39,9 @@ def choose_threads(small: bool, explicit: int | None = None, jobs: int = 1) -> t
         return 1, ("small run on the built-in data: one thread is fastest and robust to other load; "
                    "--threads N or OMP_NUM_THREADS to change")
     share = max(1, cpu_cores() // max(1, jobs))
+    if share < MIN_CORES_FOR_MORE:
+        return 1, (f"{share} core(s) per run: one thread is faster there; --threads N or OMP_NUM_THREADS "
+                   "to change")
     n = min(share, LARGE_RUN_THREADS)
     return n, (f"min(cores available to each run = {share}, {LARGE_RUN_THREADS}); --threads N or "
                "OMP_NUM_THREADS to change")

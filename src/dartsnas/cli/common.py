@@ -45,7 +45,7 @@ def add_show_config(p: argparse.ArgumentParser) -> None:
 def add_threads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU intra-op threads (default: OMP_NUM_THREADS if set, else 1 for runs on the built-in "
-                        "data and up to 4 otherwise)")
+                        "data or with fewer than 4 cores, up to 4 otherwise)")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
