@@ -24,7 +24,12 @@ from dartsnas.methods import EpochContext, build_method
 from dartsnas.methods.pt import projection_epochs
 from dartsnas.methods.variants import BetaDecay, gumbel_hard
 from dartsnas.space.nb201 import EDGES, NB201_PRIMITIVES, NB201Genotype
-from dartsnas.supernet.nb201 import NB201MixedOp, NB201PartialMixedOp, NB201SearchCell, NB201SearchNetwork
+from dartsnas.supernet.nb201 import (
+    NB201MixedOp,
+    NB201PartialMixedOp,
+    NB201SearchCell,
+    NB201SearchNetwork,
+)
 
 torch.set_num_threads(1)
 
@@ -135,7 +140,8 @@ def test_edge_normalisation_scales_each_nodes_inputs():
     (w,) = net.mixing_weights()
     nodes = [x]
     for i in (1, 2, 3):
-        nodes.append(sum(e[r].float() * cell.edges[r](nodes[src], w[r]) for r, (to, src) in enumerate(EDGES) if to == i))
+        nodes.append(sum(e[r].float() * cell.edges[r](nodes[src], w[r])
+                         for r, (to, src) in enumerate(EDGES) if to == i))
     torch.testing.assert_close(cell(x, w, net.edge_weights()), nodes[3])
     # the genotype is the argmax per edge: a positive edge weight cannot change it
     with torch.no_grad():

@@ -82,7 +82,7 @@ def build_search_model(cfg: Any, num_classes: int, method: Method) -> nn.Module:
         opts = method.network_options()
         other = sorted(set(opts) - NB201_OPTIONS)
         if other:
-            raise ConfigError(f"method: {cfg.method} asks for {', '.join(other)}, which the NB201 supernet does not have")
+            raise ConfigError(f"method: {cfg.method} asks for {', '.join(other)}, which the NB201 supernet lacks")
         return NB201SearchNetwork(cfg.init_channels, cfg.nb201_cells, num_classes, **opts)
     from ..supernet.network import SearchNetwork
 

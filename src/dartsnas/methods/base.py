@@ -150,8 +150,8 @@ class Method:
 
     @property
     def plain(self) -> bool:
-        """True for plain DARTS in the 8-op space: the loop may then use its fast paths (CUDA graphs)."""
-        return self.space == "darts" and all(type(c) is Component for c in self.components)
+        """True for plain DARTS in the 8-op or the NB201 space: the loop may then use its fast paths (CUDA graphs)."""
+        return self.space in ("darts", "nb201") and all(type(c) is Component for c in self.components)
 
     def network_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {}
