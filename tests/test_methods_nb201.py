@@ -334,3 +334,19 @@ def test_nb201_method_resume_after_kill_is_bit_identical(method, tmp_path):
     assert json.loads(derived.stdout) == json.loads((run / "genotype.json").read_text())
     if method == "darts-pt":  # the run ended with all six edges decided, and the genotype follows them
         assert a["method"]["components"][0]["done"] == 6
+
+
+def test_diagnostics_leave_a_sampling_search_unchanged(tmp_path):
+    """λ_max runs DrNAS's forward, which draws a Dirichlet sample: the diagnostics must not shift the draws."""
+    from dartsnas.loops.search import run_search
+
+    def run(name, hessian):
+        cfg = SearchConfig.build("tiny", space="nb201", nb201_cells=1, epochs=2, subset=32, method="drnas",
+                                 hessian=hessian, hessian_batch=8, progress=False, device="cpu")
+        return run_search(cfg, tmp_path / name, log=lambda *_: None)
+
+    on, off = run("on", True), run("off", False)
+    assert "hessian_eig" in on.history[-1] and "hessian_eig" not in off.history[-1]
+    a = load_checkpoint(tmp_path / "on" / "checkpoint.pt", expect_kind="cnn-search")["model"]
+    b = load_checkpoint(tmp_path / "off" / "checkpoint.pt", expect_kind="cnn-search")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
