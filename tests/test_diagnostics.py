@@ -30,7 +30,7 @@ def _nb201():
     torch.manual_seed(0)
     net = NB201SearchNetwork(C=4, num_cells=1, num_classes=10).double()
     with torch.no_grad():
-        net.alphas.normal_(0, 0.7)
+        net.alphas_cell.normal_(0, 0.7)
     x = torch.randn(8, 3, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 10, (8,))
     return net, x, y

@@ -70,23 +70,24 @@ def test_cell_at_16_channels_holds_15552_weights():
 def test_alpha_is_kept_out_of_the_weights_and_named_weights():
     net = NB201SearchNetwork(C=4, num_cells=1)
     ids = {id(p) for p in net.weights()}
-    assert id(net.alphas) not in ids
+    assert id(net.alphas_cell) not in ids
     assert [p for _, p in net.named_weights()] == net.weights()
-    assert net.arch_parameters() == [net.alphas]
-    assert tuple(net.alphas.shape) == (6, 5)
-    assert net.alphas.abs().max() < 1e-2  # 1e-3·N(0,1)
+    assert net.arch_parameters() == [net.alphas_cell] == net.alphas()
+    assert tuple(net.alphas_cell.shape) == (6, 5)
+    assert net.alphas_cell.abs().max() < 1e-2  # 1e-3·N(0,1)
 
 
 def test_mixing_weights_are_row_softmax_and_the_hook_replaces_them():
     torch.manual_seed(0)
     net = NB201SearchNetwork(C=4, num_cells=1)
-    w = net.mixing_weights()
-    torch.testing.assert_close(w, torch.exp(net.alphas) / torch.exp(net.alphas).sum(1, keepdim=True))
+    (w,) = net.mixing_weights()
+    a = net.alphas_cell
+    torch.testing.assert_close(w, torch.exp(a) / torch.exp(a).sum(1, keepdim=True))
     seen = []
-    net.mixing_hook = lambda a: (seen.append(a) or torch.full_like(a, 0.2))
+    net.mixing = lambda alphas: (seen.append(alphas) or [torch.full_like(alphas[0], 0.2)])
     x = torch.randn(2, 3, 8, 8)
     net(x)
-    assert len(seen) == 1 and seen[0] is net.alphas  # computed once per forward, from α
+    assert len(seen) == 1 and seen[0][0] is a  # computed once per forward, from α
 
 
 # ------------------------------------------------------------------------------------------ §7 test 2

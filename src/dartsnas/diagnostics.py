@@ -193,7 +193,8 @@ def fixed_batch(images: Tensor, labels: Tensor, index: Tensor, size: int, seed: 
 def epoch_diagnostics(model: nn.Module, genotype: Any, batch: tuple[Tensor, Tensor] | None,
                       weight_decay: float, seed: int = 0) -> dict[str, Any]:
     """Record fields for ``metrics.jsonl``: λ_max (when a batch is given), entropies, counts."""
-    ent = edge_entropies(model.arch_parameters())
+    # The α matrices only: PC-DARTS's edge β (trained with α, one number per edge) has no per-edge entropy.
+    ent = edge_entropies(model.alphas() if callable(getattr(model, "alphas", None)) else model.arch_parameters())
     flat = [v for rows in ent for v in rows]
     rec: dict[str, Any] = {"alpha_entropy": ent, "mean_alpha_entropy": sum(flat) / len(flat),
                            **cell_counts(genotype)}

@@ -31,7 +31,7 @@ from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from . import search_hooks
 from .common import CHECKPOINT, poison_batch, resolve_device, set_determinism
 from .engine import Run, Task
-from .search_hooks import NB201_PRESETS
+from .search_hooks import NB201_METHOD_PRESETS, NB201_PRESETS
 from .state import LoopState, Sums, saved_as, transient
 
 KIND = "cnn-search"
@@ -113,6 +113,7 @@ class SearchConfig(ConfigBase):
         "tiny": {"dataset": "builtin", "init_channels": 4, "layers": 3, "num_nodes": 2, "epochs": 2,
                  "batch_size": 16, "subset": 64, "log_interval": 2},
         **NB201_PRESETS,
+        **NB201_METHOD_PRESETS,
     }
 
     def check(self) -> list[str]:
@@ -479,9 +480,9 @@ def derive_from_run(run_dir: str | Path) -> Genotype:
     try:
         cfg = SearchConfig.from_dict(ck["config"])
         model = ck["model"]
-        if cfg.space == "nb201":
-            return derive_nb201(model["alphas"])
         method = search_hooks.build_method_for(cfg)
+        if cfg.space == "nb201" and cfg.method == "darts":
+            return derive_nb201(model["alphas_cell"])
         if method.plain:
             return derive_genotype(model["alphas_normal"], model["alphas_reduce"], cfg.num_nodes)
         # A method's selection may need its supernet and state (edge β, pruning masks, PT decisions).

@@ -26,8 +26,8 @@ from torch import nn
 
 from ..data.images import ImageData
 from ..diagnostics import darts_es, epoch_diagnostics, fixed_batch
-from ..errors import DartsError, DataError
-from ..methods import Method, build_method
+from ..errors import ConfigError, DartsError, DataError
+from ..methods import NB201_PROTOCOLS, Method, build_method
 from ..space.genotype import genotype_from_dict
 
 SPLIT_FILE = Path("nasbench201") / "cifar10-split.json"
@@ -46,6 +46,11 @@ NB201_PRESETS: dict[str, dict[str, Any]] = {
     "nb201-proxy": {**_NB201, "epochs": 20, "weight_decay": 3e-4, "init_channels": 8, "nb201_cells": 1,
                     "image_size": 16, "subset": 6000, "log_interval": 20},
 }
+# One preset per method on NB201, ``nb201-<method>`` (notes/nbmethods.md): the method's NB201 protocol.
+NB201_METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    f"nb201-{name}": {**NB201_PRESETS[base], **over, "method": name} for name, (base, over) in NB201_PROTOCOLS.items()}
+# The supernet options a method may ask for that the NB201 supernet builds (ROBUST-SPEC §3.1, §3.2).
+NB201_OPTIONS = frozenset({"primitives", "partial_channels", "edge_norm", "aux_skip"})
 
 
 def check_config(cfg: Any) -> list[str]:
@@ -57,8 +62,6 @@ def check_config(cfg: Any) -> list[str]:
         p.append(f"image_size: must be in 4..64 pixels, got {cfg.image_size}")
     if cfg.hessian_batch <= 0:
         p.append(f"hessian_batch: must be positive, got {cfg.hessian_batch}")
-    if cfg.space == "nb201" and cfg.method != "darts":
-        p.append(f"method: {cfg.method} is wired for the DARTS spaces only so far; NB201 searches run plain DARTS")
     if cfg.space == "nb201" and cfg.fused_ops:
         p.append("fused_ops: the fused cell forward exists for the DARTS space only")
     if cfg.split == "nb201" and cfg.dataset != "cifar10":
@@ -67,8 +70,8 @@ def check_config(cfg: Any) -> list[str]:
 
 
 def build_method_for(cfg: Any) -> Method:
-    """The config's search method (ROBUST-SPEC §5) in the config's operation space (darts or darts-7)."""
-    return build_method(cfg.method, None if cfg.space == "nb201" else cfg.space, cfg.method_args, cfg.epochs)
+    """The config's search method (ROBUST-SPEC §5) in the config's space (darts, darts-7 or nb201)."""
+    return build_method(cfg.method, cfg.space, cfg.method_args, cfg.epochs)
 
 
 def build_search_model(cfg: Any, num_classes: int, method: Method) -> nn.Module:
@@ -76,7 +79,11 @@ def build_search_model(cfg: Any, num_classes: int, method: Method) -> nn.Module:
     if cfg.space == "nb201":
         from ..supernet.nb201 import NB201SearchNetwork
 
-        return NB201SearchNetwork(cfg.init_channels, cfg.nb201_cells, num_classes)
+        opts = method.network_options()
+        other = sorted(set(opts) - NB201_OPTIONS)
+        if other:
+            raise ConfigError(f"method: {cfg.method} asks for {', '.join(other)}, which the NB201 supernet lacks")
+        return NB201SearchNetwork(cfg.init_channels, cfg.nb201_cells, num_classes, **opts)
     from ..supernet.network import SearchNetwork
 
     return SearchNetwork(cfg.init_channels, num_classes, cfg.layers, cfg.num_nodes,
@@ -158,7 +165,12 @@ class SearchMonitor:
                 log(f"note: no NB201 table accuracies in the metrics ({e})")
 
     def epoch_record(self, model: nn.Module, genotype: Any) -> dict[str, Any]:
-        rec = epoch_diagnostics(model, genotype, self.batch, self.cfg.arch_weight_decay, self.cfg.seed)
+        # A sampling method's forward (DrNAS, GDAS) draws from the global generators: fork them, so that the
+        # diagnostics leave the search's random stream (and so its numbers) as they were.
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and self.batch is not None \
+            and self.batch[0].is_cuda else []
+        with torch.random.fork_rng(devices=cuda):
+            rec = epoch_diagnostics(model, genotype, self.batch, self.cfg.arch_weight_decay, self.cfg.seed)
         if self.table is not None:
             rec.update(self._table_fields(genotype))
         return rec

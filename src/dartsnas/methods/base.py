@@ -42,12 +42,15 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..space.nb201 import NB201_PRIMITIVES
 from ..space.ops import PRIMITIVES
 
-# The spaces of ROBUST-SPEC §5 that the CNN search network builds: candidate lists in α's column order.
+# The spaces of ROBUST-SPEC §5: candidate lists in α's column order. darts and darts-7 are built by the DARTS
+# ``SearchNetwork``, nb201 by ``NB201SearchNetwork``.
 SPACES: dict[str, tuple[str, ...]] = {
     "darts": PRIMITIVES,
     "darts-7": tuple(p for p in PRIMITIVES if p != "none"),
+    "nb201": NB201_PRIMITIVES,
 }
 
 LossFn = Callable[[dict[str, Tensor] | None], Tensor]
@@ -147,8 +150,8 @@ class Method:
 
     @property
     def plain(self) -> bool:
-        """True for plain DARTS in the 8-op space: the loop may then use its fast paths (CUDA graphs)."""
-        return self.space == "darts" and all(type(c) is Component for c in self.components)
+        """True for plain DARTS in the 8-op or the NB201 space: the loop may then use its fast paths (CUDA graphs)."""
+        return self.space in ("darts", "nb201") and all(type(c) is Component for c in self.components)
 
     def network_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {}
@@ -177,12 +180,14 @@ class Method:
         sizes = {init_channels, 2 * init_channels, 4 * init_channels} if layers >= 3 else {init_channels}
         ks = {self.network_options().get("partial_channels", 1)}
         ks |= {c.widen_to for c in self.components if getattr(c, "widen_to", None)}  # DrNAS's second stage
+        # DARTS spaces: the stride-2 FactorizedReduce halves C/K. NB201 (stages C, 2C, 4C) has stride 1 only.
+        even = self.space != "nb201"
         problems = []
         for K in sorted(ks):
-            bad = sorted(c for c in sizes if c % K or (K > 1 and (c // K) % 2))
+            bad = sorted(c for c in sizes if c % K or (even and K > 1 and (c // K) % 2))
             if bad:
                 problems.append(f"init_channels: {init_channels} does not split into K={K} partial-channel groups "
-                                f"of an even size in every cell (C = {', '.join(map(str, bad))})")
+                                f"{'of an even size ' if even else ''}in every cell (C = {', '.join(map(str, bad))})")
         return problems
 
     def attach(self, model) -> None:

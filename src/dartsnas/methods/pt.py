@@ -199,6 +199,17 @@ class PerturbationSelection(Component):
         return bool(self.shape) and self.done >= self.n_projections()
 
     def select(self, model):
+        if not self.topology and hasattr(model, "derive_from_alphas"):
+            # NB201 (no topology step): a decided edge keeps its op (a 2 beats any softmax value), an open one
+            # (before the last projection) follows α.
+            out = []
+            for t, a in enumerate(model.alphas()):
+                w = torch.softmax(a.detach().double(), dim=-1)
+                for row, col in self.decided[t].items():
+                    w[row] = 0.0
+                    w[row, col] = 2.0
+                out.append(w)
+            return model.derive_from_alphas(out)
         if not self.finished() or not self.topology:
             return None
         from ..space.genotype import Genotype

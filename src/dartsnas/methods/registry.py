@@ -5,8 +5,13 @@
 ``ConfigError``). Names compose with ``+`` where the papers compose them: ``sdarts-rs+darts-pt``,
 ``blank+darts-pt``.
 
+A method's hyper-parameters may have per-space defaults (``MethodParams.space_defaults``): on NB201,
+DARTS-PT tunes 25 epochs at a constant learning rate and has no topology step (§3.6). Values given in ``args``
+win over them; ``check_space`` refuses the options that do not apply to a space.
+
 ``PROTOCOLS`` holds each method's search protocol in the DARTS space as ``SearchConfig`` overrides (batch,
-learning rates, epochs), for the presets; the hooks do not depend on them.
+learning rates, epochs), for the presets; the hooks do not depend on them. ``NB201_PROTOCOLS`` does the same
+on NB201 and becomes the ``nb201-<method>`` presets (loops/search_hooks.py).
 """
 
 from __future__ import annotations
@@ -35,8 +40,13 @@ class MethodParams(ConfigBase):
     """Base of the hyper-parameter records; ``default_space`` is the space the method's paper searched."""
 
     default_space: ClassVar[str] = "darts"
+    #: per space, the defaults that differ from the fields' (applied unless given in the method's arguments)
+    space_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def check_epochs(self, epochs: int) -> list[str]:
+        return []
+
+    def check_space(self, space: str) -> list[str]:
         return []
 
 
@@ -121,6 +131,10 @@ class DrNASParams(MethodParams):
                 f"got {self.widen_to}")
         return p
 
+    def check_space(self, space: str) -> list[str]:
+        return [f"widen_to: the progressive widening is wired for the DARTS spaces only, not {space}"] \
+            if space == "nb201" and self.widen_to is not None else []
+
 
 @dataclass(kw_only=True)
 class GDASParams(MethodParams):
@@ -136,7 +150,10 @@ class GDASParams(MethodParams):
 @dataclass(kw_only=True)
 class PTParams(MethodParams):
     default_space: ClassVar[str] = "darts-7"
-    tune_epochs: int | None = None   # None: 5 per projection + 1 (86 in the DARTS space; NB201: 25)
+    # §3.6 on NB201: 25 tuning epochs (projections at 0, 5, 10, 15, 20, 24), constant lr, no topology step
+    space_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "nb201": {"tune_epochs": 25, "cosine": False, "topology": False}}
+    tune_epochs: int | None = None   # None: 5 per projection + 1 (86 in the DARTS space); NB201 default: 25
     interval: int = 5
     tune_lr: float = 0.0025
     tune_lr_min: float = 0.001
@@ -152,6 +169,10 @@ class PTParams(MethodParams):
         require(p, 0 < self.tune_lr_min <= self.tune_lr,
                 f"tune_lr_min/tune_lr: need 0 < {self.tune_lr_min} <= {self.tune_lr}")
         return p
+
+    def check_space(self, space: str) -> list[str]:
+        return ["topology: NB201 keeps every edge, so DARTS-PT has no topology step there (topology=false)"] \
+            if space == "nb201" and self.topology else []
 
 
 @dataclass
@@ -190,6 +211,20 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "darts-pt": {"epochs": 50 + 86},  # 50 supernet epochs, then 86 tuning epochs with 18 projections
 }
 
+# Search protocols on NB201 (ROBUST-SPEC §1.6, §3): the NB201 preset each method starts from and its overrides.
+# The method's NB201 hyper-parameters come from ``space_defaults``. Where no paper ran the method on NB201
+# (PC-DARTS: DrNAS quotes it; DARTS-: no release) the column is this project's choice [SPEC].
+NB201_PROTOCOLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "pc-darts": ("nb201", {}),                       # K = 4, warm-up 15, edge β; the SDARTS-family column [SPEC]
+    "darts-minus": ("nb201-autodl", {}),             # the DARTS-V1 column it is compared with: E = 50 [SPEC]
+    "beta-darts": ("nb201", {}),
+    "sdarts-rs": ("nb201", {}),
+    "sdarts-adv": ("nb201", {}),
+    "drnas": ("nb201", {}),                          # K = 1 (§3.5)
+    "gdas": ("nb201-autodl", {"epochs": 250}),       # AutoDL GDAS column (§1.6)
+    "darts-pt": ("nb201", {"epochs": 100 + 25}),     # 100 supernet epochs, then 25 tuning epochs (§3.6)
+}
+
 
 def parse_args(args: str | dict[str, Any] | None) -> dict[str, Any]:
     if args is None or args == "":
@@ -213,26 +248,28 @@ def build_method(name: str, space: str | None = None, args: str | dict[str, Any]
     if unknown:
         raise ConfigError(f"method: unknown method {unknown[0]!r}; available: {', '.join(REGISTRY)}")
     values = parse_args(args)
+    space = space or REGISTRY[parts[0]].params.default_space
+    if space not in SPACES:
+        raise ConfigError(f"space: unknown space {space!r}; available: {', '.join(SPACES)}")
     used: set[str] = set()
     components: list[Component] = []
     problems: list[str] = []
-    first_space = None
     for n in parts:
         cls = REGISTRY[n].params
         names = {f.name for f in fields(cls)}
         mine = {k: v for k, v in values.items() if k in names}
         used |= set(mine)
         params = cls.from_dict(mine, from_string=not isinstance(args, dict))
+        for k, v in cls.space_defaults.get(space, {}).items():
+            if k not in mine:
+                setattr(params, k, v)
+        problems += [f"{n}: {msg}" for msg in params.check_space(space)]
         if epochs is not None:
             problems += [f"{n}: {msg}" for msg in params.check_epochs(epochs)]
         components += REGISTRY[n].build(params)
-        first_space = first_space or cls.default_space
     extra = set(values) - used
     if extra:
         problems.append(f"method_args: {', '.join(sorted(extra))} is no hyper-parameter of {name}")
     if problems:
         raise ConfigError(problems)
-    space = space or first_space
-    if space not in SPACES:
-        raise ConfigError(f"space: unknown space {space!r}; available: {', '.join(SPACES)}")
     return Method(name, components, space)

@@ -337,9 +337,11 @@ class DirichletMixing(Component):
         if self.masks is None:
             return None
         # Argmax of softmax(α) over the surviving ops (pruned ops are out of the race).
+        masked = [a.detach().masked_fill(~m.to(a.device), float("-inf")) for a, m in zip(model.alphas(), self.masks)]
+        if hasattr(model, "derive_from_alphas"):  # NB201: argmax per edge
+            return model.derive_from_alphas(masked)
         from ..supernet.network import derive_scaled_genotype
-        an, ar = (a.detach().masked_fill(~m.to(a.device), float("-inf")) for a, m in zip(model.alphas(), self.masks))
-        return derive_scaled_genotype(an, ar, model.num_nodes, model.primitives)
+        return derive_scaled_genotype(*masked, model.num_nodes, model.primitives)
 
     def state_dict(self) -> dict[str, Any]:
         return {"masks": None if self.masks is None else [m.cpu() for m in self.masks], "widened": self.widened}
