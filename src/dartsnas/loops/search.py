@@ -25,8 +25,6 @@ from ..data.images import DATASETS, BatchStream, ImageData, augment, load_images
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..methods import EpochContext, Method
 from ..methods.pt import supernet_accuracy
-from ..methods import EpochContext, build_method
-from ..methods.pt import supernet_accuracy
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from . import search_hooks
 from .common import CHECKPOINT, poison_batch, resolve_device, set_determinism

@@ -81,6 +81,11 @@ class PerturbationSelection(Component):
     def attach(self, model) -> None:
         self.shape = [tuple(a.shape) for a in model.alphas()]
         self.num_nodes = getattr(model, "num_nodes", 0)
+        # In the DARTS spaces a cell never keeps `none` (the derivation excludes it, DARTS-SPEC §4), so it is no
+        # candidate of the projection either; on NB201 `none` is a legal operation (ROBUST-SPEC §1.4).
+        primitives = tuple(getattr(model, "primitives", ()))
+        darts_space = hasattr(model, "alphas_normal")
+        self.excluded = {primitives.index("none")} if darts_space and "none" in primitives else set()
         if self.seed is None:  # the edge and node orders follow the run's seed (drawn once, then checkpointed)
             self.gen.manual_seed(int(torch.randint(2**62, (1,))))
         if not self.decided:
@@ -142,8 +147,9 @@ class PerturbationSelection(Component):
 
     def project_op(self, t: int, row: int, accuracy) -> int:
         """Fix edge ``row`` of α tensor ``t`` to the op whose masking gives the lowest accuracy."""
-        accs = [self._measure((t, row, col), accuracy) for col in range(self.shape[t][1])]
-        best = min(range(len(accs)), key=lambda c: (accs[c], c))  # ties: the lower column
+        cols = [c for c in range(self.shape[t][1]) if c not in self.excluded]
+        accs = {col: self._measure((t, row, col), accuracy) for col in cols}
+        best = min(cols, key=lambda c: (accs[c], c))  # ties: the lower column
         self.decided[t][row] = best
         return best
 
