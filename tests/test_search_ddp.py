@@ -94,3 +94,36 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, order):
     assert ra["genotype"] == rb["genotype"]
     assert json.loads((two["dir"] / "genotype.json").read_text()) == json.loads(
         (one["dir"] / "genotype.json").read_text())
+
+
+def test_augment_slices_equal_the_whole_batch():
+    """Each rank augments only its slice, drawing the random numbers for the whole batch: the slices put
+    together are the one-process batch bit for bit (crop, flip, cutout), and the generator ends where the
+    whole batch leaves it."""
+    from dartsnas.data.images import augment
+
+    x = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    whole_gen = torch.Generator().manual_seed(5)
+    whole = augment(x, whole_gen, mean, std, pad=2, cutout=4)
+    parts, gens = [], []
+    for lo, hi in ((0, 4), (4, 7), (7, 10)):
+        gen = torch.Generator().manual_seed(5)
+        parts.append(augment(x[lo:hi], gen, mean, std, pad=2, cutout=4, part=(lo, 10)))
+        gens.append(gen)
+    assert torch.equal(torch.cat(parts), whole)
+    for gen in gens:
+        assert torch.equal(gen.get_state(), whole_gen.get_state())
+    again = augment(x, torch.Generator().manual_seed(6), mean, std, pad=2, cutout=4)
+    assert not torch.equal(again, whole)  # the draws matter
+
+
+def test_distributed_search_refuses_uneven_batches_and_methods():
+    from dartsnas.errors import ConfigError
+    from dartsnas.loops.search import _check_distributed
+
+    _check_distributed(SearchConfig.build("tiny"), 4)  # 16 images over 4 ranks: fine
+    with pytest.raises(ConfigError, match="divisible by the 3 processes"):
+        _check_distributed(SearchConfig.build("tiny"), 3)
+    with pytest.raises(ConfigError, match="pc-darts does not run data-parallel"):
+        _check_distributed(SearchConfig.build("tiny", {"method": "pc-darts"}), 2)
