@@ -342,10 +342,7 @@ class SearchTask(Task):
 
     def end_of_epoch(self, s: dict[str, float]) -> dict[str, Any]:
         st, cfg, d = self.state, self.cfg, self.data
-        if self.ranks.distributed:  # one set of BN running statistics (each rank's saw only its slices)
-            from ..distributed import average_
-
-            average_([b for b in st.model.buffers() if b.is_floating_point()])
+        self._average_running_statistics()
         val_loss, val_acc = evaluate(st.model, d.train_x, d.train_y, st.a_idx, d.mean, d.std, cfg.eval_batch_size)
         self.genotype = st.method.genotype(st.model)
         _same_on_every_rank(self.ranks, genotype_to_dict(self.genotype))
@@ -396,7 +393,17 @@ class SearchTask(Task):
     def finished(self) -> bool:
         return self.state.stopped_early
 
+    def _average_running_statistics(self) -> None:
+        """Under DDP, one set of BN running statistics: each rank's saw only its slices. Their update is
+        linear, so averaging at any step boundary (an epoch's end, a checkpoint) gives the same numbers
+        later; a resumed run therefore continues as the uninterrupted one."""
+        if self.ranks.distributed:
+            from ..distributed import average_
+
+            average_([b for b in self.state.model.buffers() if b.is_floating_point()])
+
     def extra_state(self) -> dict[str, Any]:
+        self._average_running_statistics()  # collective: the driver calls this on every rank before a save
         return {"genotype": genotype_to_dict(self.state.model.genotype())}
 
 
