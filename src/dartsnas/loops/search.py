@@ -13,7 +13,7 @@ computes its slice's share of the global-batch loss; the weight gradients, the v
 and the α gradient are averaged over the ranks (``architect.Architect``'s ``reduce``), so every rank keeps
 the same weights and alphas and derives the same genotype (checked every epoch). BatchNorm normalises
 each slice with its own statistics, as a one-process run that forwards the slices separately would; the
-running statistics are averaged over the ranks at the end of every epoch. Only rank 0 writes files.
+running statistics are averaged over the ranks at every epoch end and checkpoint. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -269,6 +269,11 @@ class SearchTask(Task):
             from ..distributed import average_
 
             self.state.architect.reduce = average_
+            short = len(self.state.w_idx) % cfg.batch_size  # the epoch's last weight batch
+            if 0 < short < self.ranks.world or len(self.state.a_idx) < self.ranks.world:
+                raise ConfigError(f"batch_size: the last batch of an epoch ({short} images) or the α half "
+                                  f"({len(self.state.a_idx)}) leaves a rank of {self.ranks.world} without images; "
+                                  "choose batch_size or subset so that every rank gets a share")
         self.sums = Sums(SUMS, device)
         self.criterion = torch.nn.CrossEntropyLoss()
         self.lr = cfg.lr
