@@ -224,6 +224,13 @@ class Architect:
 
     v, the gradient of the validation loss wrt every weight of the virtual network, includes the frozen
     weights (their gradient taken where they sit, at w); the finite difference perturbs them too.
+
+    Data-parallel search: ``reduce`` (a callable averaging a list of tensors over the ranks in place, e.g.
+    ``distributed.average_``) is applied to every gradient that enters the step non-linearly, the virtual
+    step's weight gradient g and the validation gradient v at w', and to the final g_α. d_α and the
+    finite-difference h enter g_α linearly (at w', v and ε, which are then the same on every rank), so
+    averaging g_α once equals averaging each of them. Each rank's losses must be its slice's share of the
+    global-batch loss (``loops.search``), so that the average is the global batch's gradient.
     """
 
     def __init__(self, model: nn.Module, arch_optimizer: torch.optim.Optimizer, order: int = 1, *,
@@ -231,7 +238,7 @@ class Architect:
                  virtual_clip: float | None = None, use_momentum: bool = True,
                  frozen_in_virtual_step: tuple[str, ...] = (),
                  hvp: Literal["finite_difference", "exact"] = "finite_difference",
-                 eps_scale: float = 0.01):
+                 eps_scale: float = 0.01, reduce: Callable[[list[Tensor]], list[Tensor]] | None = None):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order!r}")
         if hvp not in ("finite_difference", "exact"):
@@ -245,6 +252,7 @@ class Architect:
         self.use_momentum = use_momentum
         self.hvp = hvp
         self.eps_scale = eps_scale
+        self.reduce = reduce
         self.alpha_names = arch_parameter_names(model)
         self.weight_names = [name for name, _ in model.named_weights()]
         unknown = set(frozen_in_virtual_step) - set(self.weight_names)
@@ -272,6 +280,8 @@ class Architect:
         weights = self._weights()
         loss = train_loss_fn(None)
         g = _grads(loss, weights)  # weight gradients only; alphas untouched
+        if self.reduce is not None:
+            self.reduce(g)
         kappa = None
         g_used = g
         if self.virtual_clip is not None:
@@ -310,6 +320,8 @@ class Architect:
         loss = val_loss_fn(overrides)
         alphas = self.model.arch_parameters()
         grads = _grads(loss, [*alphas, *w_prime])
+        if self.reduce is not None:  # v only: d_α enters g_α linearly and is averaged there
+            self.reduce(grads[len(alphas):])
         return {"d_alpha": grads[:len(alphas)], "v": grads[len(alphas):], "val_loss": loss.detach()}
 
     # -- the step --
@@ -365,6 +377,8 @@ class Architect:
                 out["kappa"] = vs["kappa"].detach()
 
         g_alpha = [g.detach() for g in g_alpha]
+        if self.reduce is not None:
+            self.reduce(g_alpha)
         checks += [("architecture gradient", "architecture", g) for g in g_alpha]
         finite = torch.stack([torch.isfinite(c).all() for _, _, c in checks]).cpu()  # the one host sync
         for (what, phase, _), ok in zip(checks, finite.tolist()):

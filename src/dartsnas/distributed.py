@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+import torch
 import torch.distributed as dist
+from torch import Tensor
 
 
 def init_process_group(backend: str, timeout: timedelta | None = None) -> None:
@@ -33,3 +35,21 @@ def init_process_group(backend: str, timeout: timedelta | None = None) -> None:
     store, rank, world = next(rendezvous("env://", **kw))
     store = dist.PrefixStore(f"dartsnas/attempt-{attempt}", store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, **kw)
+
+
+def average_(tensors: list[Tensor]) -> list[Tensor]:
+    """Replace every tensor by its mean over the ranks, in place, with one all-reduce (flattened).
+
+    Returns the list. The tensors must have the same shapes, dtype and device on every rank.
+    """
+    if not tensors:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+    return tensors

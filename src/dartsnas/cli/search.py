@@ -61,6 +61,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     _threads(args, cfg)
     with cleanup_failed_start(run_dir, "search"):
         result = run_search(cfg, run_dir=run_dir, resume=resume)
+    if not result.history:  # a rank other than 0 of a data-parallel search: rank 0 reports
+        return 0
     print(f"genotype: {result.run_dir / 'genotype.json'}")
     if cfg.space == "nb201":
         print(f"cell:     {result.run_dir / 'cell.svg'}, results: {result.run_dir / 'results.json'}")

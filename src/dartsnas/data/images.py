@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,14 +128,21 @@ def _channel_constants(values: tuple[float, ...], device: torch.device) -> torch
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std: tuple[float, ...],
-            pad: int = 4, flip: bool = True, cutout: int = 0, train: bool = True) -> torch.Tensor:
+            pad: int = 4, flip: bool = True, cutout: int = 0, train: bool = True,
+            part: tuple[int, int] | None = None) -> torch.Tensor:
     """uint8 batch -> normalised float batch; random crop (zero padding), flip and cutout when ``train``.
 
     Random numbers come from ``gen`` (CPU) so a checkpoint reproduces them; the pixel work runs on
-    ``x.device`` for the whole batch.
+    ``x.device`` for the whole batch. ``part=(lo, n)``: ``x`` is the images lo, lo+1, ... of a batch of n
+    (one rank's slice under DDP); the random numbers are drawn for all n, as for the whole batch, and
+    those of the slice are used, so ``gen`` advances and the slice's images come out exactly as there.
     """
     device = x.device
     B, C, H, W = x.shape
+    lo, n = (0, B) if part is None else part
+
+    def draw(sample: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        return to_device(sample(n)[lo:lo + B], device)
     m = _channel_constants(tuple(mean), device)
     s = _channel_constants(tuple(std), device)
     out = (x.float() / 255.0 - m) / s
@@ -143,19 +151,19 @@ def augment(x: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std:
     if pad > 0:
         # Zero padding of the raw image = padding with -mean/std after normalisation.
         padded = torch.nn.functional.pad(x.float() / 255.0, (pad, pad, pad, pad))
-        oy = to_device(torch.randint(0, 2 * pad + 1, (B,), generator=gen), device)
-        ox = to_device(torch.randint(0, 2 * pad + 1, (B,), generator=gen), device)
+        oy = draw(lambda k: torch.randint(0, 2 * pad + 1, (k,), generator=gen))
+        ox = draw(lambda k: torch.randint(0, 2 * pad + 1, (k,), generator=gen))
         rows = (oy[:, None] + torch.arange(H, device=device)[None])            # B×H
         cols = (ox[:, None] + torch.arange(W, device=device)[None])            # B×W
         b = torch.arange(B, device=device)[:, None, None]
         crop = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # B×H×W×C
         out = (crop.permute(0, 3, 1, 2) - m) / s
     if flip:
-        mask = to_device(torch.rand(B, generator=gen) < 0.5, device)
+        mask = draw(lambda k: torch.rand(k, generator=gen) < 0.5)
         out = torch.where(mask[:, None, None, None], out.flip(3), out)
     if cutout > 0:
-        cy = to_device(torch.randint(0, H, (B,), generator=gen), device)
-        cx = to_device(torch.randint(0, W, (B,), generator=gen), device)
+        cy = draw(lambda k: torch.randint(0, H, (k,), generator=gen))
+        cx = draw(lambda k: torch.randint(0, W, (k,), generator=gen))
         ys = torch.arange(H, device=device)[None, :, None]
         xs = torch.arange(W, device=device)[None, None, :]
         half = cutout // 2

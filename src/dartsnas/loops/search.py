@@ -5,6 +5,15 @@ Usage::
     from dartsnas.loops.search import SearchConfig, run_search
     result = run_search(SearchConfig.build("quick"), run_dir="runs/quick")
     print(result.genotype)
+
+Data-parallel under ``torchrun`` (RANK/WORLD_SIZE in the environment, plain DARTS): ``batch_size`` stays the
+global batch and the learning rates are the one-process recipe's. Every rank draws the same global batch
+indices and the same augmentation random numbers, loads and augments only its contiguous slice, and
+computes its slice's share of the global-batch loss; the weight gradients, the virtual step's gradients
+and the α gradient are averaged over the ranks (``architect.Architect``'s ``reduce``), so every rank keeps
+the same weights and alphas and derives the same genotype (checked every epoch). BatchNorm normalises
+each slice with its own statistics, as a one-process run that forwards the slices separately would; the
+running statistics are averaged over the ranks at every epoch end and checkpoint. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -27,8 +36,8 @@ from ..methods import EpochContext, Method
 from ..methods.pt import supernet_accuracy
 from ..space.genotype import Genotype, genotype_to_dict, save_genotype
 from . import search_hooks
-from .common import CHECKPOINT, poison_batch, resolve_device, set_determinism
-from .engine import Run, Task
+from .common import CHECKPOINT, poison_batch, set_determinism
+from .engine import Ranks, Run, Task
 from .search_hooks import NB201_METHOD_PRESETS, NB201_PRESETS
 from .state import LoopState, Sums, saved_as, transient
 
@@ -234,15 +243,36 @@ class _State(LoopState):
 SUMS = ("loss", "correct", "count", "arch_step_val_loss")
 
 
+@dataclass(frozen=True)
+class _Share:
+    """Under DDP: this rank's share of the global batches' mean losses, n_local·world / n_global for the
+    training and the validation batch (1 for equal slices), so that the mean over the ranks of the scaled
+    slice means is the global batch's mean (the mean of the slice means for equal slices)."""
+
+    train: float
+    val: float
+    world: int
+
+
 class SearchTask(Task):
     """The CNN search as a driver task: bilevel steps on D_w / D_alpha batches, monitoring at epoch end."""
 
     kind = KIND
 
     def __init__(self, cfg: SearchConfig, data: ImageData, device: torch.device, log,
-                 model: torch.nn.Module | None = None):
+                 model: torch.nn.Module | None = None, ranks: Ranks | None = None):
         self.cfg, self.data, self.device = cfg, data, device
+        self.ranks = ranks or Ranks()
         self.state = _State(cfg, data, device, model)
+        if self.ranks.distributed:
+            from ..distributed import average_
+
+            self.state.architect.reduce = average_
+            short = len(self.state.w_idx) % cfg.batch_size  # the epoch's last weight batch
+            if 0 < short < self.ranks.world or len(self.state.a_idx) < self.ranks.world:
+                raise ConfigError(f"batch_size: the last batch of an epoch ({short} images) or the α half "
+                                  f"({len(self.state.a_idx)}) leaves a rank of {self.ranks.world} without images; "
+                                  "choose batch_size or subset so that every rank gets a share")
         self.sums = Sums(SUMS, device)
         self.criterion = torch.nn.CrossEntropyLoss()
         self.lr = cfg.lr
@@ -253,7 +283,7 @@ class SearchTask(Task):
         self.es_genotype = None
         self.graphed = None
         if cfg.cuda_graph:
-            if device.type == "cuda" and self.state.method.plain:
+            if device.type == "cuda" and self.state.method.plain and not self.ranks.distributed:
                 from .graphed import GraphedSearchStep
 
                 self.graphed = GraphedSearchStep(self.state, self.criterion)
@@ -276,23 +306,33 @@ class SearchTask(Task):
             group["lr"] = self.lr
         st.model.train()
 
-    def _batch(self, idx_pool: torch.Tensor, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor]:
-        d = self.data
-        idx = idx_pool[to_device(stream.next(), self.device)]
-        return augment(d.train_x[idx], self.state.aug_gen, d.mean, d.std, pad=self.pad), d.train_y[idx]
+    def _batch(self, idx_pool: torch.Tensor, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The next batch of the stream (this rank's slice under DDP) and the rank's share (``_Share``)."""
+        d, r = self.data, self.ranks
+        pick = stream.next()
+        n = len(pick)
+        per, extra = divmod(n, r.world)  # contiguous slices; sizes differ by one at most (a short last batch)
+        lo = r.rank * per + min(r.rank, extra)
+        hi = lo + per + (1 if r.rank < extra else 0)
+        idx = idx_pool[to_device(pick[lo:hi], self.device)]
+        x = augment(d.train_x[idx], self.state.aug_gen, d.mean, d.std, pad=self.pad, part=(lo, n))
+        return x, d.train_y[idx], (hi - lo) * r.world / n
 
     def batches(self):
         st = self.state
         steps = self.steps_per_epoch()
         while st.step_in_epoch < steps:
-            x_t, y_t = self._batch(st.w_idx, st.train_stream)
-            x_v, y_v = self._batch(st.a_idx, st.val_stream)
-            yield (poison_batch(x_t, "train", st.global_step + 1), y_t,
-                   poison_batch(x_v, "val", st.global_step + 1), y_v)
+            x_t, y_t, s_t = self._batch(st.w_idx, st.train_stream)
+            x_v, y_v, s_v = self._batch(st.a_idx, st.val_stream)
+            batch = (poison_batch(x_t, "train", st.global_step + 1), y_t,
+                     poison_batch(x_v, "val", st.global_step + 1), y_v)
+            yield (*batch, _Share(s_t, s_v, self.ranks.world)) if self.ranks.distributed else batch
 
     def step(self, batch) -> dict[str, torch.Tensor]:
         if self.graphed is not None:
             return self.graphed.step(*batch, self.lr)
+        if self.ranks.distributed:
+            return _search_step(self.state, self.criterion, *batch[:4], self.lr, share=batch[4])
         return _search_step(self.state, self.criterion, *batch, self.lr)
 
     def check(self) -> None:
@@ -306,8 +346,10 @@ class SearchTask(Task):
 
     def end_of_epoch(self, s: dict[str, float]) -> dict[str, Any]:
         st, cfg, d = self.state, self.cfg, self.data
+        self._average_running_statistics()
         val_loss, val_acc = evaluate(st.model, d.train_x, d.train_y, st.a_idx, d.mean, d.std, cfg.eval_batch_size)
         self.genotype = st.method.genotype(st.model)
+        _same_on_every_rank(self.ranks, genotype_to_dict(self.genotype))
         n = max(s["count"], 1)
         record = {
             "epoch": st.epoch, "lr": self.lr, "train_loss": s["loss"] / n, "train_acc": s["correct"] / n,
@@ -317,7 +359,7 @@ class SearchTask(Task):
         }
         record.update(self.monitor.epoch_record(st.model, self.genotype))
         self.collapsed = too_many_skips(self.genotype, cfg.max_skip_normal)
-        self.es_genotype = self.monitor.early_stop(self.past() + [record])
+        self.es_genotype = self.ranks.on_main(lambda: self.monitor.early_stop(self.past() + [record]))
         if self.collapsed or self.es_genotype is not None:
             st.stopped_early = True
             record["stopped_early"] = True
@@ -336,6 +378,8 @@ class SearchTask(Task):
         self.state.train_stream.new_epoch()
 
     def after_epoch(self, record: dict[str, Any], run: Run) -> None:
+        if not self.ranks.main:
+            return
         if self.es_genotype is not None:  # DARTS-ES returns the cell of the epoch it points back to
             self.write_outputs(self.es_genotype, run.path, run.history(), keep_cell=True)
         else:
@@ -353,7 +397,17 @@ class SearchTask(Task):
     def finished(self) -> bool:
         return self.state.stopped_early
 
+    def _average_running_statistics(self) -> None:
+        """Under DDP, one set of BN running statistics: each rank's saw only its slices. Their update is
+        linear, so averaging at any step boundary (an epoch's end, a checkpoint) gives the same numbers
+        later; a resumed run therefore continues as the uninterrupted one."""
+        if self.ranks.distributed:
+            from ..distributed import average_
+
+            average_([b for b in self.state.model.buffers() if b.is_floating_point()])
+
     def extra_state(self) -> dict[str, Any]:
+        self._average_running_statistics()  # collective: the driver calls this on every rank before a save
         return {"genotype": genotype_to_dict(self.state.model.genotype())}
 
 
@@ -367,8 +421,13 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
 
     Messages go to ``log`` (a callable taking one string), else to the ``dartsnas`` logger.
     """
-    run = Run(cfg, KIND, run_dir, resume, "search", log)
-    device = resolve_device(cfg.device)
+    from .train import init_distributed
+
+    rank, world, device = init_distributed(cfg)
+    if world > 1:
+        _check_distributed(cfg, world)
+    ranks = Ranks(rank=rank, world=world)
+    run = Run(cfg, KIND, run_dir, resume, "search", log, ranks=ranks)
     if data is None:
         data = load_images(cfg.dataset, cfg.data_dir, device, cfg.download)
     else:
@@ -377,12 +436,13 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
     data = search_hooks.prepare_images(cfg, data)
     set_determinism(device, cfg.deterministic)
     seed_everything(cfg.seed)
-    task = SearchTask(cfg, data, device, run.log)
+    task = SearchTask(cfg, data, device, run.log, ranks=ranks)
     task.past = run.history
     run.start(task)
     st = task.state
     run.log(f"search: {cfg.dataset}, {len(st.w_idx)}+{len(st.a_idx)} images, order {cfg.order}, "
-            f"{sum(p.numel() for p in st.model.weights()):,} weights, device {device}, run dir {run.path}")
+            f"{sum(p.numel() for p in st.model.weights()):,} weights, device {device}"
+            f"{f' x{world}' if world > 1 else ''}, run dir {run.path}")
     run.loop(task)
     from ..space.genotype import load_genotype
 
@@ -393,6 +453,29 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
     return SearchResult(run.path, final, alphas[0], alphas[-1], run.history())
 
 
+def _check_distributed(cfg: SearchConfig, world: int) -> None:
+    """What a data-parallel search supports: plain DARTS (the methods' extra randomness and state are
+    not made rank-consistent), the global batch split evenly over the ranks."""
+    p: list[str] = []
+    require(p, cfg.batch_size % world == 0,
+            f"batch_size: the global batch {cfg.batch_size} must be divisible by the {world} processes")
+    require(p, cfg.method == "darts", f"method: {cfg.method} does not run data-parallel; only darts does")
+    if p:
+        raise ConfigError(p)
+
+
+def _same_on_every_rank(ranks: Ranks, value: Any) -> None:
+    """Under DDP, fail loudly if the ranks disagree (they would then write and resume inconsistently)."""
+    if not ranks.distributed:
+        return
+    import torch.distributed as dist
+
+    seen: list[Any] = [None] * ranks.world
+    dist.all_gather_object(seen, value)
+    if any(v != seen[0] for v in seen):
+        raise RuntimeError("data-parallel search: the ranks derived different genotypes")
+
+
 def skip_count(genotype: Genotype) -> int:
     return sum(op == "skip_connect" for op, _ in genotype.normal)
 
@@ -401,7 +484,8 @@ def too_many_skips(genotype: Genotype, limit: int | None) -> bool:
     return limit is not None and skip_count(genotype) > limit
 
 
-def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> dict[str, torch.Tensor]:
+def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float,
+                 share: _Share | None = None) -> dict[str, torch.Tensor]:
     """One bilevel step (spec §3.3): the alpha step first, then the weight step with the updated alphas.
 
     Returns the step's sums (device scalars, no host sync): ``loss`` = L_train·n and ``correct`` of the
@@ -412,20 +496,31 @@ def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> dict[s
     Where method variants hook in: (1) the alpha step (``st.architect.step``: the loss functions it gets,
     extra alpha-loss terms, the mixing weights inside the model), (2) the weight step below (the model's
     forward with the just-updated alphas, any alpha transform before it), (3) nothing else touches state.
+
+    Data-parallel (``share``, this rank's slices): every loss is the slice's share of the global-batch
+    loss, the weight gradients are averaged over the ranks here, the α step's inside the architect.
     """
     model, cfg = st.model, st.cfg
     out = {}
+    crit_t, crit_v = criterion, criterion
+    if share is not None:
+        crit_t, crit_v = _scaled(criterion, share.train), _scaled(criterion, share.val)
     # (1) alpha step on the validation batch; method hooks (ROBUST-SPEC §5): warm-up, extra α-loss terms
     if st.method.updates_alpha(st.epoch):
-        out = st.architect.step(make_loss_fn(model, x_t, y_t, criterion),
-                                st.method.alpha_loss_fn(model, make_loss_fn(model, x_v, y_v, criterion)),
+        out = st.architect.step(make_loss_fn(model, x_t, y_t, crit_t),
+                                st.method.alpha_loss_fn(model, make_loss_fn(model, x_v, y_v, crit_v)),
                                 lr, st.w_opt, st.global_step)
     # (2) weight step on the training batch, with the alphas just updated; method hook: α transform (SDARTS)
     st.w_opt.zero_grad(set_to_none=True)
     with st.method.weight_step(model, x_t, y_t, criterion):
         logits = model(x_t)
         loss = criterion(logits, y_t)
-        weight_gradients(loss, model.weights())  # w.r.t. the weights only: no α gradient is computed
+        # w.r.t. the weights only: no α gradient is computed
+        weight_gradients(loss if share is None else loss * share.train, model.weights())
+    if share is not None:
+        from ..distributed import average_
+
+        average_([p.grad for p in model.weights() if p.grad is not None])
     norm = torch.nn.utils.clip_grad_norm_(model.weights(), cfg.grad_clip)
     # One host synchronisation for both checks, still before the optimizer step touches anything.
     loss_ok, norm_ok = torch.isfinite(torch.stack([loss.detach(), norm.detach()])).tolist()
@@ -437,10 +532,19 @@ def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float) -> dict[s
     with torch.no_grad():
         n = y_t.numel()
         val_loss = out.get("val_loss") if isinstance(out, dict) else None
+        if val_loss is not None and share is not None:  # the driver sums the ranks' values
+            val_loss = val_loss / share.world
         zero = torch.zeros((), device=loss.device, dtype=torch.float64)
         return {"loss": loss.detach().double() * n, "correct": (logits.argmax(1) == y_t).sum().double(),
                 "count": torch.full((), float(n), device=loss.device, dtype=torch.float64),
                 "arch_step_val_loss": val_loss.detach().double() if val_loss is not None else zero}
+
+
+def _scaled(criterion, factor: float):
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return criterion(out, y) * factor
+
+    return loss
 
 
 @torch.no_grad()

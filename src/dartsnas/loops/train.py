@@ -7,8 +7,8 @@ Usage::
     print(result.results["test_error_percent"])
 
 One process, or data-parallel under ``torchrun`` (RANK/WORLD_SIZE in the environment): every rank draws
-the same global batch (same stream, same augmentation generator), keeps its own contiguous slice of
-``batch_size / world_size`` images, and DistributedDataParallel averages the gradients, so the global
+the same global batch indices (same stream, same augmentation random numbers), loads and augments only
+its own contiguous slice of ``batch_size / world_size`` images, and DistributedDataParallel averages the gradients, so the global
 batch and the learning rate are the recipe's. Only rank 0 writes files.
 
 Reliability (RELIABILITY.md): an atomic checkpoint after every epoch and on SIGTERM/SIGINT (mid-epoch,
@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -249,11 +249,9 @@ class Stepper:
         return lo, lo + per + (1 if self.rt.rank < extra else 0)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> dict[str, torch.Tensor]:
-        """Train on the global batch (x, y); return this rank's sums (``SUMS``: Σ main loss·m, Σ aux loss·m,
-        correct, images m) as device scalars."""
+        """Train on this rank's slice (x, y) of the global batch (``local_slice``; the data sources cut it);
+        return this rank's sums (``SUMS``: Σ main loss·m, Σ aux loss·m, correct, images m) as device scalars."""
         cfg, rt = self.cfg, self.rt
-        lo, hi = self.local_slice(x.shape[0])
-        x, y = x[lo:hi], y[lo:hi]
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         n_local = x.shape[0]
@@ -307,11 +305,17 @@ class _TensorData:
         self.num_classes = data.num_classes
         self.input_shape = tuple(data.train_x.shape[1:])
 
-    def train_batches(self, stream: BatchStream, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, stream: BatchStream, gen: torch.Generator,
+                      local: Callable[[int], tuple[int, int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's slice ``local(n)`` of each global batch of n; the augmentation's random numbers are
+        drawn for the whole batch (``augment``'s ``part``), so every image comes out as in one process."""
         d = self.data
         while stream.pos < stream.num:
-            idx = to_device(stream.next(), self.device)
-            yield augment(d.train_x[idx], gen, d.mean, d.std, cutout=self.cfg.cutout), d.train_y[idx]
+            pick = stream.next()
+            lo, hi = local(len(pick))
+            idx = to_device(pick[lo:hi], self.device)
+            yield (augment(d.train_x[idx], gen, d.mean, d.std, cutout=self.cfg.cutout, part=(lo, len(pick))),
+                   d.train_y[idx])
 
     def test_batches(self, rank: int, world: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         d = self.data
@@ -341,12 +345,16 @@ class _FolderData:
                                            pin_memory=self.device.type == "cuda",
                                            persistent_workers=False)
 
-    def train_batches(self, stream: BatchStream, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, stream: BatchStream, gen: torch.Generator,
+                      local: Callable[[int], tuple[int, int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's slice ``local(n)`` of each global batch of n: only those images are decoded."""
         perm = stream.perm.tolist()
         bs = stream.batch_size
         batches = [perm[p:p + bs] for p in range(stream.pos, stream.num, bs)]
-        for x, y in self._loader(self.train_set, batches):
-            stream.pos += x.shape[0]
+        sizes = [len(b) for b in batches]
+        mine = [b[slice(*local(len(b)))] for b in batches]
+        for n, (x, y) in zip(sizes, self._loader(self.train_set, mine)):
+            stream.pos += n
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def test_batches(self, rank: int, world: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -490,7 +498,7 @@ class TrainTask(Task):
         st.model.train()
 
     def batches(self):
-        return self.data.train_batches(self.state.stream, self.state.aug_gen)
+        return self.data.train_batches(self.state.stream, self.state.aug_gen, self.state.stepper.local_slice)
 
     def step(self, batch) -> dict[str, torch.Tensor]:
         x, y = batch
