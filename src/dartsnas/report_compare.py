@@ -172,8 +172,11 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def _footnote(summary: dict[str, Any]) -> str:
+    from .protocol.compare import DEFAULT_PRESET
+
     cfg = summary.get("config", {})
-    text = (f"Searches: preset `{cfg.get('preset') or ''}` (space {summary.get('space')}), "
+    preset = cfg.get("preset") or DEFAULT_PRESET.get(str(summary.get("space")), "")
+    text = (f"Searches: preset `{preset}` (space {summary.get('space')}), "
             f"epochs {cfg.get('search_epochs') or 'of the preset'}, seeds {', '.join(map(str, summary.get('seeds', [])))}; "
             "mean ± std (sample std, n − 1) over the seeds that finished; failed runs are listed and excluded. "
             "Search cost: each run's wall time (summed over resumes) in GPU-hours (run on a GPU) or CPU-hours "
@@ -203,28 +206,31 @@ def csv_text(summaries: Sequence[dict[str, Any]]) -> str:
 
 # ============================================================================================ HTML
 
+def diagnostic_series(summary: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per epoch, the mean over each method's finished seeds of ``key`` (``lambda_max`` or ``skip_count``):
+    (records {"epoch": e, method: mean, ...}, the methods that have a value)."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    methods = []
+    for m in (m["method"] for m in summary.get("methods", [])):
+        curves = [r[key] for r in summary.get("runs", []) if r["method"] == m and r["status"] == "done"]
+        for e in range(max((len(c) for c in curves), default=0)):
+            vals = [c[e] for c in curves if e < len(c) and isinstance(c[e], (int, float))]
+            if vals:
+                by_epoch.setdefault(e, {"epoch": e})[m] = sum(vals) / len(vals)
+                if m not in methods:
+                    methods.append(m)
+    return [by_epoch[e] for e in sorted(by_epoch)], methods
+
+
 def diagnostics_svgs(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """(svg, caption) of λ_max and skip count per epoch, one line per method (mean over its finished seeds)."""
     out = []
-    methods = [m["method"] for m in summary.get("methods", [])]
-    for key, title in (("lambda_max", "λ_max of the α Hessian per epoch (mean over seeds)"),
-                       ("skip_count", "skip connections in the cell per epoch (mean over seeds)")):
-        by_epoch: dict[int, dict[str, Any]] = {}
-        series = []
-        for m in methods:
-            curves = [r[key] for r in summary.get("runs", []) if r["method"] == m and r["status"] == "done"]
-            longest = max((len(c) for c in curves), default=0)
-            any_value = False
-            for e in range(longest):
-                vals = [c[e] for c in curves if e < len(c) and isinstance(c[e], (int, float))]
-                if vals:
-                    by_epoch.setdefault(e, {"epoch": e})[m] = sum(vals) / len(vals)
-                    any_value = True
-            if any_value:
-                series.append((m, m))
-        if series:
-            hist = [by_epoch[e] for e in sorted(by_epoch)]
-            out.append((curves_svg(hist, series, title.split(" (")[0]), title))
+    for key, title, caption in (("lambda_max", "λ_max of the α Hessian", "λ_max per epoch (mean over seeds)"),
+                                ("skip_count", "skip connections in the cell",
+                                 "skip connections per epoch (mean over seeds)")):
+        hist, methods = diagnostic_series(summary, key)
+        if methods:
+            out.append((curves_svg(hist, [(m, m) for m in methods], title), caption))
     return out
 
 
