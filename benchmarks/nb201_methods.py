@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dartsnas.cli import main as dartsnas  # noqa: E402
+from dartsnas.cli import main as dartsnas
 
 TINY = ["--epochs", "1", "--search-set", "subset=64", "--search-set", "batch_size=32",
         "--search-set", "hessian_batch=16"]

@@ -6,10 +6,15 @@ import resource
 import statistics
 
 import pytest
-
 from conftest import shared_data_root
+
 from dartsnas.cli import main
-from dartsnas.protocol.compare import CompareConfig, mean_std, random_baseline_nb201, summarize_compare
+from dartsnas.protocol.compare import (
+    CompareConfig,
+    mean_std,
+    random_baseline_nb201,
+    summarize_compare,
+)
 from dartsnas.report_compare import PUBLISHED_NB201, diagnostic_series, markdown
 
 # ------------------------------------------------------------------------------------ fake experiments
@@ -41,8 +46,7 @@ def _write_run(exp, method, seed, values, status="done"):
         "arch_str": ARCH[seed], "table": {"row": 100 + seed, "arch_str": ARCH[seed], "cifar10": c10,
                                           "cifar100": c100, "imagenet16_120": in16}}))
     with open(run / "metrics.jsonl", "w") as f:
-        for e, (lm, sk) in enumerate(zip(lam, skips)):
-            f.write(json.dumps({"epoch": e, "hessian_eig": lm, "skip_count": sk}) + "\n")
+        f.writelines(json.dumps({"epoch": e, "hessian_eig": lm, "skip_count": sk}) + "\n" for e, (lm, sk) in enumerate(zip(lam, skips)))
     st = {"name": name, "stage": "search", "status": status, "method": method, "seed": seed, "device": "cpu"}
     if status == "failed":
         st["error"] = "non-finite: train loss at step 1"
@@ -207,10 +211,10 @@ def test_compare_darts_space_end_to_end(tmp_path, monkeypatch, capsys):
     exp = tmp_path / "cmp"
     monkeypatch.setenv("DARTSNAS_PROTOCOL_FAULT", "search-beta-darts-seed2=nan_train_at_step:1")
     argv = ["compare", "--space", "cnn", "--preset", "tiny", "--methods", "darts,beta-darts", "--seeds", "1,2",
-            "--epochs", "1", "--jobs", "2", "-e", str(exp)]
+            "--epochs", "1", "--jobs", "2", "--final", "--train-preset", "tiny", "--final-epochs", "1", "-e", str(exp)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "failed runs (recorded, excluded): search-beta-darts-seed2" in out
+    assert "failed runs (recorded, excluded): search-beta-darts-seed2, final-beta-darts-seed2" in out
     s = json.loads((exp / "summary.json").read_text())
     by = {m["method"]: m for m in s["methods"]}
     assert (by["darts"]["n"], by["beta-darts"]["n"]) == (2, 1)
@@ -219,11 +223,24 @@ def test_compare_darts_space_end_to_end(tmp_path, monkeypatch, capsys):
         assert cmd[cmd.index("--run-dir") + 1] == str(exp / "runs" / r["name"])
         assert f"method={r['method']}" in cmd and f"seed={r['seed']}" in cmd
     assert by["darts"]["params"]["n"] == 2 and by["darts"]["cpu_hours"]["n"] == 2
+    # final trainings: one per finished search, its cell, test error mean ± std from the runs' results.json
+    errors = [json.loads((exp / "runs" / f"final-darts-seed{s}" / "results.json").read_text())["test_error_percent"]
+              for s in (1, 2)]
+    assert math.isclose(by["darts"]["test_error"]["mean"], statistics.mean(errors))
+    assert math.isclose(by["darts"]["test_error"]["std"], statistics.stdev(errors))
+    # the failed search's training never ran ("not run: search-beta-darts-seed2 failed"); the method counts it once
+    assert by["beta-darts"]["test_error"]["n"] == 1 and by["beta-darts"]["final_failed"] == []
+    st = json.loads((exp / "status" / "final-beta-darts-seed2.json").read_text())
+    assert st["status"] == "failed" and "search-beta-darts-seed2 failed" in st["error"]
+    trained = json.loads((exp / "runs" / "final-darts-seed1" / "genotype.json").read_text())
+    assert trained == json.loads((exp / "runs" / "search-darts-seed1" / "genotype.json").read_text())
     assert main(["compare", "--resume", "-e", str(exp)]) == 0
     assert "starting" not in capsys.readouterr().out
     assert main(["report", str(exp), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| darts | 2/2 |" in md and "| beta-darts | 1/2 (1 failed) |" in md
+    te = by["darts"]["test_error"]
+    assert f"{te['mean']:.2f} ± {te['std']:.2f} (n=2)" in md
 
 
 def test_compare_nb201_end_to_end(tmp_path, capsys):

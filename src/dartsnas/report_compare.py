@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .plot import cnn_cell_svg, curves_svg, nb201_cell_svg
 
@@ -43,11 +44,11 @@ PUBLISHED_NB201 = [
 
 NB201_COLUMNS = ["method", "CIFAR-10 (%)", "CIFAR-100 (%)", "ImageNet16-120 (%)", "seeds", "final cells",
                  "search cost per run", "peak memory", "source"]
-DARTS_COLUMNS = ["method", "seeds", "final cells (normal / reduce)", "params (M), C=36, 20 cells",
+DARTS_COLUMNS = ["method", "seeds", "final cells (normal / reduce)", "params (M), C=36, 20 cells", "test error (%)",
                  "search cost per run", "peak memory", "source"]
 CSV_FIELDS = ["space", "method", "source", "seeds_done", "seeds_run", "cifar10_mean", "cifar10_std",
               "cifar100_mean", "cifar100_std", "imagenet16_120_mean", "imagenet16_120_std", "params_mean",
-              "params_std", "gpu_hours_mean", "cpu_hours_mean", "peak_memory_bytes", "peak_memory_source",
+              "params_std", "test_error_mean", "test_error_std", "test_error_runs", "gpu_hours_mean", "cpu_hours_mean", "peak_memory_bytes", "peak_memory_source",
               "failed_runs", "cells", "note", "experiment"]
 _ACC = ("cifar10", "cifar100", "imagenet16_120")
 
@@ -111,6 +112,9 @@ def method_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             row["params_mean"] = (m.get("params") or {}).get("mean")
             row["params_std"] = (m.get("params") or {}).get("std")
+            row["test_error_mean"] = (m.get("test_error") or {}).get("mean")
+            row["test_error_std"] = (m.get("test_error") or {}).get("std")
+            row["test_error_runs"] = (m.get("test_error") or {}).get("n")
             row["cells"] = " | ".join(f"seed {c['seed']}: {_cnn_cell(c.get('genotype'))}" for c in m.get("cells", []))
         rows.append(row)
     rb = summary.get("random")
@@ -154,7 +158,15 @@ def _cells(r: dict[str, Any], space: str) -> list[str]:
     params = m.get("params")
     return [r["method"], _seeds(m), "<br>".join(f"s{c['seed']}: {_cnn_cell(c.get('genotype'))}"
                                                for c in m.get("cells", [])) or "—",
-            _pm(params, 2, 1e-6), _cost(m), _memory(m), "measured"]
+            _pm(params, 2, 1e-6), _test_error(m), _cost(m), _memory(m), "measured"]
+
+
+def _test_error(m: dict[str, Any]) -> str:
+    te = m.get("test_error")
+    if not te:
+        return "—" if not m.get("final_failed") else f"— ({len(m['final_failed'])} failed)"
+    text = f"{te['mean']:.2f} ± {te['std']:.2f} (n={te['n']})"
+    return text + (f" ({len(m['final_failed'])} failed)" if m.get("final_failed") else "")
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -186,7 +198,10 @@ def _footnote(summary: dict[str, Any]) -> str:
         text += (" Published rows: ROBUST-SPEC §1.8 (searched on CIFAR-10 with each paper's own protocol, not "
                  "this experiment's).")
     else:
-        text += " Parameters: the evaluation network at C = 36, 20 cells, CIFAR-10, without the auxiliary head."
+        text += (" Parameters: the evaluation network at C = 36, 20 cells, CIFAR-10, without the auxiliary head. "
+                 "Test error: one training of each seed's cell (train preset "
+                 f"`{cfg.get('train_preset')}`, epochs {cfg.get('final_epochs') or 'of the preset'}), mean ± std "
+                 "over the cells; — when no final trainings were run (--final).")
     return text
 
 
@@ -257,8 +272,8 @@ def _cell_figures(summary: dict[str, Any]) -> list[tuple[str, str]]:
 def html_section(summary: dict[str, Any], k: int) -> str:
     space = summary.get("space")
     cols = NB201_COLUMNS if space == "nb201" else DARTS_COLUMNS
-    parts = [f'<section class="experiment compare" id="cmp{k}"><h2>comparison ({escape(str(space))}) — '
-             f"<code>{escape(str(summary.get('experiment')))}</code></h2>",
+    parts = [(f'<section class="experiment compare" id="cmp{k}"><h2>comparison ({escape(str(space))}) — '
+              f"<code>{escape(str(summary.get('experiment')))}</code></h2>"),
              f'<table class="results compare" id="table-compare-{k}"><thead><tr>'
              + "".join(f"<th>{escape(c)}</th>" for c in cols) + "</tr></thead><tbody>"]
     for r in method_rows(summary):

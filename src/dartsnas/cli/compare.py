@@ -17,6 +17,7 @@ _EPILOG = ("Example: dartsnas compare --methods darts,beta-darts --seeds 1,2,3 -
            "Repeated NB201 searches of one method: --methods darts --seeds 1,2,3.")
 
 _FIELDS = ["space", "methods", "seeds", "preset", "dataset", "data_dir", "order", "search_epochs", "random_samples",
+           "train_preset", "final_epochs", "final_seed",
            "jobs", "devices", "threads", "launcher", "slurm_partition", "slurm_gpus", "slurm_cpus", "slurm_time",
            "slurm_mem", "slurm_account"]
 
@@ -45,6 +46,15 @@ def _compare_parser(sub) -> None:
     p.add_argument("--random-samples", dest="random_samples", type=str, metavar="N",
                    help="NB201: add the random baseline, N uniformly drawn cells per seed looked up in the table "
                         "(no training, zero cost; reports the mean accuracy of a random cell)")
+    p.add_argument("--final", action="store_true",
+                   help="DARTS space: then train each search's cell once (final-<method>-seed<N>) for the test error "
+                        "mean ± std over seeds")
+    p.add_argument("--train-preset", dest="train_preset", metavar="NAME", help="preset of the final trainings "
+                                                                               "(default paper)")
+    p.add_argument("--final-epochs", dest="final_epochs", type=str, help="epochs of each final training (paper 600)")
+    p.add_argument("--final-seed", dest="final_seed", type=str, help="training seed of every final run (default 0)")
+    p.add_argument("--train-set", dest="train_set", action="append", default=None, metavar="KEY=VALUE",
+                   help="override of every final training (repeatable)")
     p.add_argument("--experiment", "-e", metavar="DIR", help="the experiment directory "
                                                              "(default experiments/compare-<time>)")
     p.add_argument("--jobs", "-j", type=str, help="runs at a time, each pinned to one GPU or a CPU process")
@@ -80,7 +90,10 @@ def _config(args: argparse.Namespace):
         v = getattr(args, name, None)
         if v is not None:
             overrides.append(f"{name}={v}")
-    lists = {k: getattr(args, k) for k in ("search_set", "method_args", "slurm_setup") if getattr(args, k, None)}
+    if args.final:
+        overrides.append("final=true")
+    lists = {k: getattr(args, k) for k in ("search_set", "method_args", "train_set", "slurm_setup")
+             if getattr(args, k, None)}
     data_dir = args.data_dir or next((s.split("=", 1)[1] for s in args.set if s.startswith("data_dir=")), None)
     if data_dir and not args.dataset and not args.resume and not any(s.startswith("dataset=") for s in args.set):
         # --data-dir alone: the dataset the folder holds, never the presets' built-in data

@@ -30,7 +30,15 @@ from typing import Any, Literal
 from ..config import ConfigBase, require
 from ..errors import ConfigError, RunDirError
 from ..loops.common import write_json
-from .experiment import EXPERIMENT_FILE, SUMMARY_FILE, Experiment, ExperimentResult, Task, _now, _read_json
+from .experiment import (
+    EXPERIMENT_FILE,
+    SUMMARY_FILE,
+    Experiment,
+    ExperimentResult,
+    Task,
+    _now,
+    _read_json,
+)
 from .runner import Runner
 
 KIND = "compare"
@@ -53,6 +61,12 @@ class CompareConfig(ConfigBase):
     search_set: list = field(default_factory=list)   # key=value overrides of every search
     method_args: list = field(default_factory=list)  # "METHOD=key=value,..." per method
     random_samples: int = 0              # NB201: random cells looked up per seed (0: no random baseline)
+    # DARTS space: one training of each search's derived cell (final-<method>-seed<N>), for test error mean ± std
+    final: bool = False
+    train_preset: str = "paper"
+    final_epochs: int | None = None      # None: the train preset's (paper 600)
+    final_seed: int = 0                  # the training seed of every final run (the same for every cell)
+    train_set: list = field(default_factory=list)    # key=value overrides of every final training
     # The Runner's fields, as in ProtocolConfig (the runs go to local processes or SLURM jobs alike).
     jobs: int = 1
     devices: str | None = None
@@ -98,16 +112,19 @@ class CompareConfig(ConfigBase):
         require(p, self.random_samples == 0 or self.space == "nb201",
                 "random_samples: the table-lookup random baseline exists for NB201 only (the DARTS space has no "
                 "table; use `dartsnas random` for its trained baseline)")
+        require(p, not self.final or self.space != "nb201",
+                "final: NB201 cells are looked up in the table, not trained (final trainings are for the DARTS space)")
         require(p, self.order in (None, 1, 2), f"order: must be 1 or 2, got {self.order}")
-        for name in ("search_epochs", "threads", "slurm_mem"):
+        for name in ("search_epochs", "final_epochs", "threads", "slurm_mem"):
             v = getattr(self, name)
             require(p, v is None or v > 0, f"{name}: must be positive, got {v}")
-        for name in ("search_set", "slurm_setup"):
+        for name in ("search_set", "train_set", "slurm_setup"):
             v = getattr(self, name)
             require(p, isinstance(v, list) and all(isinstance(s, str) for s in v),
                     f"{name}: expected a list of strings, got {v!r}")
-        require(p, all("=" in s for s in self.search_set if isinstance(s, str)),
-                f"search_set: expected key=value strings, got {self.search_set!r}")
+        for name in ("search_set", "train_set"):
+            v = getattr(self, name)
+            require(p, all("=" in s for s in v if isinstance(s, str)), f"{name}: expected key=value strings, got {v!r}")
         if not p:
             try:
                 unknown = sorted(set(self.method_arg_map()) - set(self.method_list()))
@@ -159,6 +176,15 @@ class CompareConfig(ConfigBase):
             over.append(f"seed={seed}")
         return over
 
+    def train_overrides(self) -> list[str]:
+        """The ``key=value`` overrides of every final training."""
+        over = [f"dataset={self.dataset}"] if self.dataset is not None else []
+        if self.data_dir is not None:
+            over.append(f"data_dir={self.data_dir}")
+        if self.final_epochs is not None:
+            over.append(f"epochs={self.final_epochs}")
+        return over + list(self.train_set)
+
     def search_config(self, method: str, seed: int | None = None):
         from ..loops.search import SearchConfig
 
@@ -177,6 +203,17 @@ def _search_argv(cfg: CompareConfig, method: str, seed: int, run_dir: Path) -> t
     return argv, ["search", *space, "--resume", str(run_dir), "--no-progress"]
 
 
+def final_name(method: str, seed: int) -> str:
+    return f"final-{method}-seed{seed}"
+
+
+def _train_argv(cfg: CompareConfig, genotype: Path, run_dir: Path) -> tuple[list[str], list[str]]:
+    argv = ["train", "--space", "cnn", "--preset", cfg.train_preset, "--genotype", str(genotype),
+            "--seed", str(cfg.final_seed), "--run-dir", str(run_dir), "--no-progress"]
+    argv += [a for kv in cfg.train_overrides() for a in ("--set", kv)]
+    return argv, ["train", "--space", "cnn", "--resume", str(run_dir), "--no-progress"]
+
+
 def _check(cfg: CompareConfig) -> bool:
     """Build every method's search config and read the data once, before anything is created: a bad method,
     a method not wired for the space, a bad override or missing data stop here with one message. Returns
@@ -188,6 +225,15 @@ def _check(cfg: CompareConfig) -> bool:
             configs.append(cfg.search_config(m, seed=cfg.seed_list()[0]))
         except ConfigError as e:
             problems += [f"{m}: {x}" for x in e.problems] if getattr(e, "problems", None) else [f"{m}: {e}"]
+    if cfg.final:
+        from ..loops.train import TrainConfig
+
+        try:
+            train = TrainConfig.build(cfg.train_preset, cfg.train_overrides())
+            if train.dataset not in ("cifar10", "builtin"):
+                problems.append(f"train_preset: final trainings of searched cells run on CIFAR-10, not {train.dataset}")
+        except ConfigError as e:
+            problems += [f"final training: {x}" for x in e.problems]
     if problems:
         raise ConfigError(problems)
     for dataset, data_dir in sorted({(c.dataset, c.data_dir) for c in configs}, key=str):
@@ -250,6 +296,12 @@ def compare(cfg: CompareConfig, experiment: str | Path | None = None, resume: bo
                 name = run_name(m, seed)
                 argv, res = _search_argv(cfg, m, seed, exp.run_dir(name))
                 tasks.append(Task(name, "search", argv, res, meta={"method": m, "seed": seed}))
+        if cfg.final:  # after every search: the trainings wait for their search and never delay the next one
+            for seed in cfg.seed_list():
+                for m in cfg.method_list():
+                    name, search = final_name(m, seed), run_name(m, seed)
+                    argv, res = _train_argv(cfg, exp.run_dir(search) / "genotype.json", exp.run_dir(name))
+                    tasks.append(Task(name, "final", argv, res, deps=[search], meta={"method": m, "seed": seed}))
         Runner(exp, cfg, resume, retry_failed, log, small, on_change=lambda: summarize_compare(exp.path)).run(tasks)
         summary = summarize_compare(exp.path)
     for m in summary["methods"]:
@@ -370,6 +422,8 @@ def summarize_compare(path: str | Path) -> dict[str, Any]:
             else:
                 gdict = res.get("genotype") or (_read_json(run_dir / "genotype.json") if status == "done" else None)
                 row.update({"genotype": gdict, "params": _eval_params(gdict) if status == "done" else None})
+                if (data.get("config") or {}).get("final"):
+                    row["final"] = _final_row(exp, final_name(m, seed))
             rows.append(row)
         runs += rows
         per_method.append(_method_stats(m, rows, space))
@@ -378,11 +432,27 @@ def summarize_compare(path: str | Path) -> dict[str, Any]:
         "experiment": str(exp.path), "kind": KIND, "space": space, "methods": per_method, "seeds": seeds,
         "config": data.get("config", {}), "runs": runs,
         "random": _random_stats(random_base) if isinstance(random_base, dict) else None,
-        "complete": all(r["status"] in ("done", "failed") for r in runs),
-        "failed": [r["name"] for r in runs if r["status"] == "failed"], "updated": _now(),
+        "complete": all(r["status"] in ("done", "failed") for r in runs)
+        and all(r["final"]["status"] in ("done", "failed") for r in runs if r.get("final") and r["status"] == "done"),
+        "failed": [r["name"] for r in runs if r["status"] == "failed"]
+        + [r["final"]["name"] for r in runs if r.get("final") and r["final"]["status"] == "failed"],
+        "updated": _now(),
     }
     write_json(exp.path / SUMMARY_FILE, summary)
     return summary
+
+
+def _final_row(exp: Experiment, name: str) -> dict[str, Any]:
+    """The final training of one search's cell: status, test error, its own cost."""
+    st = exp.status(name)
+    res = _read_json(exp.run_dir(name) / "results.json")
+    res = res if isinstance(res, dict) else {}
+    status = st.get("status", "pending")
+    err = res.get("test_error_percent")
+    if status == "done" and not (isinstance(err, (int, float)) and math.isfinite(err)):
+        status, st = "failed", {**st, "error": "finished without a test error"}
+    return {"name": name, "status": status, "error": st.get("error"), "test_error_percent": err,
+            "params": res.get("params"), "gpu_hours": res.get("gpu_hours"), "cpu_hours": res.get("cpu_hours")}
 
 
 def _method_stats(method: str, rows: list[dict[str, Any]], space: str) -> dict[str, Any]:
@@ -403,6 +473,10 @@ def _method_stats(method: str, rows: list[dict[str, Any]], space: str) -> dict[s
     else:
         out["cells"] = [{"seed": r["seed"], "genotype": r.get("genotype"), "params": r.get("params")} for r in done]
         out["params"] = mean_std([r["params"] for r in done if r.get("params")])
+        finals = [r["final"] for r in done if r.get("final")]
+        if finals:
+            out["test_error"] = mean_std([f["test_error_percent"] for f in finals if f["status"] == "done"])
+            out["final_failed"] = [f["name"] for f in finals if f["status"] == "failed"]
     return out
 
 
