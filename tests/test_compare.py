@@ -46,7 +46,8 @@ def _write_run(exp, method, seed, values, status="done"):
         "arch_str": ARCH[seed], "table": {"row": 100 + seed, "arch_str": ARCH[seed], "cifar10": c10,
                                           "cifar100": c100, "imagenet16_120": in16}}))
     with open(run / "metrics.jsonl", "w") as f:
-        f.writelines(json.dumps({"epoch": e, "hessian_eig": lm, "skip_count": sk}) + "\n" for e, (lm, sk) in enumerate(zip(lam, skips)))
+        f.writelines(json.dumps({"epoch": e, "hessian_eig": lm, "skip_count": sk}) + "\n"
+                     for e, (lm, sk) in enumerate(zip(lam, skips)))
     st = {"name": name, "stage": "search", "status": status, "method": method, "seed": seed, "device": "cpu"}
     if status == "failed":
         st["error"] = "non-finite: train loss at step 1"

@@ -48,7 +48,8 @@ DARTS_COLUMNS = ["method", "seeds", "final cells (normal / reduce)", "params (M)
                  "search cost per run", "peak memory", "source"]
 CSV_FIELDS = ["space", "method", "source", "seeds_done", "seeds_run", "cifar10_mean", "cifar10_std",
               "cifar100_mean", "cifar100_std", "imagenet16_120_mean", "imagenet16_120_std", "params_mean",
-              "params_std", "test_error_mean", "test_error_std", "test_error_runs", "gpu_hours_mean", "cpu_hours_mean", "peak_memory_bytes", "peak_memory_source",
+              "params_std", "test_error_mean", "test_error_std", "test_error_runs", "gpu_hours_mean", "cpu_hours_mean",
+              "peak_memory_bytes", "peak_memory_source",
               "failed_runs", "cells", "note", "experiment"]
 _ACC = ("cifar10", "cifar100", "imagenet16_120")
 
@@ -189,7 +190,8 @@ def _footnote(summary: dict[str, Any]) -> str:
     cfg = summary.get("config", {})
     preset = cfg.get("preset") or DEFAULT_PRESET.get(str(summary.get("space")), "")
     text = (f"Searches: preset `{preset}` (space {summary.get('space')}), "
-            f"epochs {cfg.get('search_epochs') or 'of the preset'}, seeds {', '.join(map(str, summary.get('seeds', [])))}; "
+            f"epochs {cfg.get('search_epochs') or 'of the preset'}, "
+            f"seeds {', '.join(map(str, summary.get('seeds', [])))}; "
             "mean ± std (sample std, n − 1) over the seeds that finished; failed runs are listed and excluded. "
             "Search cost: each run's wall time (summed over resumes) in GPU-hours (run on a GPU) or CPU-hours "
             "(run on a CPU), mean per run. Peak memory: the largest over the runs; CUDA max_memory_allocated on "
