@@ -25,7 +25,7 @@ from conftest import run_cli
 from dartsnas.checkpoint import load_checkpoint, save_checkpoint
 from dartsnas.cli import main
 
-TIMING = {"epoch_seconds", "seconds", "wall_seconds", "gpu_hours", "cpu_hours"}
+TIMING = {"epoch_seconds", "seconds", "wall_seconds", "gpu_hours", "cpu_hours", "peak_memory_bytes"}
 
 
 @dataclass

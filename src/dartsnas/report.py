@@ -395,7 +395,12 @@ def write_report(experiments: Sequence[str | Path], out_dir: str | Path, include
                  title: str = "DARTS reproduction") -> dict[str, Any]:
     """Write report.md, report.csv and report.html into ``out_dir``; return their paths and the Markdown."""
     from .checkpoint import atomic_write_text
+    from .protocol.compare import is_compare
 
+    if any(is_compare(p) for p in experiments):  # methods × seeds: the comparison table (report_compare.py)
+        from .report_compare import write_compare_report
+
+        return write_compare_report(experiments, out_dir, include_paper, title)
     summaries = [summarize(p) for p in experiments]
     rows = table_rows(summaries, include_paper)
     out = Path(out_dir)

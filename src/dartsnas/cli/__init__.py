@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import DartsError
 from .common import Parser
 
-COMMAND_MODULES: tuple[str, ...] = ("search", "train", "protocol", "genotype", "lookup", "export")
+COMMAND_MODULES: tuple[str, ...] = ("search", "train", "protocol", "genotype", "lookup", "export", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -448,7 +448,7 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
 
     final = load_genotype(run.path / "genotype.json", kind="nb201" if cfg.space == "nb201" else "cnn")
     if run.ranks.main:
-        task.monitor.finish(run.path, final, st.wall)  # NB201: results.json names the cell's table row
+        task.monitor.finish(run.path, final, st.wall)  # results.json: cost; NB201: the cell's table row
     alphas = [a.detach().cpu() for a in st.model.arch_parameters()]
     return SearchResult(run.path, final, alphas[0], alphas[-1], run.history())
 

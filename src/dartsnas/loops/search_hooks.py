@@ -7,7 +7,7 @@ logic lives here, so a rewritten loop re-applies the same hook lines:
 * ``prepare_images(cfg, data)``: optional downsampling (the NB201 proxy) and ``augment_padding(cfg)``;
 * ``search_split(cfg, n_train)``: index halves, or the NB201 split file's interleaved halves (AutoDL);
 * ``SearchMonitor``: per-epoch diagnostics (λ_max, entropies, skip/none counts, NB201 table accuracies), the
-  DARTS-ES early stop, and ``results.json`` naming the final NB201 cell's table row.
+  DARTS-ES early stop, and ``results.json`` with the search's cost and the final NB201 cell's table row.
 
 The table is read for logging only: nothing it says reaches a gradient or a choice of the search (§2.2, §5).
 """
@@ -150,6 +150,7 @@ class SearchMonitor:
     def __init__(self, cfg: Any, data: ImageData, a_idx: torch.Tensor, log: Callable[[str], None] = print):
         self.cfg = cfg
         self.log = log
+        self.device = data.train_x.device
         self.batch = None
         if cfg.hessian or cfg.early_stop == "hessian":
             # A fixed, seeded batch of the α half (§2.1), the same tensor every epoch.
@@ -196,14 +197,20 @@ class SearchMonitor:
                  f"epoch {before + 1}; genotype.json keeps epoch {before + 1}'s cell")
         return genotype_from_dict(history[before]["genotype"])
 
-    def finish(self, run_dir: Path, genotype: Any, wall_seconds: float) -> dict[str, Any] | None:
-        """NB201: write ``results.json`` with the final cell, its table row and accuracies, and log them."""
-        if self.cfg.space != "nb201":
-            return None
+    def finish(self, run_dir: Path, genotype: Any, wall_seconds: float) -> dict[str, Any]:
+        """Write ``results.json``: the final cell, the search cost (``search_cost``) and, on NB201, the cell's
+        table row and accuracies (logged too)."""
         from ..checkpoint import atomic_write_text
 
-        res: dict[str, Any] = {"space": "nb201", "arch_str": genotype.arch_str(), "wall_seconds": wall_seconds,
-                               "searched_on": self.cfg.dataset, "table": None}
+        res: dict[str, Any] = {"space": self.cfg.space, "method": self.cfg.method, "searched_on": self.cfg.dataset,
+                               **search_cost(self.device, wall_seconds)}
+        if self.cfg.space != "nb201":
+            from ..space.genotype import genotype_to_dict
+
+            res["genotype"] = genotype_to_dict(genotype)
+            atomic_write_text(run_dir / "results.json", json.dumps(res, indent=2) + "\n")
+            return res
+        res.update({"arch_str": genotype.arch_str(), "table": None})
         if self.table is not None:
             from ..space.lookup import lookup
 
@@ -213,3 +220,23 @@ class SearchMonitor:
                      f"CIFAR-100 {row.cifar100:.2f} %, ImageNet16-120 {row.imagenet16:.2f} %")
         atomic_write_text(run_dir / "results.json", json.dumps(res, indent=2) + "\n")
         return res
+
+
+def search_cost(device: torch.device, wall_seconds: float) -> dict[str, Any]:
+    """A search's cost for ``results.json`` (issue 10 item 3): its wall time (summed over resumes) as GPU- or
+    CPU-hours by the device it ran on, and the peak memory of this process: on a GPU the CUDA allocator's
+    ``max_memory_allocated`` (tensors only, not the caching allocator's reserve), on a CPU the process's peak
+    resident set size from ``getrusage`` (everything the process held: Python, torch, the dataset). After a
+    resume the peak is the last process's."""
+    hours = wall_seconds / 3600.0
+    if device.type == "cuda":
+        return {"wall_seconds": wall_seconds, "device": torch.cuda.get_device_name(device), "gpu_hours": hours,
+                "cpu_hours": 0.0, "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
+                "peak_memory_source": "cuda_max_memory_allocated"}
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"wall_seconds": wall_seconds, "device": "cpu", "gpu_hours": 0.0, "cpu_hours": hours,
+            "peak_memory_bytes": int(rss if sys.platform == "darwin" else rss * 1024),
+            "peak_memory_source": "cpu_peak_rss"}
