@@ -112,17 +112,17 @@ def named_dataset(args: argparse.Namespace) -> str | None:
         (s.split("=", 1)[1] for s in getattr(args, "set", []) if s.startswith("dataset=")), None)
 
 
-def check_finished(run_dir: str | Path | None, resume: bool, cfg) -> str | None:
+def check_finished(run_dir: str | Path | None, resume: bool, cfg, kind: str) -> str | None:
     """A one-line note when ``--resume`` (or ``--auto-resume``) points at a run that already finished (its
-    results are written, or its checkpoint is past the last epoch); None when there is work left. A config
-    that differs from the run's is refused first, as the loop would."""
+    results are written, or its checkpoint is past the last epoch); None when there is work left. A checkpoint
+    of another ``kind`` of run, then a config that differs from the run's, are refused first, as the loop would."""
     if not (resume and run_dir):
         return None
     from ..checkpoint import load_checkpoint
     from ..loops.common import CHECKPOINT, check_resume_config
 
     folder = Path(run_dir)
-    ck = load_checkpoint(folder / CHECKPOINT)  # a damaged checkpoint is refused, finished run or not
+    ck = load_checkpoint(folder / CHECKPOINT, expect_kind=kind)  # a damaged checkpoint is refused, finished or not
     check_resume_config(cfg, ck, folder / CHECKPOINT, log=lambda *a: None)
     if (folder / "results.json").exists():
         return f"{folder} is already complete (results.json written); nothing to resume"

@@ -54,7 +54,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.show_config:
         return show_config(cfg)
     run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume, cfg)
+    note = check_finished(run_dir, resume, cfg, "cnn-search")
     if note:
         print(note)
         return 0
@@ -90,7 +90,7 @@ def _rnn_search(args: argparse.Namespace) -> int:
     if args.show_config:
         return show_config(cfg)
     run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume, cfg)
+    note = check_finished(run_dir, resume, cfg, "rnn-search")
     if note:
         print(note)
         return 0

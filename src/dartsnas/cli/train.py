@@ -60,7 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.show_config:
         return show_config(cfg)
     run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume, cfg)
+    note = check_finished(run_dir, resume, cfg, "cnn-train")
     if note:
         print(note)
         return 0
@@ -99,7 +99,7 @@ def _rnn_train(args: argparse.Namespace) -> int:
     if args.show_config:
         return show_config(cfg)
     run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume, cfg)
+    note = check_finished(run_dir, resume, cfg, "rnn-train")
     if note:
         print(note)
         return 0
