@@ -309,6 +309,8 @@ class Run:
             raise CheckpointError(f"does not match this {self.kind} run ({type(e).__name__}: {str(e)[:200]})",
                                   str(self.checkpoint_path)) from None
         st.wall = wall
+        if self.ranks.main:  # as on resume: no record of an epoch the checkpoint does not cover
+            self.metrics.truncate_after(st.epoch)
         where = f"after step {st.step_in_epoch}" if st.step_in_epoch else "at its start"
         self.log(f"{error}; reloaded {self.checkpoint_path} (epoch {st.epoch + 1}/{task.cfg.epochs}, {where}), "
                  f"retry {attempt} of {task.nan_retries}; the random streams go on")
