@@ -36,3 +36,19 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def cli_main(capsys):
+    """``dartsnas.cli.main`` in this process, for one-line errors and exit codes (no interpreter start-up):
+    ``cli_main(*args)`` returns a ``CompletedProcess`` like ``run_cli``'s. Subprocesses stay for signals,
+    exit codes after a kill, and resume."""
+    from dartsnas.cli import main
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["dartsnas", *args], code, out.out, out.err)
+
+    return call

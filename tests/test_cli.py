@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dartsnas.loops.common  # noqa: F401 - imported at collection: Progress binds sys.stderr as a default
 from dartsnas.cli import COMMAND_MODULES, main
 
 

@@ -105,6 +105,19 @@ def test_progress_without_terminal_logs_by_steps_and_by_time(monkeypatch):
     assert not progress_mod.Progress(100, "e", enabled=False).due(50)
 
 
+def test_progress_writes_to_the_stderr_of_the_moment(monkeypatch):
+    """No stream bound when the module was imported: an in-process caller that swaps ``sys.stderr`` (pytest's
+    capsys, a notebook) gets the lines, and a later swap does not write to the old, maybe closed, stream."""
+    import sys
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    progress_mod.Progress(2, "epoch 1/1", interval=1).update(1)
+    monkeypatch.setattr(sys, "stderr", second)
+    progress_mod.Progress(2, "epoch 1/1", interval=1).update(2)
+    assert "1/2" in first.getvalue() and "2/2" not in first.getvalue() and "2/2" in second.getvalue()
+
+
 def test_cpu_estimate_from_the_first_steps(monkeypatch):
     clock = _Clock()
     monkeypatch.setattr(progress_mod.time, "perf_counter", clock)

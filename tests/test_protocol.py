@@ -256,6 +256,10 @@ def test_recurrent_protocol_select_random_final_and_report(tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     s = json.loads((sel / "summary.json").read_text())
     assert s["chosen"]["run"] == "select-seed1"
+    # The selection training never read the test set and is scored on its final validation perplexity.
+    res = json.loads((sel / "runs/select-seed1/results.json").read_text())
+    assert res["eval_test"] is False and res["test_ppl"] is None and res["test_loss"] is None
+    assert s["chosen"]["metric"] == "final_valid_ppl" and s["chosen"]["score"] == res["final_valid_ppl"]
     chosen = genotype_from_dict(json.loads((sel / "genotypes/chosen.json").read_text()))
     assert chosen.kind == "rnn"
     rnd = tmp_path / "rrnd"
@@ -263,6 +267,11 @@ def test_recurrent_protocol_select_random_final_and_report(tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     for k in range(2):
         assert genotype_from_dict(json.loads((rnd / "genotypes" / f"random-{k}.json").read_text())).kind == "rnn"
+        assert json.loads((rnd / f"runs/random-{k}/results.json").read_text())["test_ppl"] is None
+    s = json.loads((rnd / "summary.json").read_text())
+    finals = {k: json.loads((rnd / f"runs/random-{k}/results.json").read_text())["final_valid_ppl"] for k in range(2)}
+    assert s["chosen"]["run"] == f"random-{min(finals, key=finals.get)}"
+    assert s["chosen"]["score"] == min(finals.values())
     fin = run_cli("evaluate-final", "--experiment", str(sel), "--runs", "2")
     assert fin.returncode == 0, fin.stderr + fin.stdout
     s = json.loads((sel / "summary.json").read_text())
@@ -271,6 +280,27 @@ def test_recurrent_protocol_select_random_final_and_report(tmp_path):
     assert rep.returncode == 0, rep.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "perplexity" in md.lower() and md.count("\n|") >= 3
+
+
+def test_recurrent_selection_uses_the_final_validation_perplexity(tmp_path):
+    """The pick reads ``final_valid_ppl`` (the last epoch), not ``valid_ppl`` (the best epoch), as CNN
+    selection reads the last epoch's accuracy on D_alpha; a run without a finite final score is not picked."""
+    from dartsnas.protocol.summary import summarize
+
+    exp = tmp_path / "exp"
+    (exp / "status").mkdir(parents=True)
+    (exp / "experiment.json").write_text(json.dumps({"kind": "random", "space": "rnn", "config": {}}))
+    scores = {"random-0": (100.0, 300.0), "random-1": (200.0, 250.0), "random-2": (50.0, None)}
+    for k, (name, (best, final)) in enumerate(scores.items()):
+        (exp / "status" / f"{name}.json").write_text(json.dumps({"name": name, "stage": "random", "index": k,
+                                                                 "status": "done"}))
+        (exp / "runs" / name).mkdir(parents=True)
+        (exp / "runs" / name / "results.json").write_text(json.dumps(
+            {"valid_ppl": best, "final_valid_ppl": final, "test_ppl": None, "eval_test": False}))
+    s = summarize(exp)
+    assert s["chosen"]["run"] == "random-1" and s["chosen"]["metric"] == "final_valid_ppl"
+    assert s["chosen"]["score"] == 250.0
+    assert next(r for r in s["runs"] if r["name"] == "random-2")["status"] == "failed"
 
 
 # ------------------------------------------------------------------------------------------- submitit launcher

@@ -3,7 +3,8 @@
 - SIGKILL mid-epoch, then ``--resume``: the finished run equals an uninterrupted one bit for bit (every
   tensor and value of the checkpoint, metrics.jsonl, results.json, genotype.json, best.pt);
 - SIGTERM mid-epoch: a checkpoint at that step, exit 128 + 15, and ``--resume`` continues it exactly;
-- a NaN injected in a step: exit 6 with one line, before any update, the checkpoint byte-identical;
+- a NaN injected in a step: exit 6 with one line, before any update, the checkpoint byte-identical (the
+  recurrent training first reloads its checkpoint ``nan_retries`` times: test_nan_recovery.py);
 - a corrupted, truncated or foreign checkpoint, or an incompatible config, is refused with one line.
 
 Faults are injected through ``DARTSNAS_FAULT`` (loops.common): ``kill_at_step:N``/``term_at_step:N`` signal

@@ -264,8 +264,8 @@ def test_paper_defaults():
     (["train", "--space", "rnn", "--dataset", "ptb", "--data-dir", "/nonexistent/ptb"], 4, "/nonexistent/ptb"),
     (["train", "--space", "rnn", "--preset", "tiny", "--layers", "3"], 2, "--layers is for image training"),
 ])
-def test_bad_input_is_one_line(args, code, needle):
-    res = run_cli(*args)
+def test_bad_input_is_one_line(args, code, needle, cli_main):
+    res = cli_main(*args)
     assert res.returncode == code, (res.returncode, res.stderr)
     assert needle in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -79,8 +79,8 @@ def test_second_order_smoke(tmp_path):
     (["derive", "/nonexistent/run"], 5, "no such checkpoint"),
     (["genotype", "NOT_A_GENOTYPE"], 3, "not a published genotype name"),
 ])
-def test_bad_input_is_one_line(args, code, needle):
-    res = run_cli(*args)
+def test_bad_input_is_one_line(args, code, needle, cli_main):
+    res = cli_main(*args)
     assert res.returncode == code, (res.returncode, res.stderr)
     assert needle in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
@@ -121,14 +121,14 @@ def test_short_search_on_real_cifar10(tmp_path):
     assert abs(rec["train_loss"] - math.log(10)) < 0.7
 
 
-def test_skip_collapse_guard_stops_and_keeps_last_good_cell(tmp_path, monkeypatch):
+def test_skip_collapse_guard_stops_and_keeps_last_good_cell(tmp_path, monkeypatch, cli_main):
     import dartsnas.loops.search as search_mod
     from dartsnas.loops.search import skip_count, too_many_skips
     from dartsnas.space.genotype import PUBLISHED
 
     v2 = PUBLISHED["DARTS_V2"]
     assert skip_count(v2) == 2 and too_many_skips(v2, 1) and not too_many_skips(v2, 2) and not too_many_skips(v2, None)
-    bad = run_cli("search", *TINY, "--set", "max_skip_normal=-1", "--run-dir", str(tmp_path / "bad"))
+    bad = cli_main("search", *TINY, "--set", "max_skip_normal=-1", "--run-dir", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "max_skip_normal" in bad.stderr
     # Pretend the cell of the second epoch collapsed: the run stops there and keeps the first epoch's cell.
     calls = []
@@ -144,8 +144,8 @@ def test_skip_collapse_guard_stops_and_keeps_last_good_cell(tmp_path, monkeypatc
     assert len(_metrics(tmp_path / "r")) == 2 and again.genotype == result.genotype
 
 
-def test_show_config_lists_every_field():
-    res = run_cli("search", "--preset", "paper", "--show-config", "--set", "layers=5")
+def test_show_config_lists_every_field(cli_main):
+    res = cli_main("search", "--preset", "paper", "--show-config", "--set", "layers=5")
     assert res.returncode == 0, res.stderr
     shown = json.loads(res.stdout)
     assert set(shown) == set(SearchConfig.field_names()) and shown["layers"] == 5 and shown["epochs"] == 50

@@ -130,35 +130,35 @@ def test_eval_reevaluates_the_checkpoint(reference_run):
     assert out["test_loss"] == pytest.approx(last["test_loss"], rel=1e-6)
 
 
-def test_corrupted_checkpoint_refused(reference_run, tmp_path):
+def test_corrupted_checkpoint_refused(reference_run, tmp_path, cli_main):
     run = tmp_path / "corrupt"
     shutil.copytree(reference_run, run)
     raw = bytearray((run / "checkpoint.pt").read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     (run / "checkpoint.pt").write_bytes(bytes(raw))
-    proc = run_cli("eval", str(run))  # resuming it is refused in test_reliability.py
+    proc = cli_main("eval", str(run))  # resuming it is refused in test_reliability.py
     assert proc.returncode == 5, proc.stderr
     line = _one_line_error(proc)
     assert "checksum mismatch" in line and "checkpoint.pt" in line
 
 
-def test_foreign_checkpoint_refused(tmp_path):
+def test_foreign_checkpoint_refused(tmp_path, cli_main):
     from dartsnas.checkpoint import save_checkpoint
 
     run = tmp_path / "foreign"
     run.mkdir()
     save_checkpoint(run / "checkpoint.pt", {"kind": "cnn-search", "config": {}})
-    proc = run_cli("eval", str(run))
+    proc = cli_main("eval", str(run))
     assert proc.returncode == 5
     assert "expected 'cnn-train'" in _one_line_error(proc)
 
 
-def test_imagenet_missing_folder_and_torchvision_errors(tmp_path):
-    proc = run_cli("train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "nope"), "--no-progress",
-                   "--run-dir", str(tmp_path / "r1"))
+def test_imagenet_missing_folder_and_torchvision_errors(tmp_path, cli_main):
+    proc = cli_main("train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "nope"), "--no-progress",
+                    "--run-dir", str(tmp_path / "r1"))
     assert proc.returncode == 4
     assert "missing the train/ folder" in _one_line_error(proc)
-    proc = run_cli("train", "--dataset", "imagenet", "--no-progress", "--run-dir", str(tmp_path / "r0"))
+    proc = cli_main("train", "--dataset", "imagenet", "--no-progress", "--run-dir", str(tmp_path / "r0"))
     assert proc.returncode == 4 and "--data-dir" in _one_line_error(proc)
     try:
         import torchvision  # noqa: F401
@@ -166,8 +166,8 @@ def test_imagenet_missing_folder_and_torchvision_errors(tmp_path):
         root = tmp_path / "imagenet"
         (root / "train" / "n01").mkdir(parents=True)
         (root / "val" / "n01").mkdir(parents=True)
-        proc = run_cli("train", "--dataset", "imagenet", "--data-dir", str(root), "--no-progress",
-                       "--run-dir", str(tmp_path / "r2"))
+        proc = cli_main("train", "--dataset", "imagenet", "--data-dir", str(root), "--no-progress",
+                        "--run-dir", str(tmp_path / "r2"))
         assert proc.returncode == 4
         assert "pip install 'dartsnas[imagenet]'" in _one_line_error(proc)
 

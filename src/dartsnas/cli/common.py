@@ -114,8 +114,8 @@ def named_dataset(args: argparse.Namespace) -> str | None:
 
 def check_finished(run_dir: str | Path | None, resume: bool, cfg, kind: str) -> str | None:
     """A one-line note when ``--resume`` (or ``--auto-resume``) points at a run that already finished (its
-    results are written, or its checkpoint is past the last epoch); None when there is work left. A config
-    that differs from the run's is refused first, as the loop would."""
+    results are written, or its checkpoint is past the last epoch); None when there is work left. A checkpoint
+    of another ``kind`` of run, then a config that differs from the run's, are refused first, as the loop would."""
     if not (resume and run_dir):
         return None
     from ..checkpoint import load_checkpoint

@@ -107,7 +107,8 @@ def _rnn_train(args: argparse.Namespace) -> int:
     with cleanup_failed_start(run_dir, "rnn-train"):
         result = run_rnn_train(cfg, run_dir=run_dir, resume=resume)
     r = result.results
-    print(f"valid ppl {r['valid_ppl']:.2f}, test ppl {r['test_ppl']:.2f}, {r['params'] / 1e6:.2f}M params")
+    test = f"test ppl {r['test_ppl']:.2f}" if r["test_ppl"] is not None else "test set not evaluated (eval_test=false)"
+    print(f"valid ppl {r['valid_ppl']:.2f}, {test}, {r['params'] / 1e6:.2f}M params")
     print(f"results:  {result.run_dir / 'results.json'}")
     print(f"curves:   {result.run_dir / 'perplexity.svg'}; cell: {result.run_dir / 'recurrent.svg'}")
     return 0

@@ -162,10 +162,28 @@ def inject_fault(global_step: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+_FAULT_FIRINGS: dict[str, int] = {}
+
+
+def reset_faults() -> None:
+    """Forget how often the ``nan_..._at_step:N:K`` faults fired (the driver calls it when a loop starts)."""
+    _FAULT_FIRINGS.clear()
+
+
 def nan_fault(which: str, global_step: int) -> bool:
     """Test hook: ``DARTSNAS_FAULT=nan_<which>_at_step:N`` asks for NaNs in ``which`` (train, val) at step N
-    (1-based); every loop reads faults through this function and ``inject_fault``."""
-    return os.environ.get("DARTSNAS_FAULT", "") == f"nan_{which}_at_step:{global_step}"
+    (1-based) every time step N runs; ``nan_<which>_at_step:N:K`` only the first K times in this loop (a
+    transient NaN, which a reload after the NaN gets past). Every loop reads faults through this function and
+    ``inject_fault``."""
+    fault = os.environ.get("DARTSNAS_FAULT", "")
+    at = f"nan_{which}_at_step:{global_step}"
+    if fault == at:
+        return True
+    if not fault.startswith(at + ":"):
+        return False
+    times = int(fault[len(at) + 1:])
+    _FAULT_FIRINGS[fault] = _FAULT_FIRINGS.get(fault, 0) + 1
+    return _FAULT_FIRINGS[fault] <= times
 
 
 def poison_batch(x: "torch.Tensor", which: str, global_step: int) -> "torch.Tensor":

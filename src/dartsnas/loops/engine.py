@@ -22,6 +22,8 @@ A task supplies the rest through the ``Task`` interface::
     task.new_epoch()                reset per-epoch positions (streams, hidden states) after the epoch
     task.after_epoch(record, run)   write per-epoch outputs (genotype, pictures, curves, best weights)
     task.finished()                 -> True to stop before ``cfg.epochs`` (early stopping)
+    task.nan_retries                how often a NonFiniteError reloads the last checkpoint before it stops
+                                    the run (``Run.reload``; default 0: stop at once, exit 6)
     task.extra_state()/load_extra(ck)  checkpoint entries that are not state fields (collective under DDP)
 
 The epoch counter is 0-based inside (``state.epoch`` = epochs done; the ``epoch`` field of metrics records
@@ -39,9 +41,9 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..errors import CheckpointError, DartsError
+from ..errors import CheckpointError, DartsError, NonFiniteError
 from .common import (CHECKPOINT, Interrupted, Metrics, StopRequest, check_resume_config, default_run_dir,
-                     inject_fault, prepare_run_dir, write_json)
+                     inject_fault, prepare_run_dir, reset_faults, write_json)
 from .logs import Log, TensorBoardHook, emitter
 from .progress import Progress, RunEstimate
 from .state import LoopState, Sums, load_state_dict, state_dict
@@ -97,6 +99,7 @@ class Task:
     sums: Sums
     device: torch.device
     seconds_key = "epoch_seconds"   # the record's field for the epoch's duration
+    nan_retries = 0                 # reloads of the last checkpoint after a non-finite value (0: stop at once)
 
     def steps_per_epoch(self) -> int:
         raise NotImplementedError
@@ -224,51 +227,93 @@ class Run:
 
     def loop(self, task: Task) -> None:
         st, cfg = task.state, task.cfg
-        steps = task.steps_per_epoch()
-        interval = cfg.log_interval
         estimate = RunEstimate(task.device.type == "cpu" and self.ranks.main)
+        reset_faults()
+        retries = 0  # reloads of the current checkpoint (task.nan_retries); a new checkpoint starts again at 0
         try:
             with StopRequest() as stop:
+                if task.nan_retries and not self.checkpoint_path.exists():
+                    self.save(task)  # something to go back to after a NaN in the first epoch
                 while st.epoch < cfg.epochs and not task.finished():
                     t0 = time.perf_counter()
-                    task.begin_epoch()
-                    bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress and self.ranks.main,
-                                   interval=interval)
-                    for batch in task.batches():
-                        task.sums.add(task.step(batch))
-                        st.step_in_epoch += 1
-                        st.global_step += 1
-                        inject_fault(st.global_step)
-                        if self._stop_requested(stop, task.device):
-                            st.wall += time.perf_counter() - t0
-                            self.save(task)
-                            bar.close()
-                            raise Interrupted(stop.signum or signal.SIGTERM, self.checkpoint_path)
-                        if st.step_in_epoch % interval == 0 or st.step_in_epoch == steps:
-                            task.check()
-                        if bar.due(st.step_in_epoch):
-                            bar.update(st.step_in_epoch, task.stats(task.sums.values()))
-                        message = estimate.tick(max(0, (cfg.epochs - st.epoch) * steps - st.step_in_epoch))
-                        if message:
-                            self.log(message)
-                    bar.close()
-                    task.check()
-                    record = task.end_of_epoch(task.sums.values(self.ranks.all_reduce(task.sums.data.clone())))
-                    st.wall += time.perf_counter() - t0
-                    record.update({task.seconds_key: time.perf_counter() - t0, "wall_seconds": st.wall})
-                    self.log(task.summary(record))
-                    st.epoch += 1
-                    st.step_in_epoch = 0
-                    task.sums.zero()
-                    task.new_epoch()
-                    self.record(record)
-                    task.after_epoch(record, self)
-                    self.save(task)
+                    try:
+                        self._epoch(task, stop, estimate, t0)
+                    except NonFiniteError as e:
+                        if retries >= task.nan_retries:
+                            if task.nan_retries:
+                                self.log(f"giving up after {retries} reloads (nan_retries={task.nan_retries})")
+                            raise
+                        retries += 1
+                        self.reload(task, e, retries, time.perf_counter() - t0)
+                        continue
+                    retries = 0
         finally:
             for hook in self.hooks:
                 close = getattr(hook, "close", None)
                 if close is not None:
                     close()
+
+    def _epoch(self, task: Task, stop: StopRequest, estimate: RunEstimate, t0: float) -> None:
+        """The rest of the current epoch: its steps, the evaluation, the record and the checkpoint."""
+        st, cfg = task.state, task.cfg
+        steps = task.steps_per_epoch()
+        interval = cfg.log_interval
+        task.begin_epoch()
+        bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress and self.ranks.main,
+                       interval=interval)
+        for batch in task.batches():
+            task.sums.add(task.step(batch))
+            st.step_in_epoch += 1
+            st.global_step += 1
+            inject_fault(st.global_step)
+            if self._stop_requested(stop, task.device):
+                st.wall += time.perf_counter() - t0
+                self.save(task)
+                bar.close()
+                raise Interrupted(stop.signum or signal.SIGTERM, self.checkpoint_path)
+            if st.step_in_epoch % interval == 0 or st.step_in_epoch == steps:
+                task.check()
+            if bar.due(st.step_in_epoch):
+                bar.update(st.step_in_epoch, task.stats(task.sums.values()))
+            message = estimate.tick(max(0, (cfg.epochs - st.epoch) * steps - st.step_in_epoch))
+            if message:
+                self.log(message)
+        bar.close()
+        task.check()
+        record = task.end_of_epoch(task.sums.values(self.ranks.all_reduce(task.sums.data.clone())))
+        st.wall += time.perf_counter() - t0
+        record.update({task.seconds_key: time.perf_counter() - t0, "wall_seconds": st.wall})
+        self.log(task.summary(record))
+        st.epoch += 1
+        st.step_in_epoch = 0
+        task.sums.zero()
+        task.new_epoch()
+        self.record(record)
+        task.after_epoch(record, self)
+        self.save(task)
+
+    def reload(self, task: Task, error: NonFiniteError, attempt: int, spent: float) -> None:
+        """After a non-finite value, go back to the last checkpoint and continue (spec §7.6, tasks with
+        ``nan_retries``): the model, optimizers, data position, counters and sums come from the checkpoint;
+        the random streams (Python, NumPy, torch, CUDA, the task's generators) go on from where the failed
+        attempt left them, so the retry draws new segment lengths and dropout masks instead of replaying
+        the step that failed. ``spent`` (the failed attempt's seconds) stays counted in the wall clock."""
+        st = task.state
+        ck = load_checkpoint(self.checkpoint_path, expect_kind=self.kind)
+        wall = float(ck["wall"]) + spent
+        try:
+            load_state_dict(st, ck, task.device, rng=False)
+            task.sums.load_state_dict(ck["sums"])
+            task.load_extra(ck)
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise CheckpointError(f"does not match this {self.kind} run ({type(e).__name__}: {str(e)[:200]})",
+                                  str(self.checkpoint_path)) from None
+        st.wall = wall
+        if self.ranks.main:  # as on resume: no record of an epoch the checkpoint does not cover
+            self.metrics.truncate_after(st.epoch)
+        where = f"after step {st.step_in_epoch}" if st.step_in_epoch else "at its start"
+        self.log(f"{error}; reloaded {self.checkpoint_path} (epoch {st.epoch + 1}/{task.cfg.epochs}, {where}), "
+                 f"retry {attempt} of {task.nan_retries}; the random streams go on")
 
     def _stop_requested(self, stop: StopRequest, device: torch.device) -> bool:
         requested = stop.requested

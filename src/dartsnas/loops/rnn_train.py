@@ -29,9 +29,12 @@ it applies the previous step's scaled lr; here each step uses its own. The effec
 
 Reliability: checkpoint after every epoch and on SIGTERM/SIGINT (mid-epoch: hidden state, stream position,
 RNGs, optimizer, average, validation history), exact resume, refusal of corrupt/incompatible checkpoints.
-A non-finite loss or gradient norm stops the run before the update with exit code 6 and leaves the last
-checkpoint as it was; rerun with ``--resume`` (the spec's automatic reload-and-continue is not done: with
-the random streams restored exactly it would replay the same step).
+A non-finite training loss, gradient norm or validation loss is caught before the update; as the spec
+says (§7.6), the run then reloads the last checkpoint (weights, optimizer, average, data position) and
+continues, up to ``nan_retries`` times per checkpoint (``Run.reload``; a fresh run saves its initial state
+first, so a NaN in the first epoch has a checkpoint to go back to). The random streams are not rewound: the
+retry draws new segment lengths and dropout masks (rewinding them would replay the step that failed). When
+the retries are used up the run stops with exit code 6 and the last checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -101,9 +104,12 @@ class RNNTrainConfig(ConfigBase):
     # protocol never reads a test set before the final evaluation (spec §9).
     eval_test: bool = True
     tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
+    # After a non-finite loss or gradient norm, reload the last checkpoint and continue (§7.6), at most this
+    # many times per checkpoint; then stop with exit 6. Harmless on resume: a run without NaNs is unchanged.
+    nan_retries: int = 3
 
     HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "test_batch_size", "test_tokens", "eval_test",
-                                                "tensorboard", "deterministic"})
+                                                "tensorboard", "deterministic", "nan_retries"})
 
     PRESETS = {
         "paper-ptb": {},
@@ -132,7 +138,7 @@ class RNNTrainConfig(ConfigBase):
             require(p, v is None or v > 0, f"{name}: must be positive, got {v}")
         require(p, self.lr > 0, f"lr: must be positive, got {self.lr}")
         require(p, self.grad_clip > 0, f"grad_clip: must be positive, got {self.grad_clip}")
-        for name in ("weight_decay", "tar_beta", "max_seq_len_delta"):
+        for name in ("weight_decay", "tar_beta", "max_seq_len_delta", "nan_retries"):
             require(p, getattr(self, name) >= 0, f"{name}: must be non-negative, got {getattr(self, name)}")
         for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
             require(p, 0 <= getattr(self, name) < 1, f"{name}: must be in [0, 1), got {getattr(self, name)}")
@@ -250,6 +256,7 @@ class RNNTrainTask(Task):
         self.state = _State(cfg, corpus.ntoken, genotype, device)
         self.sums = Sums(SUMS, device)
         self.best_path: Path | None = None
+        self.nan_retries = cfg.nan_retries
 
     def steps_per_epoch(self) -> int:
         return steps_estimate(self.train.size(0), self.cfg.bptt, self.cfg.max_steps_per_epoch)

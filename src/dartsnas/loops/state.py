@@ -82,9 +82,10 @@ def state_dict(state: Any) -> dict[str, Any]:
     return out
 
 
-def load_state_dict(state: Any, ck: dict[str, Any], device: torch.device) -> None:
+def load_state_dict(state: Any, ck: dict[str, Any], device: torch.device, rng: bool = True) -> None:
     """Inverse of ``state_dict``. A missing or mismatching entry raises KeyError/RuntimeError/ValueError/
-    TypeError, which the driver reports as a checkpoint that does not fit this run."""
+    TypeError, which the driver reports as a checkpoint that does not fit this run. ``rng=False`` leaves
+    every random stream (global and generator fields) where it is (the driver's reload after a NaN)."""
     generators: dict[str, torch.Generator] = {}
     for key, f in _saved_fields(state):
         value = getattr(state, f.name)
@@ -94,7 +95,8 @@ def load_state_dict(state: Any, ck: dict[str, Any], device: torch.device) -> Non
             value.load_state_dict(ck[key])
         else:
             setattr(state, f.name, _to_device(ck[key], device))
-    restore_rng(ck["rng"], generators)
+    if rng:
+        restore_rng(ck["rng"], generators)
 
 
 class Sums:

@@ -37,6 +37,8 @@ def _train_argv(cfg: ProtocolConfig, genotype: Path, seed: int, run_dir: Path, e
         argv += ["--epochs", str(epochs)]
     if selection and cfg.space == "cnn":
         argv += ["--set", "eval_split=search_valid"]  # train on D_w, score on D_alpha (spec §9 [SPEC])
+    if selection and cfg.space == "rnn":
+        argv += ["--set", "eval_test=false"]  # scored on the validation set; the test set stays unread (§9)
     argv += [a for kv in list(cfg.train_set) + list(extra) for a in ("--set", kv)]
     return argv, ["train", "--space", cfg.space, "--resume", str(run_dir), "--no-progress"]
 
@@ -51,8 +53,7 @@ def _check_loop_configs(cfg: ProtocolConfig, what: str) -> bool:
         checked.append(cfg.search_config(seed=0))
     over = cfg._common_overrides() + list(cfg.train_set)
     if what in ("select", "random"):
-        if cfg.space == "cnn":
-            over.append("eval_split=search_valid")
+        over.append("eval_split=search_valid" if cfg.space == "cnn" else "eval_test=false")
         if cfg.resolved_select_epochs() is not None:
             over.append(f"epochs={cfg.resolved_select_epochs()}")
     else:

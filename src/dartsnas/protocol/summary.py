@@ -31,16 +31,20 @@ def _run_hours(run_dir: Path) -> float | None:
 
 
 def _selection_score(space: str, run_dir: Path) -> tuple[str, float, float] | None:
-    """(metric name, value, higher-is-better sign) of a finished selection training; None if unreadable."""
+    """(metric name, value, higher-is-better sign) of a finished selection training; None if unreadable.
+
+    One rule for both spaces: the final epoch's validation score (not the best epoch's: picking an epoch by
+    the validation score and then the cell by the same score would use the validation set twice).
+    """
     res = _read_json(run_dir / "results.json")
     if not isinstance(res, dict):
         return None
     if space == "rnn":
-        v = res.get("valid_ppl")
-        return ("valid_ppl", float(v), -1.0) if isinstance(v, (int, float)) else None
+        v = res.get("final_valid_ppl")  # the last epoch's validation perplexity (averaged weights after ASGD)
+        return ("final_valid_ppl", float(v), -1.0) if isinstance(v, (int, float)) and math.isfinite(v) else None
     if res.get("eval_split") != "search_valid":  # never select on the test set
         return None
-    v = res.get("test_top1")  # with eval_split=search_valid this is the accuracy on D_alpha
+    v = res.get("test_top1")  # with eval_split=search_valid: the last epoch's accuracy on D_alpha
     return ("valid_acc", float(v), 1.0) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
