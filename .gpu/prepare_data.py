@@ -38,8 +38,13 @@ def main() -> None:
     tx, ty, vx, vy = load_cifar10(Path(source))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, train_data=tx[:a.train].reshape(-1, 3072).numpy(), train_labels=ty[:a.train].numpy(),
-             test_data=vx[:a.test].reshape(-1, 3072).numpy(), test_labels=vy[:a.test].numpy())
+    np.savez(
+        out,
+        train_data=tx[: a.train].reshape(-1, 3072).numpy(),
+        train_labels=ty[: a.train].numpy(),
+        test_data=vx[: a.test].reshape(-1, 3072).numpy(),
+        test_labels=vy[: a.test].numpy(),
+    )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {a.train} training and {a.test} test images")
 
 

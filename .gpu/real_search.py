@@ -47,19 +47,38 @@ def main() -> int:
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, graph in (("eager", False), ("graph", True)):
-            cfg = SearchConfig.build("paper", dataset="cifar10", data_dir=a.data, subset=a.subset, epochs=1,
-                                     order=a.order, device=a.device, progress=False, deterministic=True,
-                                     fused_ops=True, cuda_graph=graph, log_interval=5, **small)
+            cfg = SearchConfig.build(
+                "paper",
+                dataset="cifar10",
+                data_dir=a.data,
+                subset=a.subset,
+                epochs=1,
+                order=a.order,
+                device=a.device,
+                progress=False,
+                deterministic=True,
+                fused_ops=True,
+                cuda_graph=graph,
+                log_interval=5,
+                **small,
+            )
             t = time.perf_counter()
             res = run_search(cfg, run_dir=Path(tmp) / name, log=lambda *x: None)
             if cuda:
                 torch.cuda.synchronize()
-            runs[name] = {"seconds": round(time.perf_counter() - t, 1), "result": res,
-                          "genotype": str(res.genotype), "final": {k: res.final.get(k) for k in
-                                                                    ("train_loss", "valid_loss", "valid_acc")}}
+            runs[name] = {
+                "seconds": round(time.perf_counter() - t, 1),
+                "result": res,
+                "genotype": str(res.genotype),
+                "final": {k: res.final.get(k) for k in ("train_loss", "valid_loss", "valid_acc")},
+            }
     e, g = runs["eager"]["result"], runs["graph"]["result"]
     report = {
-        "device": torch.cuda.get_device_name() if cuda else a.device, "small": a.small, "torch": torch.__version__, "subset": a.subset, "order": a.order,
+        "device": torch.cuda.get_device_name() if cuda else a.device,
+        "small": a.small,
+        "torch": torch.__version__,
+        "subset": a.subset,
+        "order": a.order,
         "rel_alphas_normal": _rel(g.alphas_normal, e.alphas_normal),
         "rel_alphas_reduce": _rel(g.alphas_reduce, e.alphas_reduce),
         "same_genotype": runs["eager"]["genotype"] == runs["graph"]["genotype"],

@@ -36,10 +36,16 @@ def use_src(argv: list[str] | None = None) -> Path:
 
 def _git_commit(path: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                             timeout=10)
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--", "."], capture_output=True, check=False,
-                               text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=False, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -53,22 +59,27 @@ def environment(device, src: Path) -> dict:
 
     cuda = device.type == "cuda"
     env = {
-        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "python": platform.python_version(), "platform": platform.platform(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if cuda
-                        else f"cpu ({platform.processor() or platform.machine()})"),
-        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+        "device_name": (
+            torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or platform.machine()})"
+        ),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if cuda else None,
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic) if cuda else None,
-        "src": str(src), "src_commit": _git_commit(src),
+        "src": str(src),
+        "src_commit": _git_commit(src),
     }
     if cuda:
         p = torch.cuda.get_device_properties(device)
-        env["gpu_memory_gb"] = round(p.total_memory / 2 ** 30, 1)
+        env["gpu_memory_gb"] = round(p.total_memory / 2**30, 1)
         env["gpu_capability"] = f"{p.major}.{p.minor}"
     return env
 

@@ -28,8 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dartsnas.cli import main as dartsnas
 
-TINY = ["--epochs", "1", "--search-set", "subset=64", "--search-set", "batch_size=32",
-        "--search-set", "hessian_batch=16"]
+TINY = [
+    "--epochs",
+    "1",
+    "--search-set",
+    "subset=64",
+    "--search-set",
+    "batch_size=32",
+    "--search-set",
+    "hessian_batch=16",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +53,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
 
-    cmd = ["compare", "--space", "nb201", "--preset", "nb201-proxy", "--methods", args.methods, "--seeds", args.seeds,
-           "--data-dir", args.data_dir, "--random-samples", args.random_samples, "--jobs", args.jobs,
-           "-e", args.experiment]
+    cmd = [
+        "compare",
+        "--space",
+        "nb201",
+        "--preset",
+        "nb201-proxy",
+        "--methods",
+        args.methods,
+        "--seeds",
+        args.seeds,
+        "--data-dir",
+        args.data_dir,
+        "--random-samples",
+        args.random_samples,
+        "--jobs",
+        args.jobs,
+        "-e",
+        args.experiment,
+    ]
     if args.resume:
         cmd = ["compare", "--resume", "-e", args.experiment, "--jobs", args.jobs]
     elif args.tiny:
@@ -64,8 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     stem = f"nb201-methods{'-tiny' if args.tiny else ''}-{time.strftime('%Y-%m-%d')}"
     summary = json.loads((Path(args.experiment) / "summary.json").read_text())
-    meta = {"command": "dartsnas " + " ".join(cmd), "wall_seconds": wall, "tiny": args.tiny,
-            "machine": platform.platform(), "python": platform.python_version()}
+    meta = {
+        "command": "dartsnas " + " ".join(cmd),
+        "wall_seconds": wall,
+        "tiny": args.tiny,
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+    }
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2) + "\n")
     (out / f"{stem}.md").write_text((report_dir / "report.md").read_text())
     print(f"written: {out / (stem + '.json')}, {out / (stem + '.md')}")

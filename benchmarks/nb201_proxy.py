@@ -30,8 +30,9 @@ from dartsnas.loops.search import SearchConfig, run_search
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict:
-    cfg = SearchConfig.build("nb201-proxy", [f"seed={seed}", f"data_dir={args.data_dir}", "progress=false",
-                                             "dataset=cifar10", *args.set])
+    cfg = SearchConfig.build(
+        "nb201-proxy", [f"seed={seed}", f"data_dir={args.data_dir}", "progress=false", "dataset=cifar10", *args.set]
+    )
     run_dir = Path(args.runs) / f"seed{seed}"
     t0 = time.perf_counter()
     result = run_search(cfg, run_dir, log=(print if args.verbose else (lambda *_: None)))
@@ -39,8 +40,12 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     res = json.loads((run_dir / "results.json").read_text())
     hist = result.history
     return {
-        "seed": seed, "run_dir": str(run_dir), "wall_seconds": wall, "epochs": len(hist),
-        "final_cell": res["arch_str"], "table": res["table"],
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "wall_seconds": wall,
+        "epochs": len(hist),
+        "final_cell": res["arch_str"],
+        "table": res["table"],
         "lambda_max": [r.get("hessian_eig") for r in hist],
         "skip_count": [r.get("skip_count") for r in hist],
         "none_count": [r.get("none_count") for r in hist],
@@ -58,8 +63,11 @@ def summary(per_seed: list[dict]) -> dict:
     for key in ("cifar10", "cifar100", "imagenet16_120"):
         vals = [s["table"][key] for s in per_seed if s.get("table")]
         if vals:
-            out[key] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
-                        "n": len(vals)}
+            out[key] = {
+                "mean": statistics.fmean(vals),
+                "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
+                "n": len(vals),
+            }
     out["wall_seconds_mean"] = statistics.fmean(s["wall_seconds"] for s in per_seed)
     return out
 
@@ -75,9 +83,17 @@ def main() -> int:
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     per_seed = [run_seed(seed, args) for seed in seeds]
-    report = {"benchmark": "nb201_proxy", "preset": "nb201-proxy", "overrides": args.set, "method": "DARTS, first order",
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.platform(),
-              "seeds": per_seed, "summary": summary(per_seed)}
+    report = {
+        "benchmark": "nb201_proxy",
+        "preset": "nb201-proxy",
+        "overrides": args.set,
+        "method": "DARTS, first order",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.platform(),
+        "seeds": per_seed,
+        "summary": summary(per_seed),
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -55,9 +55,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--src", default=None)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    result = {"benchmark": "op-count", "settings": {"init_channels": a.init_channels, "layers": a.layers,
-                                                    "batch_size": a.batch_size, "pass": "train forward + backward"},
-              "environment": environment(torch.device("cpu"), SRC), "results": {}}
+    result = {
+        "benchmark": "op-count",
+        "settings": {
+            "init_channels": a.init_channels,
+            "layers": a.layers,
+            "batch_size": a.batch_size,
+            "pass": "train forward + backward",
+        },
+        "environment": environment(torch.device("cpu"), SRC),
+        "results": {},
+    }
     for fused in (False, True):
         torch.manual_seed(0)
         net = SearchNetwork(a.init_channels, 10, a.layers, 4, fused=fused)
@@ -66,15 +74,34 @@ def main(argv: list[str] | None = None) -> dict:
         with _Count() as c:
             torch.nn.functional.cross_entropy(net(x), y).backward()
         result["results"]["fused" if fused else "plain"] = {
-            "ops": sum(c.ops.values()), "mb_written": round(c.bytes / 1e6, 1), "top": c.ops.most_common(10)}
+            "ops": sum(c.ops.values()),
+            "mb_written": round(c.bytes / 1e6, 1),
+            "top": c.ops.most_common(10),
+        }
     if a.search_step:
         z = torch.zeros(4 * a.batch_size, 3, 32, 32, dtype=torch.uint8)
-        data = ImageData("synthetic", z, torch.zeros(len(z), dtype=torch.long), z, torch.zeros(len(z), dtype=torch.long),
-                         (0.5,) * 3, (0.25,) * 3, 10)
+        data = ImageData(
+            "synthetic",
+            z,
+            torch.zeros(len(z), dtype=torch.long),
+            z,
+            torch.zeros(len(z), dtype=torch.long),
+            (0.5,) * 3,
+            (0.25,) * 3,
+            10,
+        )
         for order in (1, 2):
             for fused in (False, True):
-                cfg = SearchConfig.build("paper", order=order, fused_ops=fused, init_channels=a.init_channels,
-                                         layers=a.layers, batch_size=a.batch_size, device="cpu", progress=False)
+                cfg = SearchConfig.build(
+                    "paper",
+                    order=order,
+                    fused_ops=fused,
+                    init_channels=a.init_channels,
+                    layers=a.layers,
+                    batch_size=a.batch_size,
+                    device="cpu",
+                    progress=False,
+                )
                 torch.manual_seed(0)
                 st = _State(cfg, data, torch.device("cpu"))
                 x = torch.randn(2, a.batch_size, 3, 32, 32)
@@ -83,7 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
                 with _Count() as c:
                     _search_step(st, torch.nn.CrossEntropyLoss(), x[0], y[0], x[1], y[1], 0.025)
                 result["results"][f"search-step-order{order}-{'fused' if fused else 'plain'}"] = {
-                    "ops": sum(c.ops.values()), "mb_written": round(c.bytes / 1e6, 1), "top": c.ops.most_common(10)}
+                    "ops": sum(c.ops.values()),
+                    "mb_written": round(c.bytes / 1e6, 1),
+                    "top": c.ops.most_common(10),
+                }
     write_json(result, a.out)
     return result
 

@@ -8,7 +8,8 @@ draw the length at random around it). At the spec's settings:
 search emsize = nhid = 300, batch 256, 35-row training segment and 35-row α window, 10,000 words; evaluation
 DARTS cell, emsize = nhid = 850, batch 64, 35-row segments (the learning-rate scaling is 35/35 = 1). Tokens
 per second count the training tokens and, for search, the validation (α) tokens: 2·35·256 per search step,
-35·64 per training step, as the reference figures do (PERFORMANCE.md). Prints one JSON object (``--out``: also writes it).
+35·64 per training step, as the reference figures do (PERFORMANCE.md). Prints one JSON object
+(``--out``: also writes it).
 ``--src PATH`` times another checkout (benchmarks/_common.py). Not a test.
 
     PYTHONPATH=src python benchmarks/rnn_step.py --device cuda --steps 20
@@ -65,8 +66,13 @@ def bench(mode: str, device: torch.device, steps: int, warmup: int, ntoken: int,
     torch.manual_seed(0)
     g = torch.Generator(device="cpu").manual_seed(1)
     if mode.startswith("search"):
-        cfg = rnn_search.RNNSearchConfig.build("paper", order=2 if mode == "search2" else 1, device=str(device),
-                                               nhid=a.search_nhid, batch_size=a.search_batch)
+        cfg = rnn_search.RNNSearchConfig.build(
+            "paper",
+            order=2 if mode == "search2" else 1,
+            device=str(device),
+            nhid=a.search_nhid,
+            batch_size=a.search_batch,
+        )
         st = rnn_search._State(cfg, ntoken, device)
         B, T = cfg.batch_size, cfg.bptt
         train = _Segments(batchify(torch.randint(0, ntoken, (a.rows * B,), generator=g), B).to(device), T)
@@ -77,11 +83,19 @@ def bench(mode: str, device: torch.device, steps: int, warmup: int, ntoken: int,
             st.global_step += 1
 
         tokens_per_step = 2 * T * B
-        settings = {"nhid": cfg.nhid, "batch": B, "bptt": T, "order": cfg.order, "ntoken": ntoken,
-                    "nodes": cfg.num_nodes, "weights": sum(p.numel() for p in st.model.weights())}
+        settings = {
+            "nhid": cfg.nhid,
+            "batch": B,
+            "bptt": T,
+            "order": cfg.order,
+            "ntoken": ntoken,
+            "nodes": cfg.num_nodes,
+            "weights": sum(p.numel() for p in st.model.weights()),
+        }
     else:
-        cfg = rnn_train.RNNTrainConfig.build("paper-ptb", device=str(device), nhid=a.train_nhid,
-                                             batch_size=a.train_batch)
+        cfg = rnn_train.RNNTrainConfig.build(
+            "paper-ptb", device=str(device), nhid=a.train_nhid, batch_size=a.train_batch
+        )
         st = rnn_train._State(cfg, ntoken, load_genotype("DARTS", kind="rnn"), device)
         B, T = cfg.batch_size, cfg.bptt
         train = _Segments(batchify(torch.randint(0, ntoken, (a.rows * B,), generator=g), B).to(device), T)
@@ -91,8 +105,14 @@ def bench(mode: str, device: torch.device, steps: int, warmup: int, ntoken: int,
             st.global_step += 1
 
         tokens_per_step = T * B
-        settings = {"genotype": "DARTS", "nhid": cfg.nhid, "batch": B, "bptt": T, "ntoken": ntoken,
-                    "weights": rnn_train.count_parameters(st.model)}
+        settings = {
+            "genotype": "DARTS",
+            "nhid": cfg.nhid,
+            "batch": B,
+            "bptt": T,
+            "ntoken": ntoken,
+            "weights": rnn_train.count_parameters(st.model),
+        }
 
     def sync() -> None:
         if cuda:
@@ -110,10 +130,18 @@ def bench(mode: str, device: torch.device, steps: int, warmup: int, ntoken: int,
         step()
     sync()
     dt = time.perf_counter() - t0
-    return {"steps_per_s": steps / dt, "ratio_to_reference_h100": ((steps / dt) / REFERENCE_H100_STEPS_PER_S[mode]
-                                                                   if a.reference_settings else None), "tokens_per_s": steps * tokens_per_step / dt, "seconds_per_step": dt / steps,
-            "tokens_per_step": tokens_per_step, "timed_steps": steps, "warmup_steps": warmup,
-            "warmup_seconds": warm_s, "peak_memory_bytes": _peak_bytes(device), "settings": settings}
+    return {
+        "steps_per_s": steps / dt,
+        "ratio_to_reference_h100": ((steps / dt) / REFERENCE_H100_STEPS_PER_S[mode] if a.reference_settings else None),
+        "tokens_per_s": steps * tokens_per_step / dt,
+        "seconds_per_step": dt / steps,
+        "tokens_per_step": tokens_per_step,
+        "timed_steps": steps,
+        "warmup_steps": warmup,
+        "warmup_seconds": warm_s,
+        "peak_memory_bytes": _peak_bytes(device),
+        "settings": settings,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -135,7 +163,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
     a.reference_settings = (a.ntoken, a.search_nhid, a.search_batch, a.train_nhid, a.train_batch) == (
-        10000, 300, 256, 850, 64)
+        10000,
+        300,
+        256,
+        850,
+        64,
+    )
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
@@ -144,8 +177,13 @@ def main(argv: list[str] | None = None) -> dict:
     if cuda:  # as the loops set it (loops.common.set_determinism)
         torch.backends.cudnn.benchmark = not a.deterministic
         torch.backends.cudnn.deterministic = a.deterministic
-    out = {"benchmark": "rnn_step", "label": a.label, "environment": environment(device, SRC),
-           "switches": {"data_path": "on", "deterministic": a.deterministic}, "results": {}}
+    out = {
+        "benchmark": "rnn_step",
+        "label": a.label,
+        "environment": environment(device, SRC),
+        "switches": {"data_path": "on", "deterministic": a.deterministic},
+        "results": {},
+    }
     for mode in a.only or MODES:
         out["results"][mode] = bench(mode, device, a.steps, warmup, a.ntoken, a)
         if cuda:

@@ -27,23 +27,74 @@ HERE = Path(__file__).resolve().parent
 
 # (name, script, full arguments by device kind, quick arguments, default wall-clock limit in seconds)
 BENCHMARKS = {
-    "search": ("search_step.py",
-               {"cuda": ["--order", "1", "2", "--steps", "20", "--warmup", "5", "--steps2", "8",
-                         "--modes", "eager,fused,graph,fused+graph,fused+bf16,fused+cl,fused+graph+bf16",
-                         "--modes2", "eager,fused,graph,fused+graph"],
-                "cpu": ["--order", "1", "--steps", "2", "--warmup", "1", "--modes", "eager,fused"]},
-               ["--order", "1", "2", "--init-channels", "8", "--layers", "5", "--batch-size", "16", "--steps", "2",
-                "--warmup", "1", "--steps2", "1"],
-               240),
-    "train": ("train_step.py",
-              {"cuda": ["--steps", "30", "--warmup", "10"], "cpu": ["--steps", "2", "--warmup", "1"]},
-              ["--init-channels", "8", "--layers", "5", "--batch-size", "16", "--steps", "2", "--warmup", "1"],
-              90),
-    "rnn": ("rnn_step.py",
-            {"cuda": ["--steps", "10", "--warmup", "3"], "cpu": ["--steps", "1", "--warmup", "1"]},
-            ["--search-nhid", "32", "--train-nhid", "32", "--search-batch", "8", "--train-batch", "8",
-             "--ntoken", "200", "--rows", "100", "--steps", "1", "--warmup", "1"],
-            90),
+    "search": (
+        "search_step.py",
+        {
+            "cuda": [
+                "--order",
+                "1",
+                "2",
+                "--steps",
+                "20",
+                "--warmup",
+                "5",
+                "--steps2",
+                "8",
+                "--modes",
+                "eager,fused,graph,fused+graph,fused+bf16,fused+cl,fused+graph+bf16",
+                "--modes2",
+                "eager,fused,graph,fused+graph",
+            ],
+            "cpu": ["--order", "1", "--steps", "2", "--warmup", "1", "--modes", "eager,fused"],
+        },
+        [
+            "--order",
+            "1",
+            "2",
+            "--init-channels",
+            "8",
+            "--layers",
+            "5",
+            "--batch-size",
+            "16",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--steps2",
+            "1",
+        ],
+        240,
+    ),
+    "train": (
+        "train_step.py",
+        {"cuda": ["--steps", "30", "--warmup", "10"], "cpu": ["--steps", "2", "--warmup", "1"]},
+        ["--init-channels", "8", "--layers", "5", "--batch-size", "16", "--steps", "2", "--warmup", "1"],
+        90,
+    ),
+    "rnn": (
+        "rnn_step.py",
+        {"cuda": ["--steps", "10", "--warmup", "3"], "cpu": ["--steps", "1", "--warmup", "1"]},
+        [
+            "--search-nhid",
+            "32",
+            "--train-nhid",
+            "32",
+            "--search-batch",
+            "8",
+            "--train-batch",
+            "8",
+            "--ntoken",
+            "200",
+            "--rows",
+            "100",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+        ],
+        90,
+    ),
 }
 
 
@@ -55,8 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out-dir", default="benchmarks/results/latest")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (passed on)")
     p.add_argument("--src", default=None, help="import dartsnas from this src folder (passed on)")
-    p.add_argument("--limit", action="append", default=[], metavar="NAME=SECONDS",
-                   help="wall-clock limit of one benchmark (default: search 240, train 90, rnn 90)")
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=SECONDS",
+        help="wall-clock limit of one benchmark (default: search 240, train 90, rnn 90)",
+    )
     p.add_argument("--label", default=None)
     args = p.parse_args(argv)
     device = args.device
@@ -73,15 +129,31 @@ def main(argv: list[str] | None = None) -> dict:
         limits[name] = float(value)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"run_all": {"device": device, "quick": args.quick, "only": args.only, "limits_s": limits,
-                                 "label": args.label, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")},
-                     "benchmarks": {}, "failures": {}}
+    summary: dict = {
+        "run_all": {
+            "device": device,
+            "quick": args.quick,
+            "only": args.only,
+            "limits_s": limits,
+            "label": args.label,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        },
+        "benchmarks": {},
+        "failures": {},
+    }
     for name in args.only:
         script, full, quick, _ = BENCHMARKS[name]
         out = out_dir / f"{name}.json"
         out.unlink(missing_ok=True)
-        cmd = [sys.executable, str(HERE / script), "--device", device, "--out", str(out),
-               *(quick if args.quick else full[kind])]
+        cmd = [
+            sys.executable,
+            str(HERE / script),
+            "--device",
+            device,
+            "--out",
+            str(out),
+            *(quick if args.quick else full[kind]),
+        ]
         if name == "search":  # stop starting modes early enough to finish inside the limit
             cmd += ["--time-budget", str(max(10.0, 0.7 * limits[name]))]
         if args.threads:
@@ -104,8 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
             summary["failures"][name] = {"returncode": rc, "seconds": seconds, "stderr_tail": tail}
         print(f"[run_all] {name}: rc {rc}, {seconds} s", file=sys.stderr, flush=True)
         (out_dir / "all.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps({"out_dir": str(out_dir), "ran": list(summary["benchmarks"]),
-                      "failures": list(summary["failures"])}))
+    print(
+        json.dumps({"out_dir": str(out_dir), "ran": list(summary["benchmarks"]), "failures": list(summary["failures"])})
+    )
     return summary
 
 

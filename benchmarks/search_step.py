@@ -71,8 +71,16 @@ def synthetic_images(n: int, device: torch.device, seed: int) -> ImageData:
 
 
 def _state(args, order: int, fused: bool, device: torch.device, data: ImageData) -> _State:
-    cfg = SearchConfig.build("paper", order=order, batch_size=args.batch_size, init_channels=args.init_channels,
-                             layers=args.layers, fused_ops=fused, device=str(device), progress=False)
+    cfg = SearchConfig.build(
+        "paper",
+        order=order,
+        batch_size=args.batch_size,
+        init_channels=args.init_channels,
+        layers=args.layers,
+        fused_ops=fused,
+        device=str(device),
+        progress=False,
+    )
     torch.manual_seed(args.seed)
     st = _State(cfg, data, device)
     st.model.train()
@@ -108,12 +116,14 @@ def run_mode(args, mode: str, order: int, device: torch.device, data: ImageData)
         def batches():
             return fixed
     else:
+
         def batches():
             return (*batch(st.w_idx, st.train_stream), *batch(st.a_idx, st.val_stream))
 
     criterion = torch.nn.CrossEntropyLoss()
     lr = st.cfg.lr
     if "bf16" in parts:
+
         def amp():
             return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     else:
@@ -126,6 +136,7 @@ def run_mode(args, mode: str, order: int, device: torch.device, data: ImageData)
 
     if "graph" in parts:
         from dartsnas.loops.graphed import GraphedSearchStep
+
         stepper = GraphedSearchStep(st, criterion, autocast=amp)
 
         def step():
@@ -166,14 +177,25 @@ def run_mode(args, mode: str, order: int, device: torch.device, data: ImageData)
     finite = all(math.isfinite(v) for v in totals.values())
     sps = args.steps / dt
     out = {
-        "mode": mode, "order": order, "steps": args.steps, "warmup": args.warmup,
-        "seconds": round(dt, 4), "warmup_seconds": round(warm_s, 3),
-        "steps_per_s": round(sps, 4), "ms_per_step": round(1000 / sps, 2),
+        "mode": mode,
+        "order": order,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "seconds": round(dt, 4),
+        "warmup_seconds": round(warm_s, 3),
+        "steps_per_s": round(sps, 4),
+        "ms_per_step": round(1000 / sps, 2),
         "images_per_s": round(2 * B * sps, 2),  # train + validation batch
         "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 3) if cuda else None,
-        "mean_train_loss": totals["loss"] / max(totals["count"], 1), "finite": finite,
-        "switches": {"fused_ops": "fused" in parts, "channels_last": "cl" in parts, "bf16_autocast": "bf16" in parts,
-                     "cuda_graph": "graph" in parts, "data_path": args.data_path},
+        "mean_train_loss": totals["loss"] / max(totals["count"], 1),
+        "finite": finite,
+        "switches": {
+            "fused_ops": "fused" in parts,
+            "channels_last": "cl" in parts,
+            "bf16_autocast": "bf16" in parts,
+            "cuda_graph": "graph" in parts,
+            "data_path": args.data_path,
+        },
     }
     if (args.batch_size, args.init_channels, args.layers) == (64, 16, 8):
         out["ratio_to_reference_h100"] = round(sps / REFERENCE_H100_STEPS_PER_S[str(order)], 3)
@@ -184,8 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--order", type=int, nargs="+", default=[1, 2], choices=[1, 2])
-    p.add_argument("--modes", default=None, help=f"comma list of {', '.join(ALL_MODES)} "
-                   "(default: all on CUDA, eager,fused on CPU)")
+    p.add_argument(
+        "--modes", default=None, help=f"comma list of {', '.join(ALL_MODES)} (default: all on CUDA, eager,fused on CPU)"
+    )
     p.add_argument("--modes2", default=None, help="modes for order 2 only (default: --modes)")
     p.add_argument("--steps2", type=int, default=None, help="timed steps for order 2 only (default: --steps)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 2 on CPU)")
@@ -193,13 +216,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--init-channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--images", type=int, default=None,
-                   help="synthetic uint8 images on the device (default 16 batches; rounded to whole batches)")
-    p.add_argument("--data-path", choices=["on", "off"], default="on",
-                   help="on: draw and augment every batch as the search loop does; off: fixed pre-made batches")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="synthetic uint8 images on the device (default 16 batches; rounded to whole batches)",
+    )
+    p.add_argument(
+        "--data-path",
+        choices=["on", "off"],
+        default="on",
+        help="on: draw and augment every batch as the search loop does; off: fixed pre-made batches",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds; modes not started before it runs out are reported as skipped")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds; modes not started before it runs out are reported as skipped",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="(the reference and the loops turn it on)")
     p.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (as the loops' switch)")
@@ -224,20 +259,35 @@ def main(argv: list[str] | None = None) -> dict:
     n_images = 2 * args.batch_size * max(1, (args.images or 32 * args.batch_size) // (2 * args.batch_size))
     data = synthetic_images(n_images, device, args.seed)
     result = {
-        "benchmark": "cnn-search-step", "label": args.label,
-        "settings": {"init_channels": args.init_channels, "layers": args.layers, "num_nodes": 4,
-                     "batch_size": args.batch_size, "val_batch_size": args.batch_size, "image_size": 32,
-                     "steps": steps1, "warmup": args.warmup, "orders": args.order, "modes": modes,
-                     "modes_order2": modes2, "steps_order2": steps2, "images": n_images,
-                     "data": ("synthetic uint8 images on the device, drawn and augmented as run_search does"
-                              if args.data_path == "on" else "fixed pre-made batches on the device (no data path)")},
+        "benchmark": "cnn-search-step",
+        "label": args.label,
+        "settings": {
+            "init_channels": args.init_channels,
+            "layers": args.layers,
+            "num_nodes": 4,
+            "batch_size": args.batch_size,
+            "val_batch_size": args.batch_size,
+            "image_size": 32,
+            "steps": steps1,
+            "warmup": args.warmup,
+            "orders": args.order,
+            "modes": modes,
+            "modes_order2": modes2,
+            "steps_order2": steps2,
+            "images": n_images,
+            "data": (
+                "synthetic uint8 images on the device, drawn and augmented as run_search does"
+                if args.data_path == "on"
+                else "fixed pre-made batches on the device (no data path)"
+            ),
+        },
         "environment": environment(device, SRC),
         "reference_h100_steps_per_s": REFERENCE_H100_STEPS_PER_S,
         "results": [],
     }
     for order in args.order:
         args.steps = steps2 if order == 2 else steps1
-        for mode in (modes2 if order == 2 else modes):
+        for mode in modes2 if order == 2 else modes:
             elapsed = time.perf_counter() - t_start
             if args.time_budget is not None and elapsed > args.time_budget:
                 result["results"].append({"mode": mode, "order": order, "skipped": f"time budget ({elapsed:.0f} s)"})
@@ -245,8 +295,12 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 r = run_mode(args, mode, order, device, data)
             except Exception as e:  # noqa: BLE001  (report and go on: this runs unattended)
-                r = {"mode": mode, "order": order, "error": f"{type(e).__name__}: {e}"[:2000],
-                     "traceback": traceback.format_exc()[-3000:]}
+                r = {
+                    "mode": mode,
+                    "order": order,
+                    "error": f"{type(e).__name__}: {e}"[:2000],
+                    "traceback": traceback.format_exc()[-3000:],
+                }
             finally:
                 if cuda:
                     torch.cuda.synchronize(device)

@@ -36,8 +36,11 @@ def _case_threads(name: str, cores: int) -> int:
 def run_case(name: str, epochs: int | None, cores: int, timeout: float | None = None) -> dict:
     threads = _case_threads(name, cores)
     busy = name.startswith("busy")
-    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": str(threads),
+    }
     env.pop("DARTSNAS_FAULT", None)
     hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
     try:
@@ -45,8 +48,17 @@ def run_case(name: str, epochs: int | None, cores: int, timeout: float | None = 
             time.sleep(1.0)  # let the busy loop take its core
         load_before = os.getloadavg()
         with tempfile.TemporaryDirectory(prefix="dartsnas-threads-") as tmp:
-            argv = [sys.executable, "-m", "dartsnas", "search", "--preset", "quick", "--no-progress",
-                    "--run-dir", str(Path(tmp) / "run")]
+            argv = [
+                sys.executable,
+                "-m",
+                "dartsnas",
+                "search",
+                "--preset",
+                "quick",
+                "--no-progress",
+                "--run-dir",
+                str(Path(tmp) / "run"),
+            ]
             if epochs is not None:
                 argv += ["--epochs", str(epochs)]
             t0 = time.perf_counter()
@@ -68,19 +80,33 @@ def run_case(name: str, epochs: int | None, cores: int, timeout: float | None = 
         if hog:
             hog.kill()
             hog.wait()
-    return {"case": name, "threads": threads, "busy_process": busy, "finished": finished,
-            "wall_seconds": round(wall, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-            "returncode": proc.returncode, "load_before": [round(x, 2) for x in load_before],
-            "load_after": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "case": name,
+        "threads": threads,
+        "busy_process": busy,
+        "finished": finished,
+        "wall_seconds": round(wall, 2),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "returncode": proc.returncode,
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=None, help="search epochs (default: the quick preset's 8)")
-    p.add_argument("--cases", default="idle-default,idle-1,busy-default,busy-1",
-                   help="comma list of {idle,busy}-{default,N}; default = one thread per core")
-    p.add_argument("--case-timeout", type=float, default=None,
-                   help="stop a case after this many seconds and record it as unfinished (with its CPU time)")
+    p.add_argument(
+        "--cases",
+        default="idle-default,idle-1,busy-default,busy-1",
+        help="comma list of {idle,busy}-{default,N}; default = one thread per core",
+    )
+    p.add_argument(
+        "--case-timeout",
+        type=float,
+        default=None,
+        help="stop a case after this many seconds and record it as unfinished (with its CPU time)",
+    )
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args()
     cores = os.cpu_count() or 1
@@ -88,10 +114,15 @@ def main() -> int:
     for name in args.cases.split(","):
         results.append(run_case(name.strip(), args.epochs, cores, args.case_timeout))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    out = {"benchmark": "quick search, threads x competing busy process", "cores": cores,
-           "machine": platform.platform(), "python": platform.python_version(),
-           "epochs": args.epochs or "quick preset (8)", "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "results": results}
+    out = {
+        "benchmark": "quick search, threads x competing busy process",
+        "cores": cores,
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "epochs": args.epochs or "quick preset (8)",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "results": results,
+    }
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:

@@ -10,7 +10,8 @@ synchronisations. Prints one JSON object (``--out``: also writes it). ``--src PA
 
     PYTHONPATH=src python benchmarks/train_step.py --device cuda --steps 50
     PYTHONPATH=src python benchmarks/train_step.py --device cpu --steps 3 --warmup 1
-    PYTHONPATH=src python benchmarks/train_step.py --device cuda --channels-last off --bf16 off --optimizer-impl for-loop
+    PYTHONPATH=src python benchmarks/train_step.py --device cuda --channels-last off --bf16 off \
+        --optimizer-impl for-loop
 """
 
 from __future__ import annotations
@@ -71,10 +72,18 @@ def main(argv: list[str] | None = None) -> dict:
     if cuda:  # as the training loop sets it (loops.common.set_determinism)
         torch.backends.cudnn.benchmark = not args.deterministic
         torch.backends.cudnn.deterministic = args.deterministic
-    cfg = TrainConfig.build("paper", genotype=args.genotype, batch_size=args.batch_size,
-                            init_channels=args.init_channels, layers=args.layers,
-                            channels_last=args.channels_last, bf16=args.bf16, optimizer_impl=args.optimizer_impl,
-                            compile=args.compile, device=str(device))
+    cfg = TrainConfig.build(
+        "paper",
+        genotype=args.genotype,
+        batch_size=args.batch_size,
+        init_channels=args.init_channels,
+        layers=args.layers,
+        channels_last=args.channels_last,
+        bf16=args.bf16,
+        optimizer_impl=args.optimizer_impl,
+        compile=args.compile,
+        device=str(device),
+    )
     rt = resolve_runtime(cfg, device)
     torch.manual_seed(0)
     model = build_network(cfg, load_genotype(args.genotype), 10).to(device)
@@ -85,8 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.batch_size * max(1, (args.images or 16 * args.batch_size) // args.batch_size)
     images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8).to(device)
     labels = torch.randint(0, 10, (n,), generator=g).to(device)
-    data = _TensorData(ImageData("synthetic", images, labels, images[:2], labels[:2], (0.49, 0.48, 0.45),
-                                 (0.25, 0.24, 0.26), 10), cfg, device)
+    data = _TensorData(
+        ImageData("synthetic", images, labels, images[:2], labels[:2], (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 10),
+        cfg,
+        device,
+    )
     stream = BatchStream(n, args.batch_size, 1, epoch_mode=True)
     aug_gen = torch.Generator().manual_seed(3)
     batches = data.train_batches(stream, aug_gen)
@@ -121,15 +133,27 @@ def main(argv: list[str] | None = None) -> dict:
     elapsed = time.perf_counter() - t0
     steps_s = args.steps / elapsed
     out = {
-        "benchmark": "train_step", "label": args.label,
-        "steps_per_s": round(steps_s, 4), "images_per_s": round(steps_s * args.batch_size, 2),
+        "benchmark": "train_step",
+        "label": args.label,
+        "steps_per_s": round(steps_s, 4),
+        "images_per_s": round(steps_s * args.batch_size, 2),
         "ms_per_step": round(1000 * elapsed / args.steps, 2),
-        "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3) if cuda else None,
-        "settings": {"genotype": args.genotype, "batch_size": args.batch_size, "init_channels": args.init_channels,
-                     "layers": args.layers, "auxiliary_weight": cfg.auxiliary_weight, "drop_path": args.drop_path,
-                     "grad_clip": cfg.grad_clip, "cutout": cfg.cutout, "steps": args.steps, "warmup": warmup,
-                     "warmup_seconds": round(warm_s, 2), "images": n,
-                     "params": count_parameters(model, include_auxiliary=True)},
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if cuda else None,
+        "settings": {
+            "genotype": args.genotype,
+            "batch_size": args.batch_size,
+            "init_channels": args.init_channels,
+            "layers": args.layers,
+            "auxiliary_weight": cfg.auxiliary_weight,
+            "drop_path": args.drop_path,
+            "grad_clip": cfg.grad_clip,
+            "cutout": cfg.cutout,
+            "steps": args.steps,
+            "warmup": warmup,
+            "warmup_seconds": round(warm_s, 2),
+            "images": n,
+            "params": count_parameters(model, include_auxiliary=True),
+        },
         "switches": {**rt.describe(), "data_path": args.data_path, "deterministic": args.deterministic},
         "environment": environment(device, SRC),
     }

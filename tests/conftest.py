@@ -26,11 +26,21 @@ def shared_data_root() -> Path | None:
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
     """Run ``python -m dartsnas ARGS`` in a subprocess, as a user would."""
-    full_env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
     full_env.pop("DARTSNAS_FAULT", None) if not (env and "DARTSNAS_FAULT" in env) else None
-    return subprocess.run([sys.executable, "-m", "dartsnas", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "dartsnas", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture

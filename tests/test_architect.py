@@ -95,6 +95,7 @@ def second_order_pieces(net, eta, opt, xt, yt, xv, yv):
 
 # ----------------------------------------------------------------------------------- bookkeeping
 
+
 def test_alpha_names_and_isolation_from_weight_set():
     net = tiny_net()
     assert arch_parameter_names(net) == ["alphas_normal", "alphas_reduce"]
@@ -105,6 +106,7 @@ def test_alpha_names_and_isolation_from_weight_set():
 
 
 # ------------------------------------------------------------------------- (a) the virtual step
+
 
 def test_virtual_step_before_any_weight_step_has_zero_momentum():
     net, eta = tiny_net(), 0.05
@@ -152,8 +154,9 @@ def test_virtual_step_after_one_real_sgd_step_matches_formula():
 def test_virtual_weights_pure_helper():
     w, g, m = [torch.tensor([1.0, -2.0])], [torch.tensor([0.5, 0.25])], [torch.tensor([0.1, 0.2])]
     out = virtual_weights(w, g, 0.1, momentum_buffers=m, momentum=0.9, weight_decay=0.01)
-    torch.testing.assert_close(out[0], torch.tensor([1.0 - 0.1 * (0.09 + 0.5 + 0.01),
-                                                     -2.0 - 0.1 * (0.18 + 0.25 - 0.02)]))
+    torch.testing.assert_close(
+        out[0], torch.tensor([1.0 - 0.1 * (0.09 + 0.5 + 0.01), -2.0 - 0.1 * (0.18 + 0.25 - 0.02)])
+    )
     assert out[0].requires_grad and out[0].is_leaf
     no_m = virtual_weights(w, g, 0.1, momentum_buffers=None, weight_decay=0.0)
     torch.testing.assert_close(no_m[0], torch.tensor([0.95, -2.025]))
@@ -162,6 +165,7 @@ def test_virtual_weights_pure_helper():
 
 
 # ------------------------------------------------- (b) finite difference against double backward
+
 
 def test_finite_difference_converges_to_exact_hvp():
     net, eta = tiny_net(), 0.05
@@ -203,6 +207,7 @@ def test_step_finite_difference_versus_exact_option():
 
 # --------------------------------------------------------------------- (c) term by term, ε bug
 
+
 def _assert_is_spec_central_difference(h, g_plus, g_minus, eps):
     expected = [(gp - gm) / (2 * eps) for gp, gm in zip(g_plus, g_minus)]
     assert rel(h, expected) < 1e-9
@@ -215,7 +220,7 @@ def test_finite_difference_term_by_term():
     (xt, yt), (xv, yv) = batch(1), batch(2)
     arch, lt, v, _ = second_order_pieces(net, eta, opt, xt, yt, xv, yv)
     h, eps, _, _ = finite_difference_hvp(lt, arch.weight_names, weights_of(net), net.arch_parameters(), v)
-    torch.testing.assert_close(eps, 0.01 / torch.sqrt(sum((t ** 2).sum() for t in v)))
+    torch.testing.assert_close(eps, 0.01 / torch.sqrt(sum((t**2).sum() for t in v)))
 
     # independently, the reference way: perturb the ORIGINAL network's weights in place, backward, restore
     twin = copy.deepcopy(net)
@@ -237,7 +242,7 @@ def test_finite_difference_term_by_term():
     with pytest.raises(AssertionError):
         _assert_is_spec_central_difference(buggy, g_plus, g_minus, eps)
     # ... and the buggy h is smaller by eps**2, i.e. the method silently becomes first order
-    assert rel([b / eps ** 2 for b in buggy], h) < 1e-9
+    assert rel([b / eps**2 for b in buggy], h) < 1e-9
     assert eps < 0.1
 
 
@@ -261,6 +266,7 @@ def test_perturbation_is_around_w_not_w_prime():
 
 
 # ------------------------------------------------------------------------ (d) weights restored
+
 
 def test_weights_bit_exact_after_hvp_and_step():
     net, eta = tiny_net(), 0.05
@@ -302,6 +308,7 @@ def test_forward_counts_match_spec_cost():
         def wrapped(overrides=None):
             calls[name] += 1
             return fn(overrides)
+
         return wrapped
 
     lt = counted("train", make_loss_fn(net, *batch(1), CE))
@@ -314,12 +321,14 @@ def test_forward_counts_match_spec_cost():
 
 # --------------------------------------------------------------------------- (e) first order
 
+
 def _alpha_update(net, train_xy, val_xy, order=1, eta=0.05):
     """Alphas after one alpha step from net's current state, with a fresh Adam; net restored after."""
     saved = snapshot(net.arch_parameters())
     opt = sgd(net, eta)
     Architect(net, adam(net, lr=1e-2), order=order).step(
-        make_loss_fn(net, *train_xy, CE), make_loss_fn(net, *val_xy, CE), eta, opt, 0)
+        make_loss_fn(net, *train_xy, CE), make_loss_fn(net, *val_xy, CE), eta, opt, 0
+    )
     after = snapshot(net.arch_parameters())
     grads = snapshot(a.grad for a in net.arch_parameters())
     with torch.no_grad():
@@ -364,8 +373,16 @@ def _search_state(order=1):
 
     cfg = SearchConfig.build("tiny", order=order, device="cpu", arch_lr=0.05)
     z = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
-    data = ImageData("synthetic", z, torch.zeros(2, dtype=torch.long), z, torch.zeros(2, dtype=torch.long),
-                     (0.5,) * 3, (0.25,) * 3, 10)
+    data = ImageData(
+        "synthetic",
+        z,
+        torch.zeros(2, dtype=torch.long),
+        z,
+        torch.zeros(2, dtype=torch.long),
+        (0.5,) * 3,
+        (0.25,) * 3,
+        10,
+    )
     torch.manual_seed(0)
     st = _State(cfg, data, torch.device("cpu"))
     st.model.train()
@@ -405,8 +422,9 @@ def test_search_step_weight_step_sees_the_updated_alphas_and_only_the_train_batc
     alphas_before = snapshot(st.model.arch_parameters())
     # the alpha step alone, on a twin state: where the alphas must end up
     twin = _search_state(order)
-    twin.architect.step(make_loss_fn(twin.model, x_t, y_t, CE), make_loss_fn(twin.model, x_v, y_v, CE),
-                        cfg.lr, twin.w_opt, 0)
+    twin.architect.step(
+        make_loss_fn(twin.model, x_t, y_t, CE), make_loss_fn(twin.model, x_v, y_v, CE), cfg.lr, twin.w_opt, 0
+    )
     alphas_after = snapshot(twin.model.arch_parameters())
     assert any(not torch.equal(a, b) for a, b in zip(alphas_after, alphas_before))
 
@@ -414,19 +432,23 @@ def test_search_step_weight_step_sees_the_updated_alphas_and_only_the_train_batc
     assert_bit_exact(snapshot(st.model.arch_parameters()), alphas_after)
     assert set(out) == {"loss", "correct", "count", "arch_step_val_loss"} and float(out["count"]) == 4
     got = snapshot(st.model.weights())
-    ref = _reference_weight_step(net_before, alphas_after, x_t, y_t, cfg.lr, cfg.momentum, cfg.weight_decay,
-                                 cfg.grad_clip)
+    ref = _reference_weight_step(
+        net_before, alphas_after, x_t, y_t, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.grad_clip
+    )
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    stale = _reference_weight_step(net_before, alphas_before, x_t, y_t, cfg.lr, cfg.momentum, cfg.weight_decay,
-                                   cfg.grad_clip)
+    stale = _reference_weight_step(
+        net_before, alphas_before, x_t, y_t, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.grad_clip
+    )
     assert max((a - b).abs().max().item() for a, b in zip(got, stale)) > 1e-5
-    other = _reference_weight_step(net_before, alphas_after, x_v, y_v, cfg.lr, cfg.momentum, cfg.weight_decay,
-                                   cfg.grad_clip)
+    other = _reference_weight_step(
+        net_before, alphas_after, x_v, y_v, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.grad_clip
+    )
     assert max((a - b).abs().max().item() for a, b in zip(got, other)) > 1e-5
 
 
 # ------------------------------------------------------------------ (f) the recurrent variant
+
 
 class Toy(nn.Module):
     """A two-weight model with a 'tied embedding' used at input and output, and one alpha vector."""
@@ -465,19 +487,22 @@ def toy_loss(out, y):
 def toy_reference_gradient(model, clip, eta, wd, xt, yt, xv, yv):
     """§7.5 written out on plain tensors, without functional_call: returns (g_alpha, kappa)."""
     bn = nn.BatchNorm1d(4, affine=False, dtype=torch.float64)  # training mode: batch statistics only
-    emb, w1, alpha = (model.emb.detach().clone().requires_grad_(), model.w1.detach().clone().requires_grad_(),
-                      model.alpha.detach().clone().requires_grad_())
+    emb, w1, alpha = (
+        model.emb.detach().clone().requires_grad_(),
+        model.w1.detach().clone().requires_grad_(),
+        model.alpha.detach().clone().requires_grad_(),
+    )
     g = torch.autograd.grad(toy_loss(toy_f(emb, w1, alpha, xt, bn), yt), [emb, w1])
-    gnorm = torch.sqrt(sum((t ** 2).sum() for t in g))
+    gnorm = torch.sqrt(sum((t**2).sum() for t in g))
     kappa = clip / (gnorm + 1e-6)
     gc = [t * min(1.0, kappa.item()) for t in g]
-    emb_p = emb.detach().clone().requires_grad_()                       # frozen: the embedding stays at w
-    w1_p = (w1 - eta * (gc[1] + wd * w1)).detach().requires_grad_()     # no momentum term
+    emb_p = emb.detach().clone().requires_grad_()  # frozen: the embedding stays at w
+    w1_p = (w1 - eta * (gc[1] + wd * w1)).detach().requires_grad_()  # no momentum term
     grads = torch.autograd.grad(toy_loss(toy_f(emb_p, w1_p, alpha, xv, bn), yv), [alpha, emb_p, w1_p])
     d_alpha, v = grads[0], list(grads[1:])
-    vnorm = torch.sqrt(sum((t ** 2).sum() for t in v))
+    vnorm = torch.sqrt(sum((t**2).sum() for t in v))
     v = [t * min(1.0, (clip / (vnorm + 1e-6)).item()) for t in v]
-    eps = 0.01 / torch.sqrt(sum((t ** 2).sum() for t in v))
+    eps = 0.01 / torch.sqrt(sum((t**2).sum() for t in v))
 
     def ga(sign):
         e, w = (emb + sign * eps * v[0]).detach(), (w1 + sign * eps * v[1]).detach()
@@ -503,8 +528,15 @@ def test_recurrent_variant_kappa_and_clipping(clip):
     d_alpha, h, kappa = toy_reference_gradient(model, clip, eta, wd, xt, yt, xv, yv)
     expected = d_alpha - eta * kappa * h
     assert (kappa < 1) if clip < 1 else (kappa > 1)
-    arch = Architect(model, torch.optim.Adam([model.alpha], lr=0.0), order=2, weight_decay=wd,
-                     virtual_clip=clip, use_momentum=False, frozen_in_virtual_step=("emb",))
+    arch = Architect(
+        model,
+        torch.optim.Adam([model.alpha], lr=0.0),
+        order=2,
+        weight_decay=wd,
+        virtual_clip=clip,
+        use_momentum=False,
+        frozen_in_virtual_step=("emb",),
+    )
     lt, lv = make_loss_fn(model, xt, yt, toy_loss), make_loss_fn(model, xv, yv, toy_loss)
     out = arch.step(lt, lv, eta, wopt, step_index=0)
     torch.testing.assert_close(out["kappa"], kappa, rtol=1e-12, atol=0)
@@ -527,6 +559,7 @@ def test_hypergradient_helper():
 
 
 # --------------------------------------------------------------------------- (g) non-finite
+
 
 @pytest.mark.parametrize("order, phase", [(1, "architecture"), (2, "virtual step")])
 def test_nan_validation_loss_raises_and_leaves_alphas(order, phase):
@@ -576,6 +609,7 @@ def test_constructor_validation():
 
 
 # ----------------------------------------------------------------------- waste out of the eager step
+
 
 def test_weight_gradients_equal_backward_and_leave_alphas_alone():
     from dartsnas.architect import weight_gradients

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from dartsnas.checkpoint import (
-    MAGIC, capture_rng, clean_leftovers, load_checkpoint, restore_rng, save_checkpoint, seed_everything,
+    MAGIC,
+    capture_rng,
+    clean_leftovers,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    seed_everything,
 )
 from dartsnas.errors import CheckpointError
 
@@ -20,7 +26,10 @@ def _payload(v: float = 1.0) -> dict:
         "config": {"layers": 8, "lr": 0.025, "name": "x", "subset": None},
         "model": {"w": torch.full((3, 4), v), "b": torch.arange(5)},
         "alphas": [torch.randn(14, 8, generator=torch.Generator().manual_seed(int(v))), torch.zeros(14, 8)],
-        "epoch": 3, "loss": 2.5, "flag": True, "history": [1, 2.0, "three", [4]],
+        "epoch": 3,
+        "loss": 2.5,
+        "flag": True,
+        "history": [1, 2.0, "three", [4]],
     }
 
 
@@ -101,7 +110,7 @@ def test_flipped_byte_in_the_payload(saved):
 
 def test_flipped_byte_in_the_header_digest(saved):
     raw = bytearray(saved.read_bytes())
-    header = raw[:raw.index(b"\n")].split(b" ")
+    header = raw[: raw.index(b"\n")].split(b" ")
     pos = len(header[0]) + 1 + len(header[1]) + 1 + 5  # a character of the sha256
     raw[pos] = ord("0") if raw[pos] != ord("0") else ord("1")
     saved.write_bytes(bytes(raw))
@@ -206,9 +215,16 @@ def test_clean_leftovers(tmp_path):
 
 
 def _draw(gen: torch.Generator):
-    return (torch.rand(5).tolist(), torch.randn(3).tolist(), np.random.rand(4).tolist(),
-            np.random.standard_normal(3).tolist(), [random.random() for _ in range(3)], random.gauss(0, 1),
-            torch.rand(4, generator=gen).tolist(), torch.randperm(10, generator=gen).tolist())
+    return (
+        torch.rand(5).tolist(),
+        torch.randn(3).tolist(),
+        np.random.rand(4).tolist(),
+        np.random.standard_normal(3).tolist(),
+        [random.random() for _ in range(3)],
+        random.gauss(0, 1),
+        torch.rand(4, generator=gen).tolist(),
+        torch.randperm(10, generator=gen).tolist(),
+    )
 
 
 @pytest.mark.parametrize("through_file", [False, True])

@@ -30,24 +30,28 @@ def one_line(err: str) -> str:
 
 # ------------------------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("argv, code, needle", [
-    (["search", "--bogus"], 2, "unrecognized arguments"),
-    (["search", "--preset", "tiny", "--set", "layres=4"], 2, "did you mean 'layers'"),
-    (["search", "--preset", "tiny", "--layers", "two"], 2, "layers: expected an integer"),
-    (["search", "--space", "rnn", "--preset", "tiny", "--layers", "3"], 2, "--layers is for image search"),
-    (["train", "--preset", "tiny", "--lr", "-1"], 2, "lr"),
-    (["train", "--space", "rnn", "--preset", "tiny", "--init-channels", "8"], 2, "--init-channels is for image"),
-    (["select", "--preset", "nope"], 2, "unknown preset"),
-    (["select", "--preset", "tiny", "--set", "jobs=0"], 2, "jobs: must be positive"),
-    (["select", "--preset", "tiny", "--launcher", "pbs"], 2, "invalid choice"),
-    (["random", "--resume"], 2, "--resume needs --experiment"),
-    (["evaluate-final", "--preset", "tiny"], 2, "give --genotype"),
-    (["report"], 2, "the following arguments are required"),
-    (["derive", "/nonexistent/run"], 5, "no such checkpoint"),
-    (["eval", "/nonexistent/run"], 5, "no such checkpoint"),
-    (["genotype", "NOT_A_GENOTYPE"], 3, "not a published genotype name"),
-    (["search", "--data-dir", "/nonexistent/data"], 4, "no such folder"),
-])
+
+@pytest.mark.parametrize(
+    "argv, code, needle",
+    [
+        (["search", "--bogus"], 2, "unrecognized arguments"),
+        (["search", "--preset", "tiny", "--set", "layres=4"], 2, "did you mean 'layers'"),
+        (["search", "--preset", "tiny", "--layers", "two"], 2, "layers: expected an integer"),
+        (["search", "--space", "rnn", "--preset", "tiny", "--layers", "3"], 2, "--layers is for image search"),
+        (["train", "--preset", "tiny", "--lr", "-1"], 2, "lr"),
+        (["train", "--space", "rnn", "--preset", "tiny", "--init-channels", "8"], 2, "--init-channels is for image"),
+        (["select", "--preset", "nope"], 2, "unknown preset"),
+        (["select", "--preset", "tiny", "--set", "jobs=0"], 2, "jobs: must be positive"),
+        (["select", "--preset", "tiny", "--launcher", "pbs"], 2, "invalid choice"),
+        (["random", "--resume"], 2, "--resume needs --experiment"),
+        (["evaluate-final", "--preset", "tiny"], 2, "give --genotype"),
+        (["report"], 2, "the following arguments are required"),
+        (["derive", "/nonexistent/run"], 5, "no such checkpoint"),
+        (["eval", "/nonexistent/run"], 5, "no such checkpoint"),
+        (["genotype", "NOT_A_GENOTYPE"], 3, "not a published genotype name"),
+        (["search", "--data-dir", "/nonexistent/data"], 4, "no such folder"),
+    ],
+)
 def test_bad_input_is_one_line(capsys, argv, code, needle):
     got, _, err = run(capsys, *argv)
     assert got == code, err
@@ -66,8 +70,9 @@ def test_every_command_module_is_loaded():
     from dartsnas.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert {"search", "derive", "train", "eval", "select", "random", "evaluate-final", "report",
-            "genotype"} <= set(sub.choices)
+    assert {"search", "derive", "train", "eval", "select", "random", "evaluate-final", "report", "genotype"} <= set(
+        sub.choices
+    )
     assert COMMAND_MODULES[:4] == ("search", "train", "protocol", "genotype")
 
 
@@ -81,6 +86,7 @@ def test_nothing_below_the_cli_imports_it():
 
 
 # ------------------------------------------------------------------------------------------- --data-dir alone
+
 
 def _cifar_batches(root: Path) -> Path:
     d = root / "cifar-10-batches-py"
@@ -111,8 +117,13 @@ def test_data_dir_infers_cifar10(tmp_path, capsys):
             assert cfg["dataset"] == "cifar10" and cfg["data_dir"] == str(tmp_path / "c" / "cifar-10-batches-py")
             assert "dataset: cifar10" in err
     npz = tmp_path / "subset.npz"
-    np.savez(npz, train_data=np.zeros((2, 3072), np.uint8), train_labels=np.zeros(2, np.uint8),
-             test_data=np.zeros((1, 3072), np.uint8), test_labels=np.zeros(1, np.uint8))
+    np.savez(
+        npz,
+        train_data=np.zeros((2, 3072), np.uint8),
+        train_labels=np.zeros(2, np.uint8),
+        test_data=np.zeros((1, 3072), np.uint8),
+        test_labels=np.zeros(1, np.uint8),
+    )
     cfg, _ = _resolved(capsys, "search", "--data-dir", str(npz))
     assert cfg["dataset"] == "cifar10" and cfg["data_dir"] == str(npz)
     # the paper's settings stay (the preset is not the quick one on built-in data)
@@ -134,8 +145,13 @@ def test_data_dir_infers_the_corpus_by_folder_name(tmp_path, capsys):
 def test_data_dir_that_holds_nothing_known_stops(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()
-    for argv in (["search"], ["train"], ["search", "--space", "rnn"], ["train", "--space", "rnn"],
-                 ["select", "--preset", "quick"]):
+    for argv in (
+        ["search"],
+        ["train"],
+        ["search", "--space", "rnn"],
+        ["train", "--space", "rnn"],
+        ["select", "--preset", "quick"],
+    ):
         code, _, err = run(capsys, *argv, "--data-dir", str(tmp_path / "empty"))
         assert code == 4 and "cannot tell which dataset" in one_line(err) and "pass --dataset" in err
     _corpus(tmp_path / "mytext")
@@ -163,6 +179,7 @@ def test_protocol_data_dir_alone_infers_the_dataset(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------- flags, --show-config
 
+
 def test_first_class_flags_and_show_config(capsys):
     cfg, _ = _resolved(capsys, "search", "--preset", "paper", "--layers", "5", "--init-channels", "12", "--lr", "0.1")
     assert (cfg["layers"], cfg["init_channels"], cfg["lr"]) == (5, 12, 0.1)
@@ -170,10 +187,29 @@ def test_first_class_flags_and_show_config(capsys):
     assert (cfg["layers"], cfg["init_channels"], cfg["lr"], cfg["epochs"]) == (8, 16, 0.05, 600)
     cfg, _ = _resolved(capsys, "train", "--space", "rnn", "--preset", "tiny", "--lr", "7")
     assert cfg["lr"] == 7
-    cfg, _ = _resolved(capsys, "select", "--preset", "quick", "--searches", "3", "--launcher", "slurm",
-                       "--slurm-partition", "gpu", "--slurm-gpus", "2", "--slurm-mem", "32")
+    cfg, _ = _resolved(
+        capsys,
+        "select",
+        "--preset",
+        "quick",
+        "--searches",
+        "3",
+        "--launcher",
+        "slurm",
+        "--slurm-partition",
+        "gpu",
+        "--slurm-gpus",
+        "2",
+        "--slurm-mem",
+        "32",
+    )
     assert (cfg["searches"], cfg["launcher"], cfg["slurm_partition"], cfg["slurm_gpus"], cfg["slurm_mem"]) == (
-        3, "slurm", "gpu", 2, 32)
+        3,
+        "slurm",
+        "gpu",
+        2,
+        32,
+    )
     cfg, _ = _resolved(capsys, "random", "--preset", "tiny", "--samples", "5", "--threads", "2")
     assert cfg["samples"] == 5 and cfg["threads"] == 2
     cfg, _ = _resolved(capsys, "evaluate-final", "--preset", "tiny", "--genotype", "DARTS_V2", "--runs", "3")
@@ -181,6 +217,7 @@ def test_first_class_flags_and_show_config(capsys):
 
 
 # ------------------------------------------------------------------------------------------- failed starts
+
 
 def test_failed_starts_leave_no_run_directory(tmp_path, capsys, monkeypatch):
     """A bad device, truncated data or a bad genotype: the command created runs/<kind>-<time> and removes it."""
@@ -214,8 +251,18 @@ def test_failed_starts_leave_no_run_directory(tmp_path, capsys, monkeypatch):
 def test_protocol_checks_data_once_before_any_run(tmp_path, capsys):
     exp = tmp_path / "e"
     for cmd in (["select"], ["random"], ["evaluate-final", "--genotype", "DARTS_V2"]):
-        code, _, err = run(capsys, *cmd, "--preset", "tiny", "--dataset", "cifar10", "--data-dir",
-                           str(tmp_path / "nope"), "--experiment", str(exp))
+        code, _, err = run(
+            capsys,
+            *cmd,
+            "--preset",
+            "tiny",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path / "nope"),
+            "--experiment",
+            str(exp),
+        )
         assert code == 4 and str(tmp_path / "nope") in one_line(err)
         assert not exp.exists()  # no experiment directory, no run started
     code, _, err = run(capsys, "select", "--preset", "tiny", "--search-set", "layres=3", "--experiment", str(exp))
@@ -223,6 +270,7 @@ def test_protocol_checks_data_once_before_any_run(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------- threads
+
 
 def test_thread_rule(monkeypatch):
     from dartsnas import threads
@@ -246,8 +294,19 @@ def test_small_run_announces_one_thread(tmp_path, capsys, monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
-        code, out, err = run(capsys, "search", "--preset", "tiny", "--epochs", "1", "--no-progress", "--device",
-                             "cpu", "--run-dir", str(tmp_path / "r"))
+        code, out, err = run(
+            capsys,
+            "search",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--run-dir",
+            str(tmp_path / "r"),
+        )
         assert code == 0, err
         assert err.count("threads: 1 (small run on the built-in data") == 1
         assert torch.get_num_threads() == 1
@@ -262,6 +321,7 @@ def test_small_run_announces_one_thread(tmp_path, capsys, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- derive, resume
+
 
 def test_derive_on_a_training_run_names_the_mistake(tmp_path, capsys):
     from dartsnas.checkpoint import save_checkpoint

@@ -6,8 +6,8 @@ import resource
 import statistics
 
 import pytest
-from conftest import shared_data_root
 
+from conftest import shared_data_root
 from dartsnas.cli import main
 from dartsnas.protocol.compare import (
     CompareConfig,
@@ -40,14 +40,33 @@ def _write_run(exp, method, seed, values, status="done"):
     name = f"search-{method}-seed{seed}"
     run = exp / "runs" / name
     run.mkdir(parents=True)
-    (run / "results.json").write_text(json.dumps({
-        "space": "nb201", "method": method, "wall_seconds": hours * 3600, "device": "cpu", "gpu_hours": 0.0,
-        "cpu_hours": hours, "peak_memory_bytes": peak, "peak_memory_source": "cpu_peak_rss",
-        "arch_str": ARCH[seed], "table": {"row": 100 + seed, "arch_str": ARCH[seed], "cifar10": c10,
-                                          "cifar100": c100, "imagenet16_120": in16}}))
+    (run / "results.json").write_text(
+        json.dumps(
+            {
+                "space": "nb201",
+                "method": method,
+                "wall_seconds": hours * 3600,
+                "device": "cpu",
+                "gpu_hours": 0.0,
+                "cpu_hours": hours,
+                "peak_memory_bytes": peak,
+                "peak_memory_source": "cpu_peak_rss",
+                "arch_str": ARCH[seed],
+                "table": {
+                    "row": 100 + seed,
+                    "arch_str": ARCH[seed],
+                    "cifar10": c10,
+                    "cifar100": c100,
+                    "imagenet16_120": in16,
+                },
+            }
+        )
+    )
     with open(run / "metrics.jsonl", "w") as f:
-        f.writelines(json.dumps({"epoch": e, "hessian_eig": lm, "skip_count": sk}) + "\n"
-                     for e, (lm, sk) in enumerate(zip(lam, skips)))
+        f.writelines(
+            json.dumps({"epoch": e, "hessian_eig": lm, "skip_count": sk}) + "\n"
+            for e, (lm, sk) in enumerate(zip(lam, skips))
+        )
     st = {"name": name, "stage": "search", "status": status, "method": method, "seed": seed, "device": "cpu"}
     if status == "failed":
         st["error"] = "non-finite: train loss at step 1"
@@ -60,9 +79,17 @@ def fake_exp(tmp_path):
     for sub in ("runs", "status", "logs"):
         (exp / sub).mkdir(parents=True)
     cfg = CompareConfig.build(overrides=["methods=darts,beta-darts", "seeds=1,2,3", "space=nb201"])
-    (exp / "experiment.json").write_text(json.dumps({"kind": "compare", "space": "nb201",
-                                                     "methods": ["darts", "beta-darts"], "seeds": [1, 2, 3],
-                                                     "config": cfg.to_dict()}))
+    (exp / "experiment.json").write_text(
+        json.dumps(
+            {
+                "kind": "compare",
+                "space": "nb201",
+                "methods": ["darts", "beta-darts"],
+                "seeds": [1, 2, 3],
+                "config": cfg.to_dict(),
+            }
+        )
+    )
     for (m, s), v in FAKE.items():
         _write_run(exp, m, s, v)
     _write_run(exp, *FAILED, (10.0, 1.0, 1.0, 5.0, 9_000_000_000, [9.0, 9.0], [6, 6]), status="failed")
@@ -143,12 +170,14 @@ def test_darts_space_params_and_cells(tmp_path):
     for sub in ("runs", "status", "logs"):
         (exp / sub).mkdir(parents=True)
     cfg = CompareConfig.build(overrides=["methods=darts", "seeds=1", "space=cnn", "preset=tiny"])
-    (exp / "experiment.json").write_text(json.dumps({"kind": "compare", "space": "cnn", "methods": ["darts"],
-                                                     "seeds": [1], "config": cfg.to_dict()}))
+    (exp / "experiment.json").write_text(
+        json.dumps({"kind": "compare", "space": "cnn", "methods": ["darts"], "seeds": [1], "config": cfg.to_dict()})
+    )
     run = exp / "runs" / "search-darts-seed1"
     run.mkdir()
-    (run / "results.json").write_text(json.dumps({"space": "darts", "genotype": genotype_to_dict(g),
-                                                  "cpu_hours": 0.1, "gpu_hours": 0.0}))
+    (run / "results.json").write_text(
+        json.dumps({"space": "darts", "genotype": genotype_to_dict(g), "cpu_hours": 0.1, "gpu_hours": 0.0})
+    )
     (exp / "status" / "search-darts-seed1.json").write_text(json.dumps({"status": "done"}))
     s = summarize_compare(exp)
     assert s["methods"][0]["params"]["mean"] == expected
@@ -177,6 +206,7 @@ def test_random_baseline_is_table_lookup():
 
 # ------------------------------------------------------------------------------------ config errors
 
+
 def test_bad_compare_input_is_one_line(tmp_path, capsys):
     exp = tmp_path / "e"
     assert main(["compare", "--space", "cnn", "--preset", "tiny", "--methods", "darts,nosuch", "-e", str(exp)]) == 2
@@ -187,12 +217,14 @@ def test_bad_compare_input_is_one_line(tmp_path, capsys):
     assert "duplicate" in capsys.readouterr().err
     assert main(["compare", "--space", "cnn", "--random-samples", "3", "-e", str(exp)]) == 2
     assert "NB201 only" in capsys.readouterr().err
-    assert main(["compare", "--space", "cnn", "--preset", "tiny", "--method-args", "gdas=tau_max=5",
-                 "-e", str(exp)]) == 2
+    assert (
+        main(["compare", "--space", "cnn", "--preset", "tiny", "--method-args", "gdas=tau_max=5", "-e", str(exp)]) == 2
+    )
     assert "not compared" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ end to end (subprocess runs)
+
 
 def test_search_results_carry_cost(tmp_path):
     run = tmp_path / "run"
@@ -211,8 +243,28 @@ def test_compare_darts_space_end_to_end(tmp_path, monkeypatch, capsys):
     """2 methods × 2 seeds, one run made to fail: recorded, excluded, the rest reported; resume reruns nothing."""
     exp = tmp_path / "cmp"
     monkeypatch.setenv("DARTSNAS_PROTOCOL_FAULT", "search-beta-darts-seed2=nan_train_at_step:1")
-    argv = ["compare", "--space", "cnn", "--preset", "tiny", "--methods", "darts,beta-darts", "--seeds", "1,2",
-            "--epochs", "1", "--jobs", "2", "--final", "--train-preset", "tiny", "--final-epochs", "1", "-e", str(exp)]
+    argv = [
+        "compare",
+        "--space",
+        "cnn",
+        "--preset",
+        "tiny",
+        "--methods",
+        "darts,beta-darts",
+        "--seeds",
+        "1,2",
+        "--epochs",
+        "1",
+        "--jobs",
+        "2",
+        "--final",
+        "--train-preset",
+        "tiny",
+        "--final-epochs",
+        "1",
+        "-e",
+        str(exp),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "failed runs (recorded, excluded): search-beta-darts-seed2, final-beta-darts-seed2" in out
@@ -225,8 +277,10 @@ def test_compare_darts_space_end_to_end(tmp_path, monkeypatch, capsys):
         assert f"method={r['method']}" in cmd and f"seed={r['seed']}" in cmd
     assert by["darts"]["params"]["n"] == 2 and by["darts"]["cpu_hours"]["n"] == 2
     # final trainings: one per finished search, its cell, test error mean ± std from the runs' results.json
-    errors = [json.loads((exp / "runs" / f"final-darts-seed{s}" / "results.json").read_text())["test_error_percent"]
-              for s in (1, 2)]
+    errors = [
+        json.loads((exp / "runs" / f"final-darts-seed{s}" / "results.json").read_text())["test_error_percent"]
+        for s in (1, 2)
+    ]
     assert math.isclose(by["darts"]["test_error"]["mean"], statistics.mean(errors))
     assert math.isclose(by["darts"]["test_error"]["std"], statistics.stdev(errors))
     # the failed search's training never ran ("not run: search-beta-darts-seed2 failed"); the method counts it once
@@ -249,8 +303,25 @@ def test_compare_nb201_end_to_end(tmp_path, capsys):
     if root is None or not (root / "cifar10").is_dir() or not (root / "nasbench201").is_dir():
         pytest.skip("shared/data with cifar10 and nasbench201 absent")
     exp = tmp_path / "cmp"
-    argv = ["compare", "--space", "nb201", "--methods", "darts", "--seeds", "1,2", "--epochs", "1",
-            "--data-dir", str(root / "cifar10"), "--random-samples", "4", "--jobs", "2", "-e", str(exp)]
+    argv = [
+        "compare",
+        "--space",
+        "nb201",
+        "--methods",
+        "darts",
+        "--seeds",
+        "1,2",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(root / "cifar10"),
+        "--random-samples",
+        "4",
+        "--jobs",
+        "2",
+        "-e",
+        str(exp),
+    ]
     for kv in ("subset=64", "batch_size=32", "hessian_batch=16"):
         argv += ["--search-set", kv]
     assert main(argv) == 0

@@ -12,13 +12,21 @@ import torch
 from dartsnas.data.builtin import make_builtin_images
 from dartsnas.data.cifar import load_cifar10
 from dartsnas.data.images import (
-    BUILTIN_MEAN, BUILTIN_STD, CIFAR_MEAN, CIFAR_STD, BatchStream, augment, default_data_dir, load_images,
+    BUILTIN_MEAN,
+    BUILTIN_STD,
+    CIFAR_MEAN,
+    CIFAR_STD,
+    BatchStream,
+    augment,
+    default_data_dir,
+    load_images,
 )
 from dartsnas.errors import DataError
 
 try:
     from conftest import shared_data_root
 except ImportError:  # pragma: no cover - run from another rootdir
+
     def shared_data_root():
         return None
 
@@ -51,6 +59,7 @@ def test_load_images_builtin():
 
 
 # -------------------------------------------------------------------------------------------- augment
+
 
 def test_cifar_normalisation_constants_are_the_spec_values():
     assert CIFAR_MEAN == (0.49139968, 0.48215827, 0.44653124)
@@ -101,8 +110,12 @@ def test_crop_is_a_window_of_the_zero_padded_image():
     padded = _normalise(torch.nn.functional.pad(x, (4, 4, 4, 4)))  # raw zero padding, then normalised
     offsets = set()
     for b in range(16):
-        hits = [(oy, ox) for oy in range(9) for ox in range(9)
-                if torch.allclose(out[b], padded[b, :, oy:oy + 32, ox:ox + 32], atol=1e-5)]
+        hits = [
+            (oy, ox)
+            for oy in range(9)
+            for ox in range(9)
+            if torch.allclose(out[b], padded[b, :, oy : oy + 32, ox : ox + 32], atol=1e-5)
+        ]
         assert len(hits) == 1, f"image {b}: {hits}"
         offsets.add(hits[0])
     assert len(offsets) > 3  # the offsets really vary
@@ -131,7 +144,7 @@ def test_cutout_zeroes_at_most_16x16_pixels():
     counts = zero[:, 0].flatten(1).sum(1)
     assert counts.max() <= 256
     assert (counts == 256).any()  # a hole fully inside
-    assert (counts < 256).any()   # and holes clipped at the border
+    assert (counts < 256).any()  # and holes clipped at the border
     for b in range(256):
         ys, xs = torch.nonzero(zero[b, 0], as_tuple=True)
         if len(ys):
@@ -141,6 +154,7 @@ def test_cutout_zeroes_at_most_16x16_pixels():
 
 
 # --------------------------------------------------------------------------------------- batch streams
+
 
 def test_epoch_mode_covers_every_index_once_with_a_short_last_batch():
     s = BatchStream(25_000, 64, seed=1, epoch_mode=True)
@@ -202,6 +216,7 @@ def test_stream_batch_larger_than_data():
 
 # ---------------------------------------------------------------------------------------- CIFAR files
 
+
 def _real_cifar_root() -> Path | None:
     root = shared_data_root()
     if root is None or not (root / "cifar10" / "cifar-10-batches-py" / "data_batch_1").is_file():
@@ -257,8 +272,12 @@ def test_default_data_dir(monkeypatch, tmp_path):
 
 def _write_batch(path: Path, n: int = 10_000, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    d = {b"batch_label": b"synthetic", b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-         b"labels": rng.integers(0, 10, n).tolist(), b"filenames": [b"x"] * n}
+    d = {
+        b"batch_label": b"synthetic",
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"labels": rng.integers(0, 10, n).tolist(),
+        b"filenames": [b"x"] * n,
+    }
     with open(path, "wb") as f:
         pickle.dump(d, f, protocol=2)
 
@@ -270,8 +289,9 @@ def good_batch(tmp_path_factory) -> Path:
     return path
 
 
-def _folder(tmp_path: Path, good: Path, bad_name: str | None = None, bad_bytes: bytes | None = None,
-            omit: str | None = None) -> Path:
+def _folder(
+    tmp_path: Path, good: Path, bad_name: str | None = None, bad_bytes: bytes | None = None, omit: str | None = None
+) -> Path:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -345,8 +365,10 @@ def test_pickle_of_the_wrong_shape(tmp_path, good_batch):
     _expect_data_error(_folder(tmp_path / "x", good_batch, "data_batch_1", bad), "data_batch_1")
 
 
-@pytest.mark.parametrize("labels", [["cat"] * 4, [None] * 4, {"a": 1}, [[1, 2]] * 4, [1.5] * 4, [0, 1, 2, 10],
-                                    [0, 1, 2], [[1], [2, 3], [4], [5]]])
+@pytest.mark.parametrize(
+    "labels",
+    [["cat"] * 4, [None] * 4, {"a": 1}, [[1, 2]] * 4, [1.5] * 4, [0, 1, 2, 10], [0, 1, 2], [[1], [2, 3], [4], [5]]],
+)
 def test_bad_labels_are_a_data_error(tmp_path, labels):
     from dartsnas.data.cifar import _read_batch
 
@@ -371,6 +393,7 @@ class _EvilSystem:
 
     def __reduce__(self):
         import os
+
         return (os.system, (f"touch {self.marker}",))
 
 

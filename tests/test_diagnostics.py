@@ -65,13 +65,13 @@ def test_hvp_matches_a_central_difference_of_the_alpha_gradient(space):
         with torch.no_grad():
             offset = 0
             for a in net.arch_parameters():
-                a.add_(delta[offset:offset + a.numel()].view_as(a))
+                a.add_(delta[offset : offset + a.numel()].view_as(a))
                 offset += a.numel()
         g = AlphaHessian(net, x, y, WD).gradient()
         with torch.no_grad():
             offset = 0
             for a in net.arch_parameters():
-                a.sub_(delta[offset:offset + a.numel()].view_as(a))
+                a.sub_(delta[offset : offset + a.numel()].view_as(a))
                 offset += a.numel()
         return g
 
@@ -169,9 +169,10 @@ def test_epoch_diagnostics_record():
 
 # ------------------------------------------------------------------------------------------ DARTS-ES
 
+
 def _first_stop(seq):
     for e in range(len(seq)):
-        r = darts_es(seq[:e + 1])
+        r = darts_es(seq[: e + 1])
         if r is not None:
             return e, r
     return None
@@ -193,7 +194,7 @@ def test_darts_es_fires_exactly_as_specified():
     # a jump already inside the window of epoch 10 never fires
     assert _first_stop([1.0] * 6 + [5.0] * 30) is None
     # a slow rise (1 % per epoch) never fires
-    assert _first_stop([1.01 ** e for e in range(50)]) is None
+    assert _first_stop([1.01**e for e in range(50)]) is None
     # too short to have a full window 4 evaluations before epoch 10
     assert darts_es([1.0] * 13 + [100.0]) is None
 
@@ -204,8 +205,8 @@ def _expected(seq, stop):
         b = e - 4
         if b < 10:
             continue
-        new = sum(seq[e - 4:e + 1]) / 5
-        old = sum(seq[b - 4:b + 1]) / 5
+        new = sum(seq[e - 4 : e + 1]) / 5
+        old = sum(seq[b - 4 : b + 1]) / 5
         if new > 1.3 * old:
             return stop == (e, b)
     return stop is None
@@ -214,6 +215,6 @@ def _expected(seq, stop):
 def test_darts_es_window_and_factor_are_parameters():
     seq = [1.0] * 12 + [1.25] * 10
     assert _first_stop(seq) is None
-    assert darts_es(seq[:15], factor=1.1) == 10   # window 5: 1.15 > 1.1 x 1.0
+    assert darts_es(seq[:15], factor=1.1) == 10  # window 5: 1.15 > 1.1 x 1.0
     assert darts_es(seq[:15], factor=1.2) is None  # 1.15 < 1.2
     assert darts_es(seq[:15], window=2, factor=1.2) == 10  # window 2: 1.25 > 1.2

@@ -21,8 +21,10 @@ import torch
 from dartsnas.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.distributed.is_available(),
-                                                   reason="torch.distributed is not available")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
+]
 
 
 def _worker_pids(marker: str, rank: int) -> list[int]:
@@ -44,9 +46,24 @@ def _torchrun(run_dir: Path, kill_rank: int | None) -> tuple[int, str]:
     marker = uuid.uuid4().hex
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "DARTSNAS_TEST_JOB": marker}
     env.pop("DARTSNAS_FAULT", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=1",
-           "-m", "dartsnas", "train", "--preset", "tiny", "--set", "epochs=5", "--run-dir", str(run_dir),
-           "--auto-resume", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--max-restarts=1",
+        "-m",
+        "dartsnas",
+        "train",
+        "--preset",
+        "tiny",
+        "--set",
+        "epochs=5",
+        "--run-dir",
+        str(run_dir),
+        "--auto-resume",
+        "--no-progress",
+    ]
     log = run_dir.with_suffix(".log")
     with open(log, "w") as out:
         p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -81,6 +98,9 @@ def test_killed_rank_is_restarted_and_the_result_is_unchanged(tmp_path):
     assert set(got["model"]) == set(ref["model"])
     for name, tensor in ref["model"].items():
         assert torch.equal(got["model"][name], tensor), name
-    epochs = [line for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line
-              and '"event"' not in line]
+    epochs = [
+        line
+        for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+        if '"epoch"' in line and '"event"' not in line
+    ]
     assert len(epochs) == 5

@@ -133,7 +133,7 @@ def test_cpu_estimate_from_the_first_steps(monkeypatch):
     for remaining in (10, 9, 8, 7, 6):
         clock.t += 2.0
         assert quick.tick(remaining) is None  # under a minute: no message
-    assert progress_mod.RunEstimate(False).tick(10 ** 6) is None
+    assert progress_mod.RunEstimate(False).tick(10**6) is None
 
 
 def test_library_logs_through_the_dartsnas_logger_and_tensorboard(tmp_path, caplog):

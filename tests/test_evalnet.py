@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dartsnas.errors import GenotypeError
-from dartsnas.evalnet.cnn import (EvalCell, NetworkCIFAR, NetworkImageNet, count_parameters, drop_path)
+from dartsnas.evalnet.cnn import EvalCell, NetworkCIFAR, NetworkImageNet, count_parameters, drop_path
 from dartsnas.evalnet.flops import count_multiply_adds
 from dartsnas.space.genotype import PUBLISHED, Genotype
 from dartsnas.space.ops import FactorizedReduce, Identity
@@ -28,12 +28,12 @@ def _one_thread():
 def _cell_outputs(model: nn.Module) -> tuple[list, list]:
     """Register hooks recording (channels, H, W) of every cell output; returns (records, handles)."""
     records: list[tuple[int, int, int]] = []
-    handles = [cell.register_forward_hook(lambda m, i, o: records.append(tuple(o.shape[1:])))
-               for cell in model.cells]
+    handles = [cell.register_forward_hook(lambda m, i, o: records.append(tuple(o.shape[1:]))) for cell in model.cells]
     return records, handles
 
 
 # ------------------------------------------------------------------------------------ parameter counts
+
 
 def test_darts_v2_cifar_parameter_counts():
     model = NetworkCIFAR(V2)
@@ -67,6 +67,7 @@ def test_every_batch_norm_is_affine_and_every_conv_bias_free():
 
 
 # ------------------------------------------------------------------------------------------- shapes
+
 
 def test_cifar_full_size_shapes_train_and_eval():
     torch.manual_seed(0)
@@ -183,6 +184,7 @@ def test_invalid_genotype_is_refused():
 
 # --------------------------------------------------------------------------------------- drop path
 
+
 def test_drop_path_one_mask_per_sample_and_scaling():
     torch.manual_seed(0)
     p = 0.3
@@ -286,14 +288,16 @@ def test_network_drop_path_prob_attribute_is_used_and_reproducible():
 
 # ----------------------------------------------------------------------------------- multiply-adds
 
+
 def test_multiply_adds_hand_counted():
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False),          # 8 * 6*6 * 3 * 3*3 = 7776
-        nn.BatchNorm2d(8), nn.ReLU(),                       # not counted
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),  # 8 * 6*6 * 3 * 3*3 = 7776
+        nn.BatchNorm2d(8),
+        nn.ReLU(),  # not counted
         nn.Conv2d(8, 4, 3, stride=2, groups=2, bias=True),  # out 2x2: 4 * 2*2 * (8/2) * 3*3 = 576
-        nn.MaxPool2d(1),                                    # not counted
+        nn.MaxPool2d(1),  # not counted
         nn.Flatten(),
-        nn.Linear(4 * 2 * 2, 5),                            # 16 * 5 = 80
+        nn.Linear(4 * 2 * 2, 5),  # 16 * 5 = 80
     )
     expected = 7776 + 576 + 80
     net.train()

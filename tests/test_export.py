@@ -23,10 +23,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    cnn = dartsnas.train(dartsnas.TrainConfig.build("tiny", overrides=["epochs=1"], progress=False),
-                         run_dir=root / "cnn").run_dir
-    rnn = dartsnas.train(dartsnas.RNNTrainConfig.build("tiny", overrides=["epochs=1"], progress=False),
-                         run_dir=root / "rnn").run_dir
+    cnn = dartsnas.train(
+        dartsnas.TrainConfig.build("tiny", overrides=["epochs=1"], progress=False), run_dir=root / "cnn"
+    ).run_dir
+    rnn = dartsnas.train(
+        dartsnas.RNNTrainConfig.build("tiny", overrides=["epochs=1"], progress=False), run_dir=root / "rnn"
+    ).run_dir
     return {"cnn": Path(cnn), "rnn": Path(rnn)}
 
 
@@ -138,7 +140,7 @@ def test_onnx_matches_pytorch(runs, kind, tmp_path):
 @pytest.mark.parametrize("kind", ["cnn", "rnn"])
 def test_state_dict_export_loads_with_weights_only(runs, kind, tmp_path):
     """dartsnas checkpoints have a checksum header (a bare torch.load refuses them); the export does not."""
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (whatever torch.load raises on the header, it must refuse)
         torch.load(runs[kind] / "checkpoint.pt", weights_only=True)
     out = dartsnas.export_model(runs[kind], "state_dict", tmp_path / "model.pt")
     state = torch.load(out, weights_only=True)
@@ -146,9 +148,13 @@ def test_state_dict_export_loads_with_weights_only(runs, kind, tmp_path):
     assert set(state) == set(model.state_dict())
     cfg = json.loads((runs[kind] / "config.json").read_text())
     if kind == "cnn":
-        fresh = dartsnas.build_model(runs[kind] / "genotype.json", init_channels=cfg["init_channels"],
-                                     layers=cfg["layers"], num_classes=model.classifier.out_features,
-                                     auxiliary=cfg["auxiliary"])
+        fresh = dartsnas.build_model(
+            runs[kind] / "genotype.json",
+            init_channels=cfg["init_channels"],
+            layers=cfg["layers"],
+            num_classes=model.classifier.out_features,
+            auxiliary=cfg["auxiliary"],
+        )
     else:
         fresh = dartsnas.build_model(runs[kind] / "genotype.json", ntoken=model.ntoken, n=cfg["nhid"])
     fresh.load_state_dict(state)
@@ -166,8 +172,14 @@ def test_cli_export(runs, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "dartsnas", "export", *args], env=env, capture_output=True,
-                              text=True, timeout=300, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "dartsnas", "export", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     r = cli(str(runs["cnn"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt"))
     assert r.returncode == 0, r.stderr

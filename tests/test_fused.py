@@ -140,8 +140,16 @@ def test_graph_step_body_matches_eager_step(order, fused):
     try:
         cfg = SearchConfig.build("tiny", order=order, fused_ops=fused, device="cpu")
         z = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
-        data = ImageData("synthetic", z, torch.zeros(2, dtype=torch.long), z, torch.zeros(2, dtype=torch.long),
-                         (0.5,) * 3, (0.25,) * 3, 10)
+        data = ImageData(
+            "synthetic",
+            z,
+            torch.zeros(2, dtype=torch.long),
+            z,
+            torch.zeros(2, dtype=torch.long),
+            (0.5,) * 3,
+            (0.25,) * 3,
+            10,
+        )
         states = []
         for graphed in (False, True):
             torch.manual_seed(0)
@@ -187,8 +195,9 @@ def test_graph_step_flags_non_finite_after_the_fact():
 
     cfg = SearchConfig.build("tiny", device="cpu")
     z = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
-    data = ImageData("s", z, torch.zeros(2, dtype=torch.long), z, torch.zeros(2, dtype=torch.long),
-                     (0.5,) * 3, (0.25,) * 3, 10)
+    data = ImageData(
+        "s", z, torch.zeros(2, dtype=torch.long), z, torch.zeros(2, dtype=torch.long), (0.5,) * 3, (0.25,) * 3, 10
+    )
     st = _State(cfg, data, torch.device("cpu"))
     runner = GraphedSearchStep(st, torch.nn.CrossEntropyLoss(), eager=True)
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))

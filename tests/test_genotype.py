@@ -12,8 +12,16 @@ from hypothesis import strategies as st
 from dartsnas.errors import GenotypeError
 from dartsnas.space.derive import derive_cell, derive_genotype, derive_rnn_genotype
 from dartsnas.space.genotype import (
-    CNN_OPS, PUBLISHED, RNN_OPS, Genotype, RNNGenotype, genotype_from_dict, genotype_to_json, load_genotype,
-    parse_genotype, save_genotype,
+    CNN_OPS,
+    PUBLISHED,
+    RNN_OPS,
+    Genotype,
+    RNNGenotype,
+    genotype_from_dict,
+    genotype_to_json,
+    load_genotype,
+    parse_genotype,
+    save_genotype,
 )
 from dartsnas.space.ops import PRIMITIVES
 
@@ -22,6 +30,7 @@ COL = {name: k for k, name in enumerate(PRIMITIVES)}
 
 
 # ------------------------------------------------------------------------------------------ published
+
 
 def _pairs(text: str) -> tuple[tuple[str, int], ...]:
     """'sep_conv_3x3<-1 max_pool_3x3<-0' -> (('sep_conv_3x3', 1), ('max_pool_3x3', 0))."""
@@ -36,30 +45,44 @@ def _pairs(text: str) -> tuple[tuple[str, int], ...]:
 SPEC_CNN = {
     "DARTS_V1": (
         "sep_conv_3x3<-1 sep_conv_3x3<-0 skip_connect<-0 sep_conv_3x3<-1 skip_connect<-0 sep_conv_3x3<-1 "
-        "sep_conv_3x3<-0 skip_connect<-2", (2, 3, 4, 5),
+        "sep_conv_3x3<-0 skip_connect<-2",
+        (2, 3, 4, 5),
         "max_pool_3x3<-0 max_pool_3x3<-1 skip_connect<-2 max_pool_3x3<-0 max_pool_3x3<-0 skip_connect<-2 "
-        "skip_connect<-2 avg_pool_3x3<-0", (2, 3, 4, 5)),
+        "skip_connect<-2 avg_pool_3x3<-0",
+        (2, 3, 4, 5),
+    ),
     "DARTS_V2": (
         "sep_conv_3x3<-0 sep_conv_3x3<-1 sep_conv_3x3<-0 sep_conv_3x3<-1 sep_conv_3x3<-1 skip_connect<-0 "
-        "skip_connect<-0 dil_conv_3x3<-2", (2, 3, 4, 5),
+        "skip_connect<-0 dil_conv_3x3<-2",
+        (2, 3, 4, 5),
         "max_pool_3x3<-0 max_pool_3x3<-1 skip_connect<-2 max_pool_3x3<-1 max_pool_3x3<-0 skip_connect<-2 "
-        "skip_connect<-2 max_pool_3x3<-1", (2, 3, 4, 5)),
+        "skip_connect<-2 max_pool_3x3<-1",
+        (2, 3, 4, 5),
+    ),
     "NASNet": (
         "sep_conv_5x5<-1 sep_conv_3x3<-0 sep_conv_5x5<-0 sep_conv_3x3<-0 avg_pool_3x3<-1 skip_connect<-0 "
-        "avg_pool_3x3<-0 avg_pool_3x3<-0 sep_conv_3x3<-1 skip_connect<-1", (2, 3, 4, 5, 6),
+        "avg_pool_3x3<-0 avg_pool_3x3<-0 sep_conv_3x3<-1 skip_connect<-1",
+        (2, 3, 4, 5, 6),
         "sep_conv_5x5<-1 sep_conv_7x7<-0 max_pool_3x3<-1 sep_conv_7x7<-0 avg_pool_3x3<-1 sep_conv_5x5<-0 "
-        "skip_connect<-3 avg_pool_3x3<-2 sep_conv_3x3<-2 max_pool_3x3<-1", (4, 5, 6)),
+        "skip_connect<-3 avg_pool_3x3<-2 sep_conv_3x3<-2 max_pool_3x3<-1",
+        (4, 5, 6),
+    ),
     "AmoebaNet": (
         "avg_pool_3x3<-0 max_pool_3x3<-1 sep_conv_3x3<-0 sep_conv_5x5<-2 sep_conv_3x3<-0 avg_pool_3x3<-3 "
-        "sep_conv_3x3<-1 skip_connect<-1 skip_connect<-0 avg_pool_3x3<-1", (4, 5, 6),
+        "sep_conv_3x3<-1 skip_connect<-1 skip_connect<-0 avg_pool_3x3<-1",
+        (4, 5, 6),
         "avg_pool_3x3<-0 sep_conv_3x3<-1 max_pool_3x3<-0 sep_conv_7x7<-2 sep_conv_7x7<-0 avg_pool_3x3<-1 "
-        "max_pool_3x3<-0 max_pool_3x3<-1 conv_7x1_1x7<-0 sep_conv_3x3<-5", (3, 4, 6)),
+        "max_pool_3x3<-0 max_pool_3x3<-1 conv_7x1_1x7<-0 sep_conv_3x3<-5",
+        (3, 4, 6),
+    ),
 }
 SPEC_RNN = {
     "RNN_DARTS_V2": ("sigmoid<-0 relu<-1 relu<-1 identity<-1 tanh<-2 sigmoid<-5 tanh<-3 relu<-5", tuple(range(1, 9))),
     "RNN_DARTS_V1": ("relu<-0 relu<-1 tanh<-2 relu<-3 relu<-4 identity<-1 relu<-5 relu<-1", tuple(range(1, 9))),
-    "RNN_ENAS": ("tanh<-0 tanh<-1 relu<-1 tanh<-3 tanh<-3 relu<-3 relu<-4 relu<-7 relu<-8 relu<-8 relu<-8",
-                 (2, 5, 6, 9, 10, 11)),
+    "RNN_ENAS": (
+        "tanh<-0 tanh<-1 relu<-1 tanh<-3 tanh<-3 relu<-3 relu<-4 relu<-7 relu<-8 relu<-8 relu<-8",
+        (2, 5, 6, 9, 10, 11),
+    ),
 }
 
 
@@ -106,13 +129,17 @@ def test_json_format_is_plain_objects():
 
 # ------------------------------------------------------------------------------------------- property
 
+
 @st.composite
 def cnn_genotypes(draw):
     n = draw(st.integers(1, 6))
 
     def cell():
-        return tuple(pair for node in range(2, n + 2)
-                     for pair in [(draw(st.sampled_from(CNN_OPS)), draw(st.integers(0, node - 1))) for _ in range(2)])
+        return tuple(
+            pair
+            for node in range(2, n + 2)
+            for pair in [(draw(st.sampled_from(CNN_OPS)), draw(st.integers(0, node - 1))) for _ in range(2)]
+        )
 
     def concat():
         return tuple(draw(st.lists(st.integers(2, n + 1), min_size=1, unique=True)))
@@ -142,10 +169,31 @@ def test_random_rnn_genotypes_round_trip(g):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=6) | st.dictionaries(
-        st.sampled_from(["schema_version", "kind", "normal", "normal_concat", "reduce", "reduce_concat",
-                         "recurrent", "concat", "op", "input", "x"]) | st.text(max_size=8), children, max_size=6),
-    max_leaves=30)
+    lambda children: (
+        st.lists(children, max_size=6)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "schema_version",
+                    "kind",
+                    "normal",
+                    "normal_concat",
+                    "reduce",
+                    "reduce_concat",
+                    "recurrent",
+                    "concat",
+                    "op",
+                    "input",
+                    "x",
+                ]
+            )
+            | st.text(max_size=8),
+            children,
+            max_size=6,
+        )
+    ),
+    max_leaves=30,
+)
 
 
 def _only_genotype_errors(text: str) -> None:
@@ -206,14 +254,22 @@ def test_fuzz_near_valid_genotypes_only_raise_genotype_error(d):
     _only_genotype_errors(json.dumps(d))
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000, '{"normal": ' + "[" * 100_000, "1" * 5000,
-                                  '{"normal": [{"op": "sep_conv_3x3", "input": ' + "9" * 5000 + "}]}"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000,
+        '{"normal": ' + "[" * 100_000,
+        "1" * 5000,
+        '{"normal": [{"op": "sep_conv_3x3", "input": ' + "9" * 5000 + "}]}",
+    ],
+)
 def test_pathological_json_is_a_genotype_error(text):
     with pytest.raises(GenotypeError):
         parse_genotype(text)
 
 
 # ------------------------------------------------------------------------------------------ error paths
+
 
 def _darts_v2() -> dict:
     return json.loads(genotype_to_json(PUBLISHED["DARTS_V2"]))
@@ -294,7 +350,7 @@ def test_concat_out_of_range():
 
 
 def test_not_json():
-    for text in ["", "not json", "{'normal': []}", "{\"normal\": [}"]:
+    for text in ["", "not json", "{'normal': []}", '{"normal": [}']:
         e = _err(text)
         assert e.path == "genotype" and "JSON" in str(e)
 
@@ -316,11 +372,15 @@ def test_missing_and_unknown_keys_and_kind():
 
 def test_code_injection_is_refused_without_evaluation(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
-    payloads = ["__import__('os').system('x')",
-                f"__import__('pathlib').Path({str(marker)!r}).touch()",
-                "eval('1+1')", "sep_conv_3x3; import os"]
+    payloads = [
+        "__import__('os').system('x')",
+        f"__import__('pathlib').Path({str(marker)!r}).touch()",
+        "eval('1+1')",
+        "sep_conv_3x3; import os",
+    ]
     calls = []
     import os
+
     monkeypatch.setattr(os, "system", lambda *a: calls.append(a) or 0)
     for k, payload in enumerate(payloads):
         d = _darts_v2()
@@ -360,6 +420,7 @@ def test_load_genotype_errors_name_the_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------ derivation
 
+
 def _alphas(rows: dict[int, dict[str, float]], n_rows: int = 14, cols: int = 8) -> torch.Tensor:
     a = torch.zeros(n_rows, cols)
     for r, vals in rows.items():
@@ -374,11 +435,13 @@ RNN_COL = {"none": 0, "tanh": 1, "relu": 2, "sigmoid": 3, "identity": 4}
 def test_dominant_none_is_ignored_for_ranking_and_op_choice():
     # Node 3 (rows 2, 3, 4 for predecessors 0, 1, 2). Predecessor 0 has by far the largest `none`
     # and, with none counted, the largest probability overall; its best real op is weak.
-    a = _alphas({
-        2: {"none": 10.0, "sep_conv_5x5": 0.5},
-        3: {"none": 0.0, "dil_conv_3x3": 2.0},
-        4: {"none": 0.0, "max_pool_3x3": 1.0},
-    })
+    a = _alphas(
+        {
+            2: {"none": 10.0, "sep_conv_5x5": 0.5},
+            3: {"none": 0.0, "dil_conv_3x3": 2.0},
+            4: {"none": 0.0, "max_pool_3x3": 1.0},
+        }
+    )
     g = derive_genotype(a, a.clone())
     assert g.normal[2:4] == (("dil_conv_3x3", 1), ("max_pool_3x3", 2))
     # On an edge where `none` is the maximum, the strongest real op is chosen.
@@ -397,21 +460,37 @@ def test_all_zero_alphas_tie_to_lower_predecessor_and_lower_column():
 def test_ties_among_strong_predecessors_and_columns():
     # Node 5 (rows 9..13, predecessors 0..4): predecessors 2 and 3 tie as strongest, 4 is weaker.
     # (Identical rows, so that the probabilities tie exactly, not just up to rounding.)
-    a = _alphas({11: {"sep_conv_5x5": 3.0, "dil_conv_3x3": 3.0},
-                 12: {"sep_conv_5x5": 3.0, "dil_conv_3x3": 3.0},
-                 13: {"sep_conv_3x3": 1.0}})  # P = e/(e+7) < e^3/(2e^3+6)
+    a = _alphas(
+        {
+            11: {"sep_conv_5x5": 3.0, "dil_conv_3x3": 3.0},
+            12: {"sep_conv_5x5": 3.0, "dil_conv_3x3": 3.0},
+            13: {"sep_conv_3x3": 1.0},
+        }
+    )  # P = e/(e+7) < e^3/(2e^3+6)
     g = derive_genotype(a, a.clone())
     assert g.normal[6:8] == (("sep_conv_5x5", 2), ("sep_conv_5x5", 3))
     # Same again with the tied pair above a weaker predecessor 0 of equal pattern at a lower value.
-    b = _alphas({9: {"skip_connect": 0.5}, 12: {"avg_pool_3x3": 2.0, "dil_conv_5x5": 2.0},
-                 13: {"avg_pool_3x3": 2.0, "dil_conv_5x5": 2.0}})
+    b = _alphas(
+        {
+            9: {"skip_connect": 0.5},
+            12: {"avg_pool_3x3": 2.0, "dil_conv_5x5": 2.0},
+            13: {"avg_pool_3x3": 2.0, "dil_conv_5x5": 2.0},
+        }
+    )
     g = derive_genotype(b, b.clone())
     assert g.normal[6:8] == (("avg_pool_3x3", 3), ("avg_pool_3x3", 4))
 
 
 def test_pairs_come_out_strongest_first():
-    a = _alphas({0: {"sep_conv_3x3": 1.0}, 1: {"dil_conv_5x5": 2.0},
-                 2: {"avg_pool_3x3": 0.5}, 3: {"skip_connect": 1.5}, 4: {"sep_conv_5x5": 3.0}})
+    a = _alphas(
+        {
+            0: {"sep_conv_3x3": 1.0},
+            1: {"dil_conv_5x5": 2.0},
+            2: {"avg_pool_3x3": 0.5},
+            3: {"skip_connect": 1.5},
+            4: {"sep_conv_5x5": 3.0},
+        }
+    )
     r = _alphas({0: {"max_pool_3x3": 4.0}, 1: {"skip_connect": 1.0}})
     g = derive_genotype(a, r)
     assert g.normal[:2] == (("dil_conv_5x5", 1), ("sep_conv_3x3", 0))
@@ -461,8 +540,10 @@ def _reference_derive(probs: torch.Tensor, num_nodes: int, k: int, first: int, n
 
 
 @FAST
-@given(st.lists(st.floats(-3, 3, allow_nan=False, width=32), min_size=14 * 8 * 2, max_size=14 * 8 * 2),
-       st.lists(st.sampled_from([0.0, 1.0]), min_size=14 * 8, max_size=14 * 8))
+@given(
+    st.lists(st.floats(-3, 3, allow_nan=False, width=32), min_size=14 * 8 * 2, max_size=14 * 8 * 2),
+    st.lists(st.sampled_from([0.0, 1.0]), min_size=14 * 8, max_size=14 * 8),
+)
 def test_cnn_derivation_matches_an_independent_reading_of_the_rule(vals, coarse):
     t = torch.tensor(vals).view(2, 14, 8)
     an = t[0]

@@ -23,15 +23,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 TEXT = {
     "DARTS_V1": "Genotype(normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 0), "
-                "('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
-                "('skip_connect', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
-                "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0), ('max_pool_3x3', 0), "
-                "('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], reduce_concat=[2, 3, 4, 5])",
+    "('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+    "('skip_connect', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
+    "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0), ('max_pool_3x3', 0), "
+    "('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], reduce_concat=[2, 3, 4, 5])",
     "DARTS_V2": "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
-                "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
-                "('dil_conv_3x3', 2)], normal_concat=range(2, 6), reduce=[('max_pool_3x3', 0), "
-                "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
-                "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=range(2, 6))",
+    "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
+    "('dil_conv_3x3', 2)], normal_concat=range(2, 6), reduce=[('max_pool_3x3', 0), "
+    "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+    "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=range(2, 6))",
     "NASNet": """Genotype(
   normal = [
     ('sep_conv_5x5', 1),
@@ -61,25 +61,32 @@ TEXT = {
   reduce_concat = [4, 5, 6],
 )""",
     "AmoebaNet": "Genotype(normal=[('avg_pool_3x3', 0), ('max_pool_3x3', 1), ('sep_conv_3x3', 0), "
-                 "('sep_conv_5x5', 2), ('sep_conv_3x3', 0), ('avg_pool_3x3', 3), ('sep_conv_3x3', 1), "
-                 "('skip_connect', 1), ('skip_connect', 0), ('avg_pool_3x3', 1)], normal_concat=[4, 5, 6], "
-                 "reduce=[('avg_pool_3x3', 0), ('sep_conv_3x3', 1), ('max_pool_3x3', 0), ('sep_conv_7x7', 2), "
-                 "('sep_conv_7x7', 0), ('avg_pool_3x3', 1), ('max_pool_3x3', 0), ('max_pool_3x3', 1), "
-                 "('conv_7x1_1x7', 0), ('sep_conv_3x3', 5)], reduce_concat=[3, 4, 6])",
+    "('sep_conv_5x5', 2), ('sep_conv_3x3', 0), ('avg_pool_3x3', 3), ('sep_conv_3x3', 1), "
+    "('skip_connect', 1), ('skip_connect', 0), ('avg_pool_3x3', 1)], normal_concat=[4, 5, 6], "
+    "reduce=[('avg_pool_3x3', 0), ('sep_conv_3x3', 1), ('max_pool_3x3', 0), ('sep_conv_7x7', 2), "
+    "('sep_conv_7x7', 0), ('avg_pool_3x3', 1), ('max_pool_3x3', 0), ('max_pool_3x3', 1), "
+    "('conv_7x1_1x7', 0), ('sep_conv_3x3', 5)], reduce_concat=[3, 4, 6])",
     "RNN_DARTS_V2": "Genotype(recurrent=[('sigmoid', 0), ('relu', 1), ('relu', 1), ('identity', 1), ('tanh', 2), "
-                    "('sigmoid', 5), ('tanh', 3), ('relu', 5)], concat=range(1, 9))",
+    "('sigmoid', 5), ('tanh', 3), ('relu', 5)], concat=range(1, 9))",
     "RNN_DARTS_V1": "Genotype(recurrent=[('relu', 0), ('relu', 1), ('tanh', 2), ('relu', 3), ('relu', 4), "
-                    "('identity', 1), ('relu', 5), ('relu', 1)], concat=range(1, 9))",
+    "('identity', 1), ('relu', 5), ('relu', 1)], concat=range(1, 9))",
     "RNN_ENAS": "Genotype(recurrent=[('tanh', 0), ('tanh', 1), ('relu', 1), ('tanh', 3), ('tanh', 3), "
-                "('relu', 3), ('relu', 4), ('relu', 7), ('relu', 8), ('relu', 8), ('relu', 8)], "
-                "concat=[2, 5, 6, 9, 10, 11])",
+    "('relu', 3), ('relu', 4), ('relu', 7), ('relu', 8), ('relu', 8), ('relu', 8)], "
+    "concat=[2, 5, 6, 9, 10, 11])",
 }
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "dartsnas", *args], check=False, cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dartsnas", *args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TEXT))
@@ -92,14 +99,17 @@ def test_published_text_forms_round_trip(name):
 
 def test_positional_fields_and_files(tmp_path):
     g = PUBLISHED["DARTS_V2"]
-    positional = ("Genotype(" + TEXT["DARTS_V2"][len("Genotype("):].replace("normal=", "").replace(
-        "normal_concat=", "").replace("reduce=", "").replace("reduce_concat=", ""))
+    positional = "Genotype(" + TEXT["DARTS_V2"][len("Genotype(") :].replace("normal=", "").replace(
+        "normal_concat=", ""
+    ).replace("reduce=", "").replace("reduce_concat=", "")
     assert parse_genotype(positional) == g
     # A .py file as the original code keeps it: imports and the namedtuple are read, never run.
     py = tmp_path / "genotypes.py"
-    py.write_text("from collections import namedtuple\n\nGenotype = namedtuple('Genotype', "
-                  "'normal normal_concat reduce reduce_concat')\n\nPRIMITIVES = ['none']\n\n"
-                  f"DARTS = {TEXT['DARTS_V2']}\n")
+    py.write_text(
+        "from collections import namedtuple\n\nGenotype = namedtuple('Genotype', "
+        "'normal normal_concat reduce reduce_concat')\n\nPRIMITIVES = ['none']\n\n"
+        f"DARTS = {TEXT['DARTS_V2']}\n"
+    )
     assert load_genotype(py) == g
     txt = tmp_path / "cell.txt"
     txt.write_text(TEXT["RNN_DARTS_V2"] + "\n")
@@ -132,17 +142,20 @@ def test_errors_name_the_bad_part():
         parse_genotype("Genotype([('relu', 0)], concat=[1])")
 
 
-@pytest.mark.parametrize("text", [
-    "Genotype(recurrent=[('relu', 0)], concat=__import__('os').system('touch {m}'))",
-    "Genotype(recurrent=[('relu', __import__('os').system('touch {m}'))], concat=[1])",
-    "Genotype(recurrent=[('relu', 0)], concat=range(__import__('os').system('touch {m}'), 2))",
-    "Genotype(recurrent=[('relu', 0)], concat=[1], **__import__('os').system('touch {m}'))",
-    "Genotype(recurrent=[(lambda: __import__('os').system('touch {m}'))(), 0], concat=[1])",
-    "__import__('os').system('touch {m}')",
-    "[Genotype(recurrent=[('relu', 0)], concat=[1]) for _ in [__import__('os').system('touch {m}')]]",
-    "Genotype(recurrent=[('relu', 0)], concat=[1]); __import__('os').system('touch {m}')",
-    "Genotype(recurrent=[('relu', 0)], concat=range(10**100))",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Genotype(recurrent=[('relu', 0)], concat=__import__('os').system('touch {m}'))",
+        "Genotype(recurrent=[('relu', __import__('os').system('touch {m}'))], concat=[1])",
+        "Genotype(recurrent=[('relu', 0)], concat=range(__import__('os').system('touch {m}'), 2))",
+        "Genotype(recurrent=[('relu', 0)], concat=[1], **__import__('os').system('touch {m}'))",
+        "Genotype(recurrent=[(lambda: __import__('os').system('touch {m}'))(), 0], concat=[1])",
+        "__import__('os').system('touch {m}')",
+        "[Genotype(recurrent=[('relu', 0)], concat=[1]) for _ in [__import__('os').system('touch {m}')]]",
+        "Genotype(recurrent=[('relu', 0)], concat=[1]); __import__('os').system('touch {m}')",
+        "Genotype(recurrent=[('relu', 0)], concat=range(10**100))",
+    ],
+)
 def test_malicious_text_is_refused_and_never_run(tmp_path, text):
     marker = tmp_path / "pwned"
     with pytest.raises(GenotypeError):
@@ -155,8 +168,14 @@ def test_very_long_and_odd_arguments_are_one_line_errors(tmp_path):
     r = _cli("genotype", TEXT["DARTS_V2"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert '"dil_conv_3x3"' in r.stdout
-    for arg in ["x" * 100_000, "Genotype(" * 10_000, TEXT["DARTS_V2"] * 50, "a/" * 3000, "bad\x01name" * 50,
-                "Genotype(normal=" + "[" * 5000 + "]" * 5000 + ")"]:
+    for arg in [
+        "x" * 100_000,
+        "Genotype(" * 10_000,
+        TEXT["DARTS_V2"] * 50,
+        "a/" * 3000,
+        "bad\x01name" * 50,
+        "Genotype(normal=" + "[" * 5000 + "]" * 5000 + ")",
+    ]:
         r = _cli("genotype", arg, cwd=tmp_path)
         assert r.returncode == 3, (arg[:40], r.stderr[-500:])
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

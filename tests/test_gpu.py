@@ -57,8 +57,7 @@ def _data(device, n: int = 512) -> ImageData:
 
 
 def _state(order: int, fused: bool, data: ImageData, **over) -> _State:
-    cfg = SearchConfig.build("paper", order=order, fused_ops=fused, device="cuda", progress=False,
-                             **{**PAPER, **over})
+    cfg = SearchConfig.build("paper", order=order, fused_ops=fused, device="cuda", progress=False, **{**PAPER, **over})
     torch.manual_seed(0)
     st = _State(cfg, data, torch.device("cuda"))
     st.model.train()
@@ -67,6 +66,7 @@ def _state(order: int, fused: bool, data: ImageData, **over) -> _State:
 
 def _batches(st: _State, data: ImageData, device):
     """The search loop's own data path (run_search's batch()): index stream, device gather, augmentation."""
+
     def one(pool, stream):
         if stream.epoch_mode and stream.pos >= stream.num:
             stream.new_epoch()
@@ -103,9 +103,11 @@ def _graph_vs_eager(order: int, fused: bool, steps: int = 3) -> dict:
             graphed.global_step += 1
         runner.check()
         torch.cuda.synchronize()
-    out = {"alphas": [_rel([a], [b]) for a, b in zip(graphed.model.arch_parameters(), eager.model.arch_parameters())],
-           "weights": _rel(graphed.model.weights(), eager.model.weights()),
-           "buffers": _rel([b.float() for b in graphed.model.buffers()], [b.float() for b in eager.model.buffers()])}
+    out = {
+        "alphas": [_rel([a], [b]) for a, b in zip(graphed.model.arch_parameters(), eager.model.arch_parameters())],
+        "weights": _rel(graphed.model.weights(), eager.model.weights()),
+        "buffers": _rel([b.float() for b in graphed.model.buffers()], [b.float() for b in eager.model.buffers()]),
+    }
     assert all(r <= REL for r in out["alphas"]), out
     assert out["weights"] <= REL, out
     assert torch.allclose(graphed.sums, eager.sums, rtol=1e-5), (graphed.sums, eager.sums)
@@ -202,12 +204,12 @@ def _smoke(order: int, fused: bool, bf16: bool, channels_last: bool, graph: bool
         st.model.to(memory_format=torch.channels_last)
 
     def amp():
-        return (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if bf16
-                else contextlib.nullcontext())
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if bf16 else contextlib.nullcontext()
 
     runner = None
     if graph:
         from dartsnas.loops.graphed import GraphedSearchStep
+
         runner = GraphedSearchStep(st, crit, autocast=amp)
     for _ in range(3):
         x_t, y_t, x_v, y_v = _batches(st, data, device)
@@ -254,15 +256,18 @@ def _main() -> int:
         except Exception:  # noqa: BLE001  (report every test)
             status, detail = "failed", traceback.format_exc()[-3000:]
             failed += 1
-        results.append({"test": name, "status": status, "seconds": round(time.perf_counter() - t, 1),
-                        "detail": detail})
+        results.append({"test": name, "status": status, "seconds": round(time.perf_counter() - t, 1), "detail": detail})
         print(f"{status:7s} {results[-1]['seconds']:7.1f} s  {name}", flush=True)
         if detail:
             print(detail, flush=True)
         torch.cuda.empty_cache()
     if out_path:
-        Path(out_path).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                              "results": results}, indent=1) + "\n")
+        Path(out_path).write_text(
+            json.dumps(
+                {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}, indent=1
+            )
+            + "\n"
+        )
     return 1 if failed else 0
 
 

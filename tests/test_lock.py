@@ -21,22 +21,33 @@ ENV.pop("DARTSNAS_FAULT", None)
 
 
 def _start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dartsnas", *args], cwd=cwd, env=env or ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dartsnas", *args],
+        cwd=cwd,
+        env=env or ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _holder(path: Path) -> subprocess.Popen:
     """Another process that holds ``path``'s lock until it is killed; returns once the lock is taken."""
-    code = (f"import sys, time; sys.path.insert(0, {str(SRC)!r}); from dartsnas.lock import hold_run_dir; "
-            f"hold_run_dir({str(path)!r}); print('held', flush=True); time.sleep(600)")
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(SRC)!r}); from dartsnas.lock import hold_run_dir; "
+        f"hold_run_dir({str(path)!r}); print('held', flush=True); time.sleep(600)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
 
 
 def _epochs(run: Path) -> list[int]:
-    return [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "epoch" in r
-            and r.get("event") is None]
+    return [
+        r["epoch"]
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if "epoch" in r and r.get("event") is None
+    ]
 
 
 def test_two_writers_started_at_once_one_wins(tmp_path):
@@ -57,9 +68,15 @@ def test_two_writers_started_at_once_one_wins(tmp_path):
 def test_lock_of_a_killed_writer_is_released(tmp_path):
     """A held lock stops --resume and --auto-resume too; after SIGKILL of its holder the next writer runs."""
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "dartsnas", "search", "--preset", "tiny", "--run-dir", str(run),
-                        "--no-progress"], cwd=tmp_path, env={**ENV, "DARTSNAS_FAULT": "kill_at_step:5"},
-                       capture_output=True, text=True, timeout=600, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "dartsnas", "search", "--preset", "tiny", "--run-dir", str(run), "--no-progress"],
+        cwd=tmp_path,
+        env={**ENV, "DARTSNAS_FAULT": "kill_at_step:5"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert r.returncode == -signal.SIGKILL  # the writer died holding the lock; the kernel dropped it
     assert (run / "checkpoint.pt").exists()
     holder = _holder(run)

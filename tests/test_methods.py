@@ -49,8 +49,9 @@ def batches(steps, seed=1, batch=4, hw=8):
 def reference_step(st, criterion, x_t, y_t, x_v, y_v, lr):
     """The pre-hook search step, spelled out."""
     model = st.model
-    st.architect.step(make_loss_fn(model, x_t, y_t, criterion), make_loss_fn(model, x_v, y_v, criterion),
-                      lr, st.w_opt, st.global_step)
+    st.architect.step(
+        make_loss_fn(model, x_t, y_t, criterion), make_loss_fn(model, x_v, y_v, criterion), lr, st.w_opt, st.global_step
+    )
     st.w_opt.zero_grad(set_to_none=True)
     criterion(model(x_t), y_t).backward()
     for a in model.arch_parameters():
@@ -69,8 +70,9 @@ def reference_forward(model, x):
 
 
 def test_registry_names():
-    assert {"darts", "pc-darts", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas",
-            "gdas"} <= set(REGISTRY)
+    assert {"darts", "pc-darts", "darts-minus", "beta-darts", "sdarts-rs", "sdarts-adv", "drnas", "gdas"} <= set(
+        REGISTRY
+    )
 
 
 def test_darts_method_leaves_the_network_as_it_was():
@@ -158,8 +160,16 @@ def test_darts7_space_has_no_none():
 
 # ------------------------------------------------------------------------------- §7 test 14: smoke runs
 
-SMOKE = {"darts": "", "pc-darts": "K=2,warmup_epochs=0", "darts-minus": "", "beta-darts": "", "sdarts-rs": "",
-         "sdarts-adv": "attack_steps=2", "drnas": "", "gdas": ""}
+SMOKE = {
+    "darts": "",
+    "pc-darts": "K=2,warmup_epochs=0",
+    "darts-minus": "",
+    "beta-darts": "",
+    "sdarts-rs": "",
+    "sdarts-adv": "attack_steps=2",
+    "drnas": "",
+    "gdas": "",
+}
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
@@ -185,8 +195,10 @@ def test_two_steps_of_every_method_in_the_darts_space(name):
     assert len(g.normal) == 2 * st.cfg.num_nodes
 
 
-@pytest.mark.parametrize("name,args", [("pc-darts", "K=2,warmup_epochs=0"), ("darts-minus", ""), ("gdas", ""),
-                                       ("beta-darts", ""), ("drnas", "")])
+@pytest.mark.parametrize(
+    "name,args",
+    [("pc-darts", "K=2,warmup_epochs=0"), ("darts-minus", ""), ("gdas", ""), ("beta-darts", ""), ("drnas", "")],
+)
 def test_fused_flag_falls_back_to_the_plain_forward_under_hooks(name, args):
     """fused=True with a non-default construction or runtime hook computes exactly the plain forward."""
     m = build_method(name, args=args)
@@ -206,8 +218,14 @@ def test_fused_flag_falls_back_to_the_plain_forward_under_hooks(name, args):
 def test_composed_sdarts_rs_with_pt_runs_end_to_end(tmp_path):
     from dartsnas.loops.search import run_search
 
-    cfg = SearchConfig.build("tiny", epochs=5, method="sdarts-rs+darts-pt",
-                             method_args="tune_epochs=2,interval=1,seed=1", progress=False, device="cpu")
+    cfg = SearchConfig.build(
+        "tiny",
+        epochs=5,
+        method="sdarts-rs+darts-pt",
+        method_args="tune_epochs=2,interval=1,seed=1",
+        progress=False,
+        device="cpu",
+    )
     res = run_search(cfg, run_dir=tmp_path / "run", log=lambda *a: None)
     assert [h["pt_projections"] for h in res.history] == [0, 0, 0, 1, 7]
     assert all(math.isfinite(h["train_loss"]) for h in res.history)

@@ -13,10 +13,8 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli, shared_data_root
-from test_methods import batches, reference_step, synthetic_data
-from test_search import _metrics
 
+from conftest import run_cli, shared_data_root
 from dartsnas.checkpoint import load_checkpoint
 from dartsnas.errors import ConfigError
 from dartsnas.loops.search import SearchConfig, _search_step, _State
@@ -30,18 +28,30 @@ from dartsnas.supernet.nb201 import (
     NB201SearchCell,
     NB201SearchNetwork,
 )
+from test_methods import batches, reference_step, synthetic_data
+from test_search import _metrics
 
 torch.set_num_threads(1)
 
 ROOT = shared_data_root()
 TABLE = None if ROOT is None else ROOT / "nasbench201" / "nb201_accuracies.csv"
-needs_table = pytest.mark.skipif(TABLE is None or not TABLE.is_file(),
-                                 reason="shared/data/nasbench201/nb201_accuracies.csv is not present")
+needs_table = pytest.mark.skipif(
+    TABLE is None or not TABLE.is_file(), reason="shared/data/nasbench201/nb201_accuracies.csv is not present"
+)
 
 
 def nb201_state(method="darts", method_args="", order=1, epochs=2, C=4):
-    cfg = SearchConfig.build("tiny", space="nb201", nb201_cells=1, init_channels=C, order=order, device="cpu",
-                             method=method, method_args=method_args, epochs=epochs)
+    cfg = SearchConfig.build(
+        "tiny",
+        space="nb201",
+        nb201_cells=1,
+        init_channels=C,
+        order=order,
+        device="cpu",
+        method=method,
+        method_args=method_args,
+        epochs=epochs,
+    )
     torch.manual_seed(0)
     st = _State(cfg, synthetic_data(), torch.device("cpu"))
     st.model.train()
@@ -58,6 +68,7 @@ def reference_forward(net, x):
 
 
 # ------------------------------------------------------------------------------------ interface, plain DARTS
+
 
 def test_default_network_and_darts_options_are_unchanged():
     m = build_method("darts", "nb201")
@@ -104,6 +115,7 @@ def test_darts_through_the_interface_is_bit_identical_on_nb201(order):
 
 # ------------------------------------------------------------------------------------ supernet hooks
 
+
 def test_partial_channels_k1_is_plain_and_k2_shuffles_a_slice():
     """§7 test 7 on NB201: K = 1 without edge β is the plain mixed op; with K groups channel c moves to
     (c mod C/K)·K + ⌊c/(C/K)⌋, the bypass channels unchanged (stride 1)."""
@@ -140,8 +152,9 @@ def test_edge_normalisation_scales_each_nodes_inputs():
     (w,) = net.mixing_weights()
     nodes = [x]
     for i in (1, 2, 3):
-        nodes.append(sum(e[r].float() * cell.edges[r](nodes[src], w[r])
-                         for r, (to, src) in enumerate(EDGES) if to == i))
+        nodes.append(
+            sum(e[r].float() * cell.edges[r](nodes[src], w[r]) for r, (to, src) in enumerate(EDGES) if to == i)
+        )
     torch.testing.assert_close(cell(x, w, net.edge_weights()), nodes[3])
     # the genotype is the argmax per edge: a positive edge weight cannot change it
     with torch.no_grad():
@@ -165,8 +178,9 @@ def test_aux_skip_on_all_six_edges():
     (w,) = aux.mixing_weights()
     nodes = [h]
     for i in (1, 2, 3):
-        nodes.append(sum(cell.edges[r](nodes[src], w[r]) + 0.7 * nodes[src]
-                         for r, (to, src) in enumerate(EDGES) if to == i))
+        nodes.append(
+            sum(cell.edges[r](nodes[src], w[r]) + 0.7 * nodes[src] for r, (to, src) in enumerate(EDGES) if to == i)
+        )
     torch.testing.assert_close(cell(h, w), nodes[3])
     assert aux.genotype() == plain.genotype() and aux.arch_parameters() == [aux.alphas_cell]
 
@@ -201,14 +215,22 @@ def test_beta_decay_regulariser_on_the_nb201_alpha():
     r = term.alpha_loss(net)
     assert r.item() == pytest.approx(1.7990831, abs=1e-6)
     r.backward()
-    torch.testing.assert_close(net.alphas_cell.grad[0], torch.tensor([0.067435] + [0.024808] * 4), atol=2e-6,
-                               rtol=0)
+    torch.testing.assert_close(net.alphas_cell.grad[0], torch.tensor([0.067435] + [0.024808] * 4), atol=2e-6, rtol=0)
 
 
 # ------------------------------------------------------------------------------------ §7 test 14 on NB201
 
-SMOKE = {"darts": "", "pc-darts": "K=2,warmup_epochs=0", "darts-minus": "", "beta-darts": "", "sdarts-rs": "",
-         "sdarts-adv": "attack_steps=2", "drnas": "", "gdas": "", "darts-pt": "tune_epochs=2,interval=1,seed=3"}
+SMOKE = {
+    "darts": "",
+    "pc-darts": "K=2,warmup_epochs=0",
+    "darts-minus": "",
+    "beta-darts": "",
+    "sdarts-rs": "",
+    "sdarts-adv": "attack_steps=2",
+    "drnas": "",
+    "gdas": "",
+    "darts-pt": "tune_epochs=2,interval=1,seed=3",
+}
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
@@ -282,19 +304,28 @@ def test_sdarts_keeps_alpha_and_gdas_runs_one_op_per_edge_on_nb201():
 
 # ------------------------------------------------------------------------------------ config and presets
 
+
 def test_nb201_method_defaults_presets_and_refusals():
     pt = build_method("darts-pt", "nb201").components[0]
     assert (pt.tune_epochs_arg, pt.cosine, pt.topology) == (25, False, False)
     assert projection_epochs(6, 25) == [0, 5, 10, 15, 20, 24]
     assert build_method("darts-pt", "nb201", "tune_epochs=10").components[0].tune_epochs_arg == 10
     assert build_method("darts-pt", "darts-7").components[0].topology  # the DARTS spaces keep theirs
-    for bad in ("topology=true", ):
+    for bad in ("topology=true",):
         with pytest.raises(ConfigError, match="topology"):
             build_method("darts-pt", "nb201", bad)
     with pytest.raises(ConfigError, match="widen_to"):
         build_method("drnas", "nb201", "partial_channels=4,prune_epoch=1,widen_to=2")
-    for name, epochs in [("pc-darts", 100), ("darts-minus", 50), ("beta-darts", 100), ("sdarts-rs", 100),
-                         ("sdarts-adv", 100), ("drnas", 100), ("gdas", 250), ("darts-pt", 125)]:
+    for name, epochs in [
+        ("pc-darts", 100),
+        ("darts-minus", 50),
+        ("beta-darts", 100),
+        ("sdarts-rs", 100),
+        ("sdarts-adv", 100),
+        ("drnas", 100),
+        ("gdas", 250),
+        ("darts-pt", 125),
+    ]:
         cfg = SearchConfig.build(f"nb201-{name}")
         assert (cfg.space, cfg.method, cfg.epochs) == ("nb201", name, epochs)
     assert SearchConfig.build("nb201-gdas").nesterov and SearchConfig.build("nb201-darts-pt").weight_decay == 3e-4
@@ -341,8 +372,18 @@ def test_diagnostics_leave_a_sampling_search_unchanged(tmp_path):
     from dartsnas.loops.search import run_search
 
     def run(name, hessian):
-        cfg = SearchConfig.build("tiny", space="nb201", nb201_cells=1, epochs=2, subset=32, method="drnas",
-                                 hessian=hessian, hessian_batch=8, progress=False, device="cpu")
+        cfg = SearchConfig.build(
+            "tiny",
+            space="nb201",
+            nb201_cells=1,
+            epochs=2,
+            subset=32,
+            method="drnas",
+            hessian=hessian,
+            hessian_batch=8,
+            progress=False,
+            device="cpu",
+        )
         return run_search(cfg, tmp_path / name, log=lambda *_: None)
 
     on, off = run("on", True), run("off", False)

@@ -56,6 +56,7 @@ def toy_accuracy(model, x, y):
     def acc():
         with torch.no_grad():
             return (model(x).argmax(1) == y).double().mean().item()
+
     return acc
 
 
@@ -105,6 +106,7 @@ def test_darts_space_schedule_through_the_epoch_hook():
     def accuracy():
         calls.append(1)
         return torch.rand((), generator=gen).item()
+
     seen, lrs = [], {}
     for epoch in range(50 + 86):
         before = pt.done
@@ -130,7 +132,7 @@ def test_darts_space_schedule_through_the_epoch_hook():
         assert [j for _, j in cell][::2] != [] and len(cell) == 8
         start = 0
         for node in range(4):
-            pairs = cell[2 * node:2 * node + 2]
+            pairs = cell[2 * node : 2 * node + 2]
             assert len({j for _, j in pairs}) == 2 and all(j < node + 2 for _, j in pairs)
             for op, j in pairs:
                 assert op == net.primitives[pt.decided[t][start + j]]
@@ -185,8 +187,9 @@ def test_darts_pt_search_end_to_end(tmp_path):
     """A whole (tiny) run: 1 supernet epoch, 3 tuning epochs holding all 7 projections (clamped)."""
     from dartsnas.loops.search import SearchConfig, run_search
 
-    cfg = SearchConfig.build("tiny", epochs=4, method="darts-pt", method_args="tune_epochs=3,interval=1,seed=2",
-                             progress=False, device="cpu")
+    cfg = SearchConfig.build(
+        "tiny", epochs=4, method="darts-pt", method_args="tune_epochs=3,interval=1,seed=2", progress=False, device="cpu"
+    )
     res = run_search(cfg, run_dir=tmp_path / "run", log=lambda *a: None)
     hist = res.history
     assert [h["pt_projections"] for h in hist] == [0, 1, 2, 7]  # schedule [0, 1, 2, 2, 2, 2, 2]

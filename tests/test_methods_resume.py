@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_cli
-from test_search import _metrics
 
+from conftest import run_cli
 from dartsnas.checkpoint import load_checkpoint
+from test_search import _metrics
 
 TINY = ["--preset", "tiny", "--no-progress", "--set", "epochs=3"]
 CASES = {
@@ -18,8 +18,12 @@ CASES = {
     "darts-pt": ["--set", "method_args=tune_epochs=2,interval=1,seed=4"],
     # progressive DrNAS: prune and widen K 4 -> 2 at the start of epoch 1; killed in epoch 2 (step 10), so the
     # resume starts from a widened checkpoint
-    "drnas-progressive": ["--set", "method_args=partial_channels=4,prune_epoch=1,prune_keep=3,widen_to=2",
-                          "--set", "init_channels=8"],
+    "drnas-progressive": [
+        "--set",
+        "method_args=partial_channels=4,prune_epoch=1,prune_keep=3,widen_to=2",
+        "--set",
+        "init_channels=8",
+    ],
 }
 
 

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from test_methods import batches, make_state
 
 from dartsnas.methods import EpochContext, build_method
 from dartsnas.methods.variants import (
@@ -28,11 +27,13 @@ from dartsnas.space.derive import derive_genotype
 from dartsnas.space.ops import PRIMITIVES
 from dartsnas.supernet.mixed import MixedOp, PartialMixedOp, channel_shuffle
 from dartsnas.supernet.network import SearchNetwork
+from test_methods import batches, make_state
 
 torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------------------------------ β-DARTS (6)
+
 
 def test_beta_decay_regulariser_values():
     assert beta_decay_regulariser([torch.zeros(6, 5)]).item() == pytest.approx(1.6094379, abs=1e-7)
@@ -73,6 +74,7 @@ def test_beta_decay_lambda_schedule_and_alpha_loss():
 
 # ------------------------------------------------------------------------------------------ PC-DARTS (7)
 
+
 def _same_weights(dst, src):
     dst.load_state_dict(src.state_dict())
     return dst
@@ -110,13 +112,13 @@ def test_partial_op_mixes_a_quarter_and_max_pools_the_bypass():
     x, w = torch.randn(2, C, 8, 8), torch.softmax(torch.randn(8), 0)
     y = op(x, w)
     assert y.shape == (2, C, 4, 4)
-    inner = MixedOp.forward(op, x[:, :C // K], w)
-    expect = channel_shuffle(torch.cat([inner, torch.nn.functional.max_pool2d(x[:, C // K:], 2, 2)], 1), K)
+    inner = MixedOp.forward(op, x[:, : C // K], w)
+    expect = channel_shuffle(torch.cat([inner, torch.nn.functional.max_pool2d(x[:, C // K :], 2, 2)], 1), K)
     assert torch.equal(y, expect)
     part = C // K
     for c in range(part, C):  # bypass channel c sits at (c mod C/K)·K + ⌊c/(C/K)⌋
         pos = (c % part) * K + c // part
-        assert torch.equal(y[:, pos], torch.nn.functional.max_pool2d(x[:, c:c + 1], 2, 2)[:, 0])
+        assert torch.equal(y[:, pos], torch.nn.functional.max_pool2d(x[:, c : c + 1], 2, 2)[:, 0])
 
 
 def test_pc_darts_edge_normalisation_and_derivation():
@@ -136,7 +138,7 @@ def test_pc_darts_edge_normalisation_and_derivation():
     g = net.genotype()
     ref, start = [], 0
     for node in (2, 3):  # by hand: strongest non-`none` scaled value per edge, top 2 edges per node
-        rows = scaled[start:start + node]
+        rows = scaled[start : start + node]
         strength = [(rows[j, 1:].max().item(), j, int(rows[j, 1:].argmax()) + 1) for j in range(node)]
         ref += [(net.primitives[k], j) for _, j, k in sorted(strength, key=lambda t: -t[0])[:2]]
         start += node
@@ -149,8 +151,9 @@ def test_pc_darts_warmup_freezes_alpha_and_beta():
     crit = torch.nn.CrossEntropyLoss()
     arch0 = [a.detach().clone() for a in st.model.arch_parameters()]
     w0 = [w.detach().clone() for w in st.model.weights()]
-    (x_t, y_t, x_v, y_v), = batches(1)
+    ((x_t, y_t, x_v, y_v),) = batches(1)
     from dartsnas.loops.search import _search_step
+
     st.epoch = 0
     _search_step(st, crit, x_t, y_t, x_v, y_v, 0.025)
     assert all(torch.equal(a, b) for a, b in zip(arch0, st.model.arch_parameters()))
@@ -161,6 +164,7 @@ def test_pc_darts_warmup_freezes_alpha_and_beta():
 
 
 # ------------------------------------------------------------------------------------------ DARTS- (8)
+
 
 def test_darts_minus_beta_schedule():
     assert [darts_minus_beta(e, 50) for e in (0, 1, 25, 49)] == pytest.approx([1.0, 0.98, 0.5, 0.02])
@@ -209,6 +213,7 @@ def test_darts_minus_alpha_gradient_only_reaches_alpha():
 
 
 # ------------------------------------------------------------------------------------------ SDARTS (9)
+
 
 def test_sdarts_epsilon_schedule():
     assert [sdarts_epsilon(e, 50) for e in (0, 25, 49)] == pytest.approx([0.03, 0.165, 0.2946])
@@ -279,12 +284,13 @@ def test_sdarts_adv_never_ends_below_the_unperturbed_loss():
 
 # ------------------------------------------------------------------------------------------ DrNAS (10)
 
+
 def test_drnas_sample_is_on_the_simplex_and_differentiable():
     torch.manual_seed(0)
     a = (torch.randn(14, 7) * 3).requires_grad_(True)
     conc = dirichlet_concentration(a)
     assert (conc > 0).all()
-    theta, = dirichlet_mixing([a])
+    (theta,) = dirichlet_mixing([a])
     assert (theta >= 0).all() and torch.allclose(theta.sum(-1), torch.ones(14))
     (theta * torch.arange(7.0)).sum().backward()
     assert a.grad is not None and a.grad.abs().sum() > 0
@@ -295,10 +301,14 @@ def test_dirichlet_kl_against_the_closed_form():
     a = torch.tensor([[0.5, -0.3, 1.2]], dtype=torch.float64)
     c = (torch.nn.functional.elu(a) + 1)[0].tolist()
     c0 = sum(c)
-    dig = lambda v: torch.digamma(torch.tensor(v, dtype=torch.float64)).item()
+
+    def dig(v):
+        return torch.digamma(torch.tensor(v, dtype=torch.float64)).item()
+
     # KL(Dir(c) || Dir(1)) = lnΓ(c0) − Σ lnΓ(c_i) − lnΓ(K) + Σ (c_i − 1)(ψ(c_i) − ψ(c0))
-    ref = math.lgamma(c0) - sum(math.lgamma(v) for v in c) - math.lgamma(3) + sum(
-        (v - 1) * (dig(v) - dig(c0)) for v in c)
+    ref = (
+        math.lgamma(c0) - sum(math.lgamma(v) for v in c) - math.lgamma(3) + sum((v - 1) * (dig(v) - dig(c0)) for v in c)
+    )
     assert dirichlet_kl([a]).item() == pytest.approx(ref, rel=1e-10)
 
 
@@ -336,12 +346,13 @@ def test_drnas_pruning_zeroes_pruned_ops():
     g = m.genotype(net)
     start, k = 0, 0
     for node in (2, 3):
-        for op, j in g.normal[k:k + 2]:
+        for op, j in g.normal[k : k + 2]:
             assert masks[0][start + j, net.primitives.index(op)]
         start, k = start + node, k + 2
 
 
 # ------------------------------------------------------------------------------------------ GDAS (§3.7)
+
 
 def test_gdas_tau_schedule():
     assert gdas_tau(0, 250) == 10.0 and gdas_tau(249, 250) == pytest.approx(0.1)

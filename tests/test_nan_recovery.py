@@ -17,7 +17,7 @@ from dartsnas.checkpoint import load_checkpoint
 from dartsnas.cli import main
 from dartsnas.loops import rnn_train
 
-RNN = ["train", "--space", "rnn", "--preset", "tiny", "--no-progress"]   # 4 epochs of 3 steps
+RNN = ["train", "--space", "rnn", "--preset", "tiny", "--no-progress"]  # 4 epochs of 3 steps
 TIMING = {"epoch_seconds", "seconds", "wall_seconds", "gpu_hours", "cpu_hours"}
 
 
@@ -40,8 +40,10 @@ def cli(capsys, monkeypatch):
 
 
 def _records(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def _equal(a, b) -> bool:
@@ -55,14 +57,21 @@ def _equal(a, b) -> bool:
 
 
 def test_transient_nan_reloads_the_checkpoint_and_finishes(cli, tmp_path, monkeypatch):
-    seen = []   # what every step call found: counters, position, weights, random streams
+    seen = []  # what every step call found: counters, position, weights, random streams
     original = rnn_train.RNNTrainTask.step
 
     def spy(self, batch):
         st = self.state
-        seen.append({"global_step": st.global_step, "step_in_epoch": st.step_in_epoch, "pos": st.pos,
-                     "weights": [p.detach().clone() for p in st.params], "torch_rng": torch.get_rng_state(),
-                     "seq_len": st.len_gen.get_state()})
+        seen.append(
+            {
+                "global_step": st.global_step,
+                "step_in_epoch": st.step_in_epoch,
+                "pos": st.pos,
+                "weights": [p.detach().clone() for p in st.params],
+                "torch_rng": torch.get_rng_state(),
+                "seq_len": st.len_gen.get_state(),
+            }
+        )
         return original(self, batch)
 
     monkeypatch.setattr(rnn_train.RNNTrainTask, "step", spy)
@@ -88,7 +97,7 @@ def test_transient_nan_reloads_the_checkpoint_and_finishes(cli, tmp_path, monkey
     assert not torch.equal(starts[1]["seq_len"], starts[0]["seq_len"])
     assert not torch.equal(starts[2]["torch_rng"], starts[1]["torch_rng"])
     failed = [s for s in seen if s["global_step"] == 4]
-    assert len(failed) == 3   # the failing step ran on weights one update past the checkpoint
+    assert len(failed) == 3  # the failing step ran on weights one update past the checkpoint
     assert not all(torch.equal(a, b) for a, b in zip(failed[0]["weights"], starts[0]["weights"]))
 
     # Deterministic: the same run with the same fault is the same run, bit for bit; it differs from a run
@@ -100,7 +109,9 @@ def test_transient_nan_reloads_the_checkpoint_and_finishes(cli, tmp_path, monkey
     assert _records(run) == _records(again)
     clean = tmp_path / "clean"
     assert cli(*RNN, "--run-dir", str(clean))[0] == 0
-    assert not _equal(load_checkpoint(run / "checkpoint.pt")["model"], load_checkpoint(clean / "checkpoint.pt")["model"])
+    assert not _equal(
+        load_checkpoint(run / "checkpoint.pt")["model"], load_checkpoint(clean / "checkpoint.pt")["model"]
+    )
 
 
 def test_nan_in_the_first_epoch_goes_back_to_the_initial_state(cli, tmp_path):
@@ -113,34 +124,41 @@ def test_nan_in_the_first_epoch_goes_back_to_the_initial_state(cli, tmp_path):
 
 def test_retries_exhausted_exit_6_and_resume_harmless(cli, tmp_path):
     run = tmp_path / "run"
-    code, out, err = cli(*RNN, "--run-dir", str(run), fault="nan_train_at_step:5")   # a NaN that does not go away
+    code, out, err = cli(*RNN, "--run-dir", str(run), fault="nan_train_at_step:5")  # a NaN that does not go away
     assert code == 6, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "not finite at step 4" in lines[0] and "Traceback" not in err
     assert [ln.count("retry") for ln in out.splitlines() if "reloaded" in ln] == [1, 1, 1]
     assert "giving up after 3 reloads (nan_retries=3)" in out
     ck = load_checkpoint(run / "checkpoint.pt")
-    assert ck["global_step"] == 3 and ck["step_in_epoch"] == 0   # the end of epoch 1, as it was
+    assert ck["global_step"] == 3 and ck["step_in_epoch"] == 0  # the end of epoch 1, as it was
     before = (run / "checkpoint.pt").read_bytes()
 
     # fewer retries than NaNs: exit 6; none: exit 6 at once. nan_retries may change on resume.
-    code, out, err = cli(*RNN[:3], "--resume", str(run), "--no-progress",
-                         "--set", "nan_retries=1", fault="nan_train_at_step:5:2")
+    code, out, err = cli(
+        *RNN[:3], "--resume", str(run), "--no-progress", "--set", "nan_retries=1", fault="nan_train_at_step:5:2"
+    )
     assert code == 6 and out.count("reloaded") == 1 and "config changed on resume: nan_retries" in out, err
-    code, out, err = cli(*RNN[:3], "--resume", str(run), "--no-progress",
-                         "--set", "nan_retries=0", fault="nan_train_at_step:5:1")
+    code, out, err = cli(
+        *RNN[:3], "--resume", str(run), "--no-progress", "--set", "nan_retries=0", fault="nan_train_at_step:5:1"
+    )
     assert code == 6 and "reloaded" not in out and "giving up" not in out, err
     assert (run / "checkpoint.pt").read_bytes() == before
-    code, out, err = cli(*RNN[:3], "--resume", str(run), "--no-progress", "--set", "nan_retries=2",
-                         fault="nan_train_at_step:5:1")   # a harmless change sticks: set it back
+    code, out, err = cli(
+        *RNN[:3], "--resume", str(run), "--no-progress", "--set", "nan_retries=2", fault="nan_train_at_step:5:1"
+    )  # a harmless change sticks: set it back
     assert code == 0 and out.count("reloaded") == 1, err
 
 
-@pytest.mark.parametrize("args", [
-    ["search", "--preset", "tiny", "--no-progress"],
-    ["train", "--preset", "tiny", "--genotype", "DARTS_V2", "--no-progress"],
-    ["search", "--space", "rnn", "--preset", "tiny", "--no-progress"],
-], ids=["cnn-search", "cnn-train", "rnn-search"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "--preset", "tiny", "--no-progress"],
+        ["train", "--preset", "tiny", "--genotype", "DARTS_V2", "--no-progress"],
+        ["search", "--space", "rnn", "--preset", "tiny", "--no-progress"],
+    ],
+    ids=["cnn-search", "cnn-train", "rnn-search"],
+)
 def test_other_loops_still_stop_at_the_first_nan(cli, tmp_path, args):
     run = tmp_path / "run"
     code, out, err = cli(*args, "--run-dir", str(run), fault="nan_train_at_step:1:1")

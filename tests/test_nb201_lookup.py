@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import shared_data_root
 
+from conftest import shared_data_root
 from dartsnas.errors import TableError
 from dartsnas.space.genotype import save_genotype
 from dartsnas.space.lookup import load_table, lookup, resolve_table
@@ -23,8 +23,9 @@ from dartsnas.space.nb201 import (
 
 ROOT = shared_data_root()
 TABLE = ROOT / "nasbench201" / "nb201_accuracies.csv" if ROOT else None
-needs_table = pytest.mark.skipif(TABLE is None or not TABLE.is_file(),
-                                 reason="the NB201 table (shared/data/nasbench201) is not present")
+needs_table = pytest.mark.skipif(
+    TABLE is None or not TABLE.is_file(), reason="the NB201 table (shared/data/nasbench201) is not present"
+)
 ALL_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
 
 
@@ -82,8 +83,11 @@ def test_missing_table_is_a_typed_error(tmp_path, monkeypatch):
         load_table(tmp_path / "nope.csv")
 
 
-def _write(path, rows, header=("arch_index", "arch_str", "cifar10_test_acc", "cifar100_test_acc",
-                               "imagenet16_test_acc", "unique_str")):
+def _write(
+    path,
+    rows,
+    header=("arch_index", "arch_str", "cifar10_test_acc", "cifar100_test_acc", "imagenet16_test_acc", "unique_str"),
+):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         if header:
@@ -92,8 +96,17 @@ def _write(path, rows, header=("arch_index", "arch_str", "cifar10_test_acc", "ci
 
 
 def _fake_rows():
-    return [[i, NB201Genotype(tuple((NB201_PRIMITIVES[o], j) for o, j in zip(ops, (0, 0, 1, 0, 1, 2)))).arch_str(),
-             "50.0", "20.0", "10.0", "u"] for i, ops in enumerate(itertools.product(range(5), repeat=6))]
+    return [
+        [
+            i,
+            NB201Genotype(tuple((NB201_PRIMITIVES[o], j) for o, j in zip(ops, (0, 0, 1, 0, 1, 2)))).arch_str(),
+            "50.0",
+            "20.0",
+            "10.0",
+            "u",
+        ]
+        for i, ops in enumerate(itertools.product(range(5), repeat=6))
+    ]
 
 
 def test_malformed_tables_are_typed_errors(tmp_path):

@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
-from conftest import shared_data_root
 
+from conftest import shared_data_root
 from dartsnas.checkpoint import load_checkpoint
 from dartsnas.data.images import BatchStream, load_images
 from dartsnas.errors import ConfigError, DataError
@@ -25,9 +25,12 @@ from dartsnas.space.genotype import load_genotype
 from dartsnas.space.nb201 import NB201Genotype, parse_arch_str
 
 ROOT = shared_data_root()
-needs_data = pytest.mark.skipif(ROOT is None or not (ROOT / "nasbench201" / "nb201_accuracies.csv").is_file()
-                                or not (ROOT / "cifar10" / "cifar-10-batches-py").is_dir(),
-                                reason="shared/data (CIFAR-10 and the NB201 table) is not present")
+needs_data = pytest.mark.skipif(
+    ROOT is None
+    or not (ROOT / "nasbench201" / "nb201_accuracies.csv").is_file()
+    or not (ROOT / "cifar10" / "cifar-10-batches-py").is_dir(),
+    reason="shared/data (CIFAR-10 and the NB201 table) is not present",
+)
 
 
 def test_autodl_schedule_and_steps_per_epoch():
@@ -40,8 +43,15 @@ def test_autodl_schedule_and_steps_per_epoch():
 
 def test_nb201_presets_follow_the_protocol_table():
     s = SearchConfig.build("nb201")
-    assert (s.epochs, s.batch_size, s.lr, s.lr_min, s.weight_decay, s.nesterov, s.order) == \
-        (100, 64, 0.025, 0.001, 3e-4, False, 1)
+    assert (s.epochs, s.batch_size, s.lr, s.lr_min, s.weight_decay, s.nesterov, s.order) == (
+        100,
+        64,
+        0.025,
+        0.001,
+        3e-4,
+        False,
+        1,
+    )
     assert (s.arch_lr, s.arch_beta1, s.arch_beta2, s.arch_weight_decay, s.grad_clip) == (3e-4, 0.5, 0.999, 1e-3, 5.0)
     assert (s.init_channels, s.nb201_cells, s.train_portion, s.split) == (16, 5, 0.5, "halves")
     assert SearchConfig.build("nb201-autodl", ["order=2"]).order == 2
@@ -52,13 +62,25 @@ def test_nb201_presets_follow_the_protocol_table():
 
 def test_bad_nb201_config_values_are_reported_together():
     with pytest.raises(ConfigError) as e:
-        SearchConfig.build("nb201", ["nb201_cells=0", "image_size=2", "hessian_batch=0", "fused_ops=true",
-                                     "split=nb201", "dataset=builtin", "space=foo"])
+        SearchConfig.build(
+            "nb201",
+            [
+                "nb201_cells=0",
+                "image_size=2",
+                "hessian_batch=0",
+                "fused_ops=true",
+                "split=nb201",
+                "dataset=builtin",
+                "space=foo",
+            ],
+        )
     text = str(e.value)
     assert "space" in text
     with pytest.raises(ConfigError) as e:
-        SearchConfig.build("nb201", ["nb201_cells=0", "image_size=2", "hessian_batch=0", "fused_ops=true",
-                                     "split=nb201", "dataset=builtin"])
+        SearchConfig.build(
+            "nb201",
+            ["nb201_cells=0", "image_size=2", "hessian_batch=0", "fused_ops=true", "split=nb201", "dataset=builtin"],
+        )
     for key in ("nb201_cells", "image_size", "hessian_batch", "fused_ops", "split"):
         assert key in str(e.value)
 
@@ -76,9 +98,20 @@ def test_image_downsampling_and_padding():
 
 
 def _tiny_nb201(tmp_path, **over):
-    sets = {"space": "nb201", "dataset": "builtin", "init_channels": 4, "nb201_cells": 1, "epochs": 2,
-            "batch_size": 16, "subset": 32, "log_interval": 1, "progress": False, "hessian": True,
-            "hessian_batch": 8, **over}
+    sets = {
+        "space": "nb201",
+        "dataset": "builtin",
+        "init_channels": 4,
+        "nb201_cells": 1,
+        "epochs": 2,
+        "batch_size": 16,
+        "subset": 32,
+        "log_interval": 1,
+        "progress": False,
+        "hessian": True,
+        "hessian_batch": 8,
+        **over,
+    }
     return SearchConfig.build(None, {k: v for k, v in sets.items()})
 
 
@@ -100,8 +133,22 @@ def test_nb201_search_records_diagnostics_and_resumes_bit_identically(tmp_path):
     assert res["arch_str"] == full.genotype.arch_str()
 
 
-CLI_TINY = ["search", "--space", "nb201", "--preset", "tiny", "--no-progress", "--set", "nb201_cells=1",
-            "--set", "subset=32", "--set", "hessian=true", "--set", "hessian_batch=8"]
+CLI_TINY = [
+    "search",
+    "--space",
+    "nb201",
+    "--preset",
+    "tiny",
+    "--no-progress",
+    "--set",
+    "nb201_cells=1",
+    "--set",
+    "subset=32",
+    "--set",
+    "hessian=true",
+    "--set",
+    "hessian_batch=8",
+]
 
 
 @pytest.mark.parametrize("fault", ["kill_at_step:3"])
@@ -169,8 +216,14 @@ def test_split_file_needs_the_full_training_set(tmp_path, monkeypatch):
 @needs_data
 @pytest.mark.parametrize("preset", sorted(NB201_PRESETS))
 def test_two_steps_of_every_nb201_preset_end_in_a_table_row(preset, tmp_path):
-    over = {"epochs": 1, "batch_size": 8, "subset": 16, "hessian_batch": 8, "progress": False,
-            "data_dir": str(ROOT / "cifar10")}
+    over = {
+        "epochs": 1,
+        "batch_size": 8,
+        "subset": 16,
+        "hessian_batch": 8,
+        "progress": False,
+        "data_dir": str(ROOT / "cifar10"),
+    }
     cfg = SearchConfig.build(preset, over)
     if preset == "nb201-autodl":
         w, a = search_split(cfg, 50_000)
@@ -188,10 +241,28 @@ def test_two_steps_of_every_nb201_preset_end_in_a_table_row(preset, tmp_path):
 
 @needs_data
 def test_cli_search_nb201_prints_the_table_row(tmp_path, cli):
-    r = cli("search", "--space", "nb201", "--preset", "nb201-proxy", "--dataset", "cifar10",
-            "--data-dir", str(ROOT / "cifar10" / "subset-15k.npz"), "--run-dir", str(tmp_path / "run"),
-            "--set", "epochs=1", "--set", "subset=16", "--set", "batch_size=8", "--set", "hessian_batch=8",
-            "--no-progress")
+    r = cli(
+        "search",
+        "--space",
+        "nb201",
+        "--preset",
+        "nb201-proxy",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(ROOT / "cifar10" / "subset-15k.npz"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "epochs=1",
+        "--set",
+        "subset=16",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "hessian_batch=8",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     assert "table row" in r.stdout and "CIFAR-100" in r.stdout
     g = parse_arch_str(json.loads((tmp_path / "run" / "results.json").read_text())["arch_str"])
@@ -200,6 +271,18 @@ def test_cli_search_nb201_prints_the_table_row(tmp_path, cli):
 
 
 def test_cli_search_nb201_bad_data_is_one_line(tmp_path, cli):
-    r = cli("search", "--space", "nb201", "--preset", "nb201-autodl", "--dataset", "cifar10",
-            "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "run"), env={"DARTSNAS_DATA": ""})
+    r = cli(
+        "search",
+        "--space",
+        "nb201",
+        "--preset",
+        "nb201-autodl",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path),
+        "--run-dir",
+        str(tmp_path / "run"),
+        env={"DARTSNAS_DATA": ""},
+    )
     assert r.returncode == 4 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

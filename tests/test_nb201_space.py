@@ -33,6 +33,7 @@ EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_
 
 # ------------------------------------------------------------------------------------------ §7 test 1
 
+
 def _hand_count(C: int, N: int, classes: int, cell_bias: bool = True) -> int:
     """§1.3 counted independently: per edge a 1×1 and a 3×3 conv (+ bias each when BN is affine-free)."""
 
@@ -84,13 +85,14 @@ def test_mixing_weights_are_row_softmax_and_the_hook_replaces_them():
     a = net.alphas_cell
     torch.testing.assert_close(w, torch.exp(a) / torch.exp(a).sum(1, keepdim=True))
     seen = []
-    net.mixing = lambda alphas: (seen.append(alphas) or [torch.full_like(alphas[0], 0.2)])
+    net.mixing = lambda alphas: seen.append(alphas) or [torch.full_like(alphas[0], 0.2)]
     x = torch.randn(2, 3, 8, 8)
     net(x)
     assert len(seen) == 1 and seen[0][0] is a  # computed once per forward, from α
 
 
 # ------------------------------------------------------------------------------------------ §7 test 2
+
 
 def test_shapes_at_batch_2():
     net = NB201SearchNetwork(C=16, num_cells=5, num_classes=10)
@@ -104,6 +106,7 @@ def test_shapes_at_batch_2():
 
 
 # ------------------------------------------------------------------------------------------ §7 test 3
+
 
 @pytest.mark.parametrize("name", NB201_PRIMITIVES)
 @pytest.mark.parametrize("affine", [False, True])
@@ -154,6 +157,7 @@ def test_cell_output_is_node_3_and_follows_the_edge_order():
 
 # ------------------------------------------------------------------------------------------ §7 test 4
 
+
 def test_string_format_and_alpha_row_r_is_edge_r():
     for r, (node, src) in enumerate(EDGES):
         alphas = torch.zeros(6, 5)
@@ -169,7 +173,7 @@ def test_string_format_and_alpha_row_r_is_edge_r():
 
 def test_argmax_on_none_gives_none_and_ties_go_to_the_lower_column():
     alphas = torch.zeros(6, 5)
-    alphas[0, 0] = 1.0              # none wins on (1←0)
+    alphas[0, 0] = 1.0  # none wins on (1←0)
     alphas[1, 2] = alphas[1, 3] = 1.0  # tie conv1x1 / conv3x3 -> conv1x1
     alphas[2, 1] = alphas[2, 4] = 1.0  # tie skip / pool -> skip
     g = derive_nb201(alphas)
@@ -180,14 +184,22 @@ def test_argmax_on_none_gives_none_and_ties_go_to_the_lower_column():
     assert g.arch_str().startswith("|none~0|+")
 
 
-@pytest.mark.parametrize("bad", [
-    "", "|skip_connect~0|", "|skip_connect~0|+|skip_connect~0|skip_connect~1|",
-    ALL_SKIP + "+|none~0|", ALL_SKIP.replace("skip_connect~2", "skip_connect~1"),
-    ALL_SKIP.replace("skip_connect~0|+", "conv~0|+", 1), ALL_SKIP.replace("~1|", "|", 1),
-    "|skip_connect~0|+|skip_connect~0|+|skip_connect~0|skip_connect~1|skip_connect~2|",
-    ALL_SKIP.replace("|+|skip_connect~0|skip_connect~1|", "|skip_connect~1|+|skip_connect~0|skip_connect~1|", 1),
-    ALL_SKIP.replace("skip_connect~1", "skip_connect~x", 1), ALL_SKIP.replace("~0", "~00", 1),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "|skip_connect~0|",
+        "|skip_connect~0|+|skip_connect~0|skip_connect~1|",
+        ALL_SKIP + "+|none~0|",
+        ALL_SKIP.replace("skip_connect~2", "skip_connect~1"),
+        ALL_SKIP.replace("skip_connect~0|+", "conv~0|+", 1),
+        ALL_SKIP.replace("~1|", "|", 1),
+        "|skip_connect~0|+|skip_connect~0|+|skip_connect~0|skip_connect~1|skip_connect~2|",
+        ALL_SKIP.replace("|+|skip_connect~0|skip_connect~1|", "|skip_connect~1|+|skip_connect~0|skip_connect~1|", 1),
+        ALL_SKIP.replace("skip_connect~1", "skip_connect~x", 1),
+        ALL_SKIP.replace("~0", "~00", 1),
+    ],
+)
 def test_malformed_strings_raise_a_typed_error(bad):
     with pytest.raises(GenotypeError):
         parse_arch_str(bad)
@@ -205,6 +217,7 @@ def test_derive_refuses_a_wrong_alpha_shape():
 
 # ------------------------------------------------------------------------------------------ genotype.json
 
+
 def test_genotype_json_round_trip_and_validation(tmp_path):
     g = parse_arch_str(EXAMPLE)
     text = genotype_to_json(g)
@@ -218,8 +231,8 @@ def test_genotype_json_round_trip_and_validation(tmp_path):
         load_genotype(tmp_path, kind="cnn")
     assert genotype_from_dict({"kind": "nb201", "arch_str": ALL_SKIP}).count("skip_connect") == 6
     bad = [
-        {**data, "arch_str": ALL_SKIP},                                  # disagrees with the edges
-        {**data, "edges": data["edges"][:5]},                            # too few edges
+        {**data, "arch_str": ALL_SKIP},  # disagrees with the edges
+        {**data, "edges": data["edges"][:5]},  # too few edges
         {**data, "edges": [{**data["edges"][0], "input": 1}] + data["edges"][1:]},
         {**data, "edges": [{**data["edges"][0], "op": "sep_conv_3x3"}] + data["edges"][1:]},
         {**data, "extra": 1},
@@ -234,8 +247,9 @@ def test_genotype_json_round_trip_and_validation(tmp_path):
 def test_genotype_counts_and_pictures(tmp_path):
     from dartsnas.plot import save_cell_pictures
 
-    g = NB201Genotype((("skip_connect", 0), ("none", 0), ("none", 1), ("skip_connect", 0), ("nor_conv_3x3", 1),
-                       ("avg_pool_3x3", 2)))
+    g = NB201Genotype(
+        (("skip_connect", 0), ("none", 0), ("none", 1), ("skip_connect", 0), ("nor_conv_3x3", 1), ("avg_pool_3x3", 2))
+    )
     assert g.count("skip_connect") == 2 and g.count("none") == 2
     paths = save_cell_pictures(g, tmp_path)
     assert [p.name for p in paths] == ["cell.svg"]

@@ -17,8 +17,11 @@ C = 8
 def _leaf_call_order(module: nn.Module, x: torch.Tensor) -> tuple[str, list[nn.Module]]:
     """Letters for the ReLU (R), conv (C) and batch-norm (B) calls in the order they actually run."""
     calls: list[nn.Module] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out: calls.append(mod))
-               for m in module.modules() if isinstance(m, (nn.ReLU, nn.Conv2d, nn.BatchNorm2d))]
+    handles = [
+        m.register_forward_hook(lambda mod, inp, out: calls.append(mod))
+        for m in module.modules()
+        if isinstance(m, (nn.ReLU, nn.Conv2d, nn.BatchNorm2d))
+    ]
     try:
         module(x)
     finally:
@@ -29,8 +32,16 @@ def _leaf_call_order(module: nn.Module, x: torch.Tensor) -> tuple[str, list[nn.M
 
 
 def test_registry_holds_the_spec_ops_in_column_order():
-    assert PRIMITIVES == ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
-                          "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+    assert PRIMITIVES == (
+        "none",
+        "max_pool_3x3",
+        "avg_pool_3x3",
+        "skip_connect",
+        "sep_conv_3x3",
+        "sep_conv_5x5",
+        "dil_conv_3x3",
+        "dil_conv_5x5",
+    )
     assert set(EXTRA_PRIMITIVES) == {"sep_conv_7x7", "conv_7x1_1x7"}
     assert set(OPS) == set(PRIMITIVES) | set(EXTRA_PRIMITIVES)
 
@@ -136,7 +147,9 @@ def test_pools_have_window_3_padding_1():
         for stride in (1, 2):
             op = OPS[name](C, stride, True)
             assert list(op.parameters()) == []
-            assert op.kernel_size in (3, (3, 3)) and op.padding in (1, (1, 1)) and op.stride in (stride, (stride, stride))
+            assert (
+                op.kernel_size in (3, (3, 3)) and op.padding in (1, (1, 1)) and op.stride in (stride, (stride, stride))
+            )
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -40,8 +40,9 @@ def _path_points(d: str) -> list[tuple[float, float]]:
             e = (float(tokens[i + 3]), float(tokens[i + 4]))
             for k in range(101):
                 t = k / 100
-                pts.append(tuple((1 - t) ** 2 * p0 + 2 * t * (1 - t) * pc + t * t * p1
-                                 for p0, pc, p1 in zip(cur, c, e)))
+                pts.append(
+                    tuple((1 - t) ** 2 * p0 + 2 * t * (1 - t) * pc + t * t * p1 for p0, pc, p1 in zip(cur, c, e))
+                )
             cur = e
             i += 5
         else:
@@ -63,8 +64,12 @@ def _boxes(svg: str) -> tuple[tuple[float, float, float, float], list[tuple[str,
             out.append(("circle", (cx - r, cy - r, cx + r, cy + r)))
         elif tag == "path" and el.get("marker-end") is not None or tag == "path" and el.get("fill") == "none":
             pts = _path_points(el.get("d"))
-            out.append(("path", (min(p[0] for p in pts), min(p[1] for p in pts),
-                                 max(p[0] for p in pts), max(p[1] for p in pts))))
+            out.append(
+                (
+                    "path",
+                    (min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts), max(p[1] for p in pts)),
+                )
+            )
         elif tag == "text":
             out.append((f"text {el.text!r}", _text_box(el)))
         elif tag == "line":
@@ -100,16 +105,34 @@ def _overlap(a, b) -> bool:
 
 
 def _history(n: int) -> list[dict]:
-    return [{"epoch": e, "train_ppl": 900.0 - 50 * e, "valid_ppl": 950.0 - 40 * e, "train_acc": 0.1 + 0.01 * e,
-             "test_top1": 0.12 + 0.01 * e, "test_top5": 0.5 + 0.01 * e} for e in range(n)]
+    return [
+        {
+            "epoch": e,
+            "train_ppl": 900.0 - 50 * e,
+            "valid_ppl": 950.0 - 40 * e,
+            "train_acc": 0.1 + 0.01 * e,
+            "test_top1": 0.12 + 0.01 * e,
+            "test_top5": 0.5 + 0.01 * e,
+        }
+        for e in range(n)
+    ]
 
 
-@pytest.mark.parametrize("series,title", [
-    ([("train_ppl", "train"), ("valid_ppl", "valid")], "perplexity"),
-    ([("train_acc", "train acc"), ("test_top1", "test top-1"), ("test_top5", "test top-5")], "accuracy"),
-    ([("train_acc", "a rather long series name number one"), ("test_top1", "another long series name, two"),
-      ("test_top5", "and a third long series name")], "accuracy"),
-])
+@pytest.mark.parametrize(
+    "series,title",
+    [
+        ([("train_ppl", "train"), ("valid_ppl", "valid")], "perplexity"),
+        ([("train_acc", "train acc"), ("test_top1", "test top-1"), ("test_top5", "test top-5")], "accuracy"),
+        (
+            [
+                ("train_acc", "a rather long series name number one"),
+                ("test_top1", "another long series name, two"),
+                ("test_top5", "and a third long series name"),
+            ],
+            "accuracy",
+        ),
+    ],
+)
 @pytest.mark.parametrize("epochs", [1, 3, 50])
 def test_curve_labels_and_legend_do_not_intersect(series, title, epochs):
     svg = curves_svg(_history(epochs), series, title)
@@ -124,7 +147,7 @@ def test_curve_labels_and_legend_do_not_intersect(series, title, epochs):
         for w2, b2 in others:
             assert not _overlap(b1, b2), (w1, w2)
     for i, (w1, b1) in enumerate(legend):
-        for w2, b2 in legend[i + 1:]:
+        for w2, b2 in legend[i + 1 :]:
             assert not _overlap(b1, b2), (w1, w2)
     for w, b in texts:
         assert _inside(b, vb), w

@@ -6,6 +6,7 @@ End-to-end runs use the tiny presets on the built-in data (each run is a few sec
 import collections
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,23 +14,30 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import SRC, run_cli
-
 from dartsnas.cli import main
 from dartsnas.errors import ConfigError
 from dartsnas.protocol import ProtocolConfig
-from dartsnas.space.sample import (CNN_SEARCH_OPS, RNN_SEARCH_OPS, sample_cnn_genotype, sample_genotypes,
-                                   sample_rnn_genotype)
 from dartsnas.space.genotype import genotype_from_dict, genotype_to_dict
-
-import random
+from dartsnas.space.sample import (
+    CNN_SEARCH_OPS,
+    RNN_SEARCH_OPS,
+    sample_cnn_genotype,
+    sample_genotypes,
+    sample_rnn_genotype,
+)
 
 
 def _env(**extra):
-    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1", **extra}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
     env.pop("DARTSNAS_FAULT", None)
     return env
 
@@ -43,11 +51,12 @@ def _status(exp: Path, name: str) -> dict:
 
 # ------------------------------------------------------------------------------------------- sampler
 
+
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**32), nodes=st.integers(1, 6))
 def test_random_cnn_cells_are_valid(seed, nodes):
     g = sample_cnn_genotype(random.Random(seed), nodes)
-    assert genotype_from_dict(genotype_to_dict(g), nodes) == g   # parses with the strict parser
+    assert genotype_from_dict(genotype_to_dict(g), nodes) == g  # parses with the strict parser
     for cell in (g.normal, g.reduce):
         for i in range(nodes):
             (op_a, a), (op_b, b) = cell[2 * i], cell[2 * i + 1]
@@ -95,6 +104,7 @@ def test_sampler_is_seeded_and_prefix_stable():
 
 # ------------------------------------------------------------------------------------------- config
 
+
 def test_protocol_config_defaults_and_errors():
     cfg = ProtocolConfig.build("paper")
     assert cfg.search_seeds() == [1, 2, 3, 4] and cfg.order == 2
@@ -132,10 +142,9 @@ def test_child_runs_get_the_thread_rule(tmp_path, monkeypatch):
     """CPU child runs: 1 thread on the built-in data, else each run's share of the cores up to 4 (not
     cpu_count // jobs); announced once; the user's OMP_NUM_THREADS or --threads wins."""
     from dartsnas import threads
+    from dartsnas.protocol import runner
     from dartsnas.protocol.experiment import Experiment, Task
     from dartsnas.protocol.runner import Runner
-
-    from dartsnas.protocol import runner
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "cpu_cores", lambda: 16)
@@ -144,8 +153,9 @@ def test_child_runs_get_the_thread_rule(tmp_path, monkeypatch):
 
     def child_threads(small, *over):
         logs = []
-        r = Runner(Experiment(tmp_path), ProtocolConfig.build("tiny", ["devices=cpu", *over]), False, False,
-                   logs.append, small)
+        r = Runner(
+            Experiment(tmp_path), ProtocolConfig.build("tiny", ["devices=cpu", *over]), False, False, logs.append, small
+        )
         return r._env(task, "cpu").get("OMP_NUM_THREADS"), logs
 
     n, logs = child_threads(True, "jobs=2")
@@ -160,6 +170,7 @@ def test_child_runs_get_the_thread_rule(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- end to end
+
 
 def test_select_end_to_end(tmp_path, capsys):
     exp = tmp_path / "sel"
@@ -184,8 +195,18 @@ def test_select_end_to_end(tmp_path, capsys):
 def test_random_baseline_with_a_failed_run(tmp_path):
     """Three random cells, two at a time; one run fails: recorded with its error, excluded from the pick."""
     exp = tmp_path / "rnd"
-    r = run_cli("random", "--preset", "tiny", "--samples", "3", "--jobs", "2", "--experiment", str(exp),
-                env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"})
+    r = run_cli(
+        "random",
+        "--preset",
+        "tiny",
+        "--samples",
+        "3",
+        "--jobs",
+        "2",
+        "--experiment",
+        str(exp),
+        env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"},
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     assert "random-1" in r.stdout
     s = json.loads((exp / "summary.json").read_text())
@@ -206,14 +227,30 @@ def test_kill_and_resume_experiment(tmp_path):
     """SIGKILL the experiment after its first run finished (and the second has a checkpoint); --resume
     does not redo the finished run, continues the interrupted one from its checkpoint, and completes."""
     exp = tmp_path / "kill"
-    args = [sys.executable, "-m", "dartsnas", "select", "--preset", "tiny", "--searches", "2",
-            "--search-epochs", "2", "--select-epochs", "1", "--experiment", str(exp)]
+    args = [
+        sys.executable,
+        "-m",
+        "dartsnas",
+        "select",
+        "--preset",
+        "tiny",
+        "--searches",
+        "2",
+        "--search-epochs",
+        "2",
+        "--select-epochs",
+        "1",
+        "--experiment",
+        str(exp),
+    ]
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if (_status(exp, "search-seed1").get("status") == "done"
-                    and (exp / "runs/search-seed2/checkpoint.pt").exists()):
+            if (
+                _status(exp, "search-seed1").get("status") == "done"
+                and (exp / "runs/search-seed2/checkpoint.pt").exists()
+            ):
                 break
             assert proc.poll() is None, "the experiment ended before it could be killed"
             time.sleep(0.02)
@@ -251,8 +288,19 @@ def test_kill_and_resume_experiment(tmp_path):
 def test_recurrent_protocol_select_random_final_and_report(tmp_path):
     """The same commands for recurrent cells: search, perplexity-based pick, random RNN cells, final runs."""
     sel = tmp_path / "rsel"
-    r = run_cli("select", "--space", "rnn", "--preset", "tiny", "--searches", "1", "--search-epochs", "1",
-                "--experiment", str(sel))
+    r = run_cli(
+        "select",
+        "--space",
+        "rnn",
+        "--preset",
+        "tiny",
+        "--searches",
+        "1",
+        "--search-epochs",
+        "1",
+        "--experiment",
+        str(sel),
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     s = json.loads((sel / "summary.json").read_text())
     assert s["chosen"]["run"] == "select-seed1"
@@ -292,11 +340,13 @@ def test_recurrent_selection_uses_the_final_validation_perplexity(tmp_path):
     (exp / "experiment.json").write_text(json.dumps({"kind": "random", "space": "rnn", "config": {}}))
     scores = {"random-0": (100.0, 300.0), "random-1": (200.0, 250.0), "random-2": (50.0, None)}
     for k, (name, (best, final)) in enumerate(scores.items()):
-        (exp / "status" / f"{name}.json").write_text(json.dumps({"name": name, "stage": "random", "index": k,
-                                                                 "status": "done"}))
+        (exp / "status" / f"{name}.json").write_text(
+            json.dumps({"name": name, "stage": "random", "index": k, "status": "done"})
+        )
         (exp / "runs" / name).mkdir(parents=True)
-        (exp / "runs" / name / "results.json").write_text(json.dumps(
-            {"valid_ppl": best, "final_valid_ppl": final, "test_ppl": None, "eval_test": False}))
+        (exp / "runs" / name / "results.json").write_text(
+            json.dumps({"valid_ppl": best, "final_valid_ppl": final, "test_ppl": None, "eval_test": False})
+        )
     s = summarize(exp)
     assert s["chosen"]["run"] == "random-1" and s["chosen"]["metric"] == "final_valid_ppl"
     assert s["chosen"]["score"] == 250.0
@@ -304,6 +354,7 @@ def test_recurrent_selection_uses_the_final_validation_perplexity(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- submitit launcher
+
 
 def _has_submitit() -> bool:
     try:
@@ -313,8 +364,9 @@ def _has_submitit() -> bool:
     return True
 
 
-needs_submitit = pytest.mark.skipif(not _has_submitit(), reason="submitit is not installed "
-                                                                 "(pip install 'dartsnas[cluster]')")
+needs_submitit = pytest.mark.skipif(
+    not _has_submitit(), reason="submitit is not installed (pip install 'dartsnas[cluster]')"
+)
 
 
 @needs_submitit
@@ -322,8 +374,20 @@ def test_submitit_launcher_records_failed_runs_like_local(tmp_path):
     """--launcher submitit-local: the runs go through submitit's LocalExecutor (the SLURM job path on this
     machine); a failed run is recorded with its error and excluded, --resume keeps it failed."""
     exp = tmp_path / "sub"
-    r = run_cli("random", "--preset", "tiny", "--samples", "2", "--jobs", "2", "--launcher", "submitit-local",
-                "--experiment", str(exp), env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"})
+    r = run_cli(
+        "random",
+        "--preset",
+        "tiny",
+        "--samples",
+        "2",
+        "--jobs",
+        "2",
+        "--launcher",
+        "submitit-local",
+        "--experiment",
+        str(exp),
+        env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"},
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     s0, s1 = _status(exp, "random-0"), _status(exp, "random-1")
     assert s0["status"] == "done" and s0["launcher"] == "submitit-local" and s0["job_id"]
@@ -341,8 +405,22 @@ def test_submitit_launcher_resumes_after_the_experiment_is_killed(tmp_path):
     """SIGKILL the experiment while its submitit job runs: the job outlives it (as a SLURM job would); --resume
     stops that run (it saves its checkpoint), continues it from the checkpoint in a new job, and completes."""
     exp = tmp_path / "kill"
-    args = [sys.executable, "-m", "dartsnas", "select", "--preset", "tiny", "--searches", "1",
-            "--search-epochs", "4", "--launcher", "submitit-local", "--experiment", str(exp)]
+    args = [
+        sys.executable,
+        "-m",
+        "dartsnas",
+        "select",
+        "--preset",
+        "tiny",
+        "--searches",
+        "1",
+        "--search-epochs",
+        "4",
+        "--launcher",
+        "submitit-local",
+        "--experiment",
+        str(exp),
+    ]
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300

@@ -32,28 +32,59 @@ TIMING = {"epoch_seconds", "seconds", "wall_seconds", "gpu_hours", "cpu_hours", 
 @dataclass
 class Kind:
     name: str
-    start: list[str]          # the command of a fresh run (without --run-dir)
-    resume: list[str]         # the command that continues one (without the run folder)
-    kill: int                 # SIGKILL after this global step: mid-epoch, after the first epoch's checkpoint
-    term: int                 # SIGTERM after this step of the resumed run: mid-epoch again
-    incompatible: str         # a --set that changes the model, with the refusal's text
+    start: list[str]  # the command of a fresh run (without --run-dir)
+    resume: list[str]  # the command that continues one (without the run folder)
+    kill: int  # SIGKILL after this global step: mid-epoch, after the first epoch's checkpoint
+    term: int  # SIGTERM after this step of the resumed run: mid-epoch again
+    incompatible: str  # a --set that changes the model, with the refusal's text
     refusal: str
     nan_phases: tuple[str, ...] = ("train",)
     files: tuple[str, ...] = ("genotype.json",)
-    term_checks: dict = field(default_factory=dict)   # checkpoint entries expected after the SIGTERM
+    term_checks: dict = field(default_factory=dict)  # checkpoint entries expected after the SIGTERM
 
 
 KINDS = [
-    Kind("cnn-search", ["search", "--preset", "tiny", "--no-progress"], ["search"], 6, 7,
-         "layers=4", "layers: checkpoint=3, config=4", ("train", "val")),
-    Kind("cnn-train", ["train", "--preset", "tiny", "--genotype", "DARTS_V2", "--set", "epochs=2", "--no-progress"],
-         ["train"], 5, 5, "layers=4", "layers: checkpoint=3, config=4"),
-    Kind("rnn-search", ["search", "--space", "rnn", "--preset", "tiny", "--epochs", "2", "--no-progress"],
-         ["search", "--space", "rnn"], 5, 5, "nhid=9", "nhid: checkpoint=8, config=9", ("train", "val")),
+    Kind(
+        "cnn-search",
+        ["search", "--preset", "tiny", "--no-progress"],
+        ["search"],
+        6,
+        7,
+        "layers=4",
+        "layers: checkpoint=3, config=4",
+        ("train", "val"),
+    ),
+    Kind(
+        "cnn-train",
+        ["train", "--preset", "tiny", "--genotype", "DARTS_V2", "--set", "epochs=2", "--no-progress"],
+        ["train"],
+        5,
+        5,
+        "layers=4",
+        "layers: checkpoint=3, config=4",
+    ),
+    Kind(
+        "rnn-search",
+        ["search", "--space", "rnn", "--preset", "tiny", "--epochs", "2", "--no-progress"],
+        ["search", "--space", "rnn"],
+        5,
+        5,
+        "nhid=9",
+        "nhid: checkpoint=8, config=9",
+        ("train", "val"),
+    ),
     # 4 epochs of 3 steps; averaged SGD from epoch 4: the SIGTERM lands there with a running average.
-    Kind("rnn-train", ["train", "--space", "rnn", "--preset", "tiny", "--no-progress"], ["train", "--space", "rnn"],
-         7, 11, "nhid=9", "nhid: checkpoint=8, config=9", files=("genotype.json", "best.pt"),
-         term_checks={"asgd": True, "average_count": 2}),
+    Kind(
+        "rnn-train",
+        ["train", "--space", "rnn", "--preset", "tiny", "--no-progress"],
+        ["train", "--space", "rnn"],
+        7,
+        11,
+        "nhid=9",
+        "nhid: checkpoint=8, config=9",
+        files=("genotype.json", "best.pt"),
+        term_checks={"asgd": True, "average_count": 2},
+    ),
 ]
 IDS = [k.name for k in KINDS]
 
@@ -90,8 +121,10 @@ def cli_here(capsys, monkeypatch):
 
 
 def _records(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def _assert_equal(a, b, where: str) -> None:
@@ -164,8 +197,9 @@ def test_kill_nan_term_resume(kind, references, tmp_path, cli_here):
         assert (bad / "checkpoint.pt").read_bytes() == before
 
     # Resume, then SIGTERM mid-epoch: exit 143 and a checkpoint at that step.
-    proc = run_cli(*kind.resume, "--resume", str(run), "--no-progress",
-                   env={"DARTSNAS_FAULT": f"term_at_step:{kind.term}"})
+    proc = run_cli(
+        *kind.resume, "--resume", str(run), "--no-progress", env={"DARTSNAS_FAULT": f"term_at_step:{kind.term}"}
+    )
     assert proc.returncode == 128 + 15, proc.stderr
     assert "checkpoint saved" in _one_line(proc)
     assert "resumed" in proc.stdout and f"in epoch {ck['epoch'] + 1}/" in proc.stdout  # epochs count from 1

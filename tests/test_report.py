@@ -12,8 +12,14 @@ import pytest
 
 from conftest import run_cli
 
-CHROMIUM = next((c for c in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
-                 if c and Path(c).exists()), None)
+CHROMIUM = next(
+    (
+        c
+        for c in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+        if c and Path(c).exists()
+    ),
+    None,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +27,33 @@ def experiments(tmp_path_factory):
     """A tiny select experiment with its final evaluation, and a random baseline with one failed run."""
     root = tmp_path_factory.mktemp("exps")
     sel, rnd = root / "select", root / "random"
-    r = run_cli("select", "--preset", "tiny", "--searches", "1", "--final", "--final-runs", "2", "--jobs", "2",
-                "--experiment", str(sel))
+    r = run_cli(
+        "select",
+        "--preset",
+        "tiny",
+        "--searches",
+        "1",
+        "--final",
+        "--final-runs",
+        "2",
+        "--jobs",
+        "2",
+        "--experiment",
+        str(sel),
+    )
     assert r.returncode == 0, r.stderr + r.stdout
-    r = run_cli("random", "--preset", "tiny", "--samples", "2", "--jobs", "2", "--experiment", str(rnd),
-                env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"})
+    r = run_cli(
+        "random",
+        "--preset",
+        "tiny",
+        "--samples",
+        "2",
+        "--jobs",
+        "2",
+        "--experiment",
+        str(rnd),
+        env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"},
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     out = root / "report"
     r = run_cli("report", str(sel), str(rnd), "--out", str(out), "--paper")
@@ -36,8 +64,10 @@ def experiments(tmp_path_factory):
 def test_markdown_and_csv_tables(experiments):
     out = experiments["out"]
     md = (out / "report.md").read_text()
-    header = ("| architecture | test error (%) | params (M) | search cost (GPU-days) | search cost (CPU-days) | #ops "
-              "| search method |")
+    header = (
+        "| architecture | test error (%) | params (M) | search cost (GPU-days) | search cost (CPU-days) | #ops "
+        "| search method |"
+    )
     assert header in md and header in experiments["stdout"]
     line = next(x for x in md.splitlines() if x.startswith("| DARTS (first order) + cutout |"))
     assert re.search(r"\d+\.\d\d ± \d+\.\d\d \(2 runs\)", line) and "| 7 | gradient-based |" in line
@@ -83,8 +113,17 @@ def test_html_is_self_contained(experiments):
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium chromium-driver)")
 def test_html_renders_in_headless_chromium(experiments, tmp_path):
     page = (experiments["out"] / "report.html").resolve()
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}"]
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'ud'}",
+    ]
     dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     body = re.search(r"<body([^>]*)>", dom.stdout)
@@ -95,6 +134,10 @@ def test_html_renders_in_headless_chromium(experiments, tmp_path):
     assert int(attrs["data-table-rows"]) == 5  # the results table: 2 measured + 3 paper rows
     assert "Random search baseline + cutout" in dom.stdout and "<svg" in dom.stdout
     shot = tmp_path / "page.png"
-    r = subprocess.run(flags + ["--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        flags + ["--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and shot.exists() and shot.stat().st_size > 20_000

@@ -24,7 +24,7 @@ def _ppl_by_hand(model, tokens: torch.Tensor) -> float:
     total = 0.0
     with torch.no_grad():
         for t in range(tokens.numel() - 1):
-            out = model(tokens[t:t + 1].view(1, 1), hidden, return_log_probs=True)
+            out = model(tokens[t : t + 1].view(1, 1), hidden, return_log_probs=True)
             total -= out.log_probs[0, 0, int(tokens[t + 1])].double().item()
             hidden = out.hidden
     return float(torch.tensor(total / tokens.numel(), dtype=torch.float64).exp())
@@ -47,10 +47,22 @@ def test_eval_reports_caps_and_full_evaluates_everything(tmp_path):
     assert abs(capped["test_ppl"] - _ppl_by_hand(model, corpus.test[:n])) <= 1e-6 * capped["test_ppl"]
 
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "dartsnas", "eval", str(run)], env=env, capture_output=True,
-                       text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "dartsnas", "eval", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert f"first {n:,} of {corpus.test.numel():,} test tokens" in r.stderr and "--full" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "dartsnas", "eval", str(run), "--full"], env=env,
-                       capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "dartsnas", "eval", str(run), "--full"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0 and "note:" not in r.stderr, r.stderr

@@ -33,6 +33,7 @@ def _metrics(run):
 
 # ------------------------------------------------------------------------------------------------ search
 
+
 @pytest.fixture(scope="module")
 def search_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("rnn-search") / "run"
@@ -73,8 +74,9 @@ def test_search_second_order_smoke(tmp_path):
 
 def test_search_second_order_names_the_non_finite_validation_loss(tmp_path):
     """The generic NaN guarantees are in test_reliability.py; order 2 names the loss at w'."""
-    res = run_cli(*SEARCH, "--order", "2", "--run-dir", str(tmp_path / "v"),
-                  env={"DARTSNAS_FAULT": "nan_val_at_step:2"})
+    res = run_cli(
+        *SEARCH, "--order", "2", "--run-dir", str(tmp_path / "v"), env={"DARTSNAS_FAULT": "nan_val_at_step:2"}
+    )
     assert res.returncode == 6 and "validation loss at w'" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -150,13 +152,14 @@ def test_perplexity_definition():
     with torch.no_grad():
         h, total = None, 0.0
         for i, ln in ((0, 10), (10, 10), (20, 2)):
-            out = m(src[i:i + ln], h, src[i + 1:i + 1 + ln])
+            out = m(src[i : i + ln], h, src[i + 1 : i + 1 + ln])
             total += out.nll.item() * ln
             h = out.hidden
     assert loss == pytest.approx(total / 23) and ppl == pytest.approx(math.exp(total / 23))
 
 
 # ------------------------------------------------------------------------------------------------ train
+
 
 def test_nt_asgd_switch_rule_on_a_scripted_sequence():
     """§7.6: switch when > 5 earlier losses and the current exceeds min(all but the 5 most recent)."""
@@ -168,10 +171,10 @@ def test_nt_asgd_switch_rule_on_a_scripted_sequence():
             break
     # t=6: min(earlier[:-5]) = 5.0 → 3.1 < 5.0; t=7: min(5, 4) = 4 → no; t=8: min(5,4,3.5) = 3.5 → 3.6 > 3.5 fires
     assert fired == [8]
-    assert not should_switch_to_asgd([1.0] * 5, 9.0, 5)          # exactly 5 earlier losses: never
-    assert should_switch_to_asgd([1.0] * 6, 1.5, 5)              # 6 earlier: compares with the first
-    assert not should_switch_to_asgd([1.0] * 6, 1.0, 5)          # equal is not worse
-    assert should_switch_to_asgd([2.0, 1.0, 3.0], 1.5, 1)        # min(2, 1) = 1 < 1.5
+    assert not should_switch_to_asgd([1.0] * 5, 9.0, 5)  # exactly 5 earlier losses: never
+    assert should_switch_to_asgd([1.0] * 6, 1.5, 5)  # 6 earlier: compares with the first
+    assert not should_switch_to_asgd([1.0] * 6, 1.0, 5)  # equal is not worse
+    assert should_switch_to_asgd([2.0, 1.0, 3.0], 1.5, 1)  # min(2, 1) = 1 < 1.5
 
 
 def test_averaged_sgd_keeps_the_mean_of_the_weights_since_the_switch():
@@ -181,7 +184,7 @@ def test_averaged_sgd_keeps_the_mean_of_the_weights_since_the_switch():
     cfg = RNNTrainConfig.build("tiny", overrides=["device=cpu"])
     st = _State(cfg, 20, load_genotype("DARTS", kind="rnn"), torch.device("cpu"))
     snaps = []
-    for k in range(3):
+    for _k in range(3):
         with torch.no_grad():
             for p in st.params:
                 p.add_(torch.randn_like(p))
@@ -200,9 +203,21 @@ def test_train_lr_scaled_by_segment_length():
     from dartsnas.loops.rnn_train import _State, _train_step
     from dartsnas.space.genotype import load_genotype
 
-    cfg = RNNTrainConfig.build("tiny", overrides=["dropout=0", "dropouth=0", "dropoutx=0", "dropouti=0",
-                                                  "dropoute=0", "weight_decay=0", "grad_clip=1e9", "tar_beta=0",
-                                                  "bptt=35", "device=cpu"])
+    cfg = RNNTrainConfig.build(
+        "tiny",
+        overrides=[
+            "dropout=0",
+            "dropouth=0",
+            "dropoutx=0",
+            "dropouti=0",
+            "dropoute=0",
+            "weight_decay=0",
+            "grad_clip=1e9",
+            "tar_beta=0",
+            "bptt=35",
+            "device=cpu",
+        ],
+    )
     corpus = load_corpus("builtin")
     st = _State(cfg, corpus.ntoken, load_genotype("DARTS", kind="rnn"), torch.device("cpu"))
     x, y = get_segment(batchify(corpus.train, 4), 0, 20)
@@ -226,8 +241,16 @@ def train_run(tmp_path_factory):
 
 def test_train_writes_results(train_run):
     run = train_run
-    for name in ("config.json", "metrics.jsonl", "genotype.json", "recurrent.svg", "perplexity.svg",
-                 "checkpoint.pt", "best.pt", "results.json"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "genotype.json",
+        "recurrent.svg",
+        "perplexity.svg",
+        "checkpoint.pt",
+        "best.pt",
+        "results.json",
+    ):
         assert (run / name).is_file(), name
     r = json.loads((run / "results.json").read_text())
     assert r["genotype"] == "DARTS" and r["dataset"] == "builtin" and r["test_batch_size"] == 1
@@ -244,26 +267,57 @@ def test_train_writes_results(train_run):
 def test_paper_defaults():
     s = RNNSearchConfig()
     assert (s.dataset, s.nhid, s.batch_size, s.bptt, s.lr, s.weight_decay, s.grad_clip, s.epochs, s.seed) == (
-        "ptb", 300, 256, 35, 20.0, 5e-7, 0.25, 50, 3)
+        "ptb",
+        300,
+        256,
+        35,
+        20.0,
+        5e-7,
+        0.25,
+        50,
+        3,
+    )
     assert (s.dropout, s.dropouth, s.dropoutx, s.dropouti, s.dropoute) == (0.75, 0.25, 0.75, 0.2, 0.0)
     assert (s.arch_lr, s.arch_beta1, s.arch_beta2, s.arch_weight_decay, s.eval_batch_size) == (
-        3e-3, 0.9, 0.999, 1e-3, 10)
+        3e-3,
+        0.9,
+        0.999,
+        1e-3,
+        10,
+    )
     t = RNNTrainConfig()
     assert (t.nhid, t.batch_size, t.lr, t.weight_decay, t.grad_clip, t.seed, t.epochs, t.nonmono) == (
-        850, 64, 20.0, 8e-7, 0.25, 1267, 8000, 5)
+        850,
+        64,
+        20.0,
+        8e-7,
+        0.25,
+        1267,
+        8000,
+        5,
+    )
     assert (t.dropout, t.dropouth, t.dropoutx, t.dropouti, t.dropoute, t.test_batch_size) == (
-        0.75, 0.25, 0.75, 0.2, 0.1, 1)
+        0.75,
+        0.25,
+        0.75,
+        0.2,
+        0.1,
+        1,
+    )
     w = RNNTrainConfig.build("paper-wt2")
     assert (w.dataset, w.nhid, w.dropouth, w.weight_decay) == ("wikitext2", 700, 0.15, 5e-7)
 
 
-@pytest.mark.parametrize("args, code, needle", [
-    (["search", "--space", "rnn", "--dataset", "enwik8"], 2, "unknown dataset"),
-    (["search", "--space", "rnn", "--preset", "tiny", "--set", "nhdi=4"], 2, "did you mean 'nhid'"),
-    (["train", "--space", "rnn", "--preset", "tiny", "--genotype", "NOPE"], 3, "not a published genotype name"),
-    (["train", "--space", "rnn", "--dataset", "ptb", "--data-dir", "/nonexistent/ptb"], 4, "/nonexistent/ptb"),
-    (["train", "--space", "rnn", "--preset", "tiny", "--layers", "3"], 2, "--layers is for image training"),
-])
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["search", "--space", "rnn", "--dataset", "enwik8"], 2, "unknown dataset"),
+        (["search", "--space", "rnn", "--preset", "tiny", "--set", "nhdi=4"], 2, "did you mean 'nhid'"),
+        (["train", "--space", "rnn", "--preset", "tiny", "--genotype", "NOPE"], 3, "not a published genotype name"),
+        (["train", "--space", "rnn", "--dataset", "ptb", "--data-dir", "/nonexistent/ptb"], 4, "/nonexistent/ptb"),
+        (["train", "--space", "rnn", "--preset", "tiny", "--layers", "3"], 2, "--layers is for image training"),
+    ],
+)
 def test_bad_input_is_one_line(args, code, needle, cli_main):
     res = cli_main(*args)
     assert res.returncode == code, (res.returncode, res.stderr)
@@ -271,13 +325,35 @@ def test_bad_input_is_one_line(args, code, needle, cli_main):
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(shared_data_root() is None or not (shared_data_root() / "penn").is_dir(),
-                    reason="PTB not found (set DARTSNAS_DATA or put ../shared/data)")
+@pytest.mark.skipif(
+    shared_data_root() is None or not (shared_data_root() / "penn").is_dir(),
+    reason="PTB not found (set DARTSNAS_DATA or put ../shared/data)",
+)
 def test_short_search_on_real_ptb(tmp_path):
-    res = run_cli("search", "--space", "rnn", "--dataset", "ptb", "--data-dir", str(shared_data_root()),
-                  "--epochs", "1", "--batch-size", "16", "--set", "nhid=16", "--set", "bptt=10",
-                  "--set", "max_steps_per_epoch=3", "--set", "eval_tokens=2000", "--no-progress",
-                  "--run-dir", str(tmp_path / "r"))
+    res = run_cli(
+        "search",
+        "--space",
+        "rnn",
+        "--dataset",
+        "ptb",
+        "--data-dir",
+        str(shared_data_root()),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--set",
+        "nhid=16",
+        "--set",
+        "bptt=10",
+        "--set",
+        "max_steps_per_epoch=3",
+        "--set",
+        "eval_tokens=2000",
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / "r"),
+    )
     assert res.returncode == 0, res.stderr
     assert "10,000 words" in res.stdout
     rec = _metrics(tmp_path / "r")[0]

@@ -16,6 +16,7 @@ from dartsnas.lm import tar_penalty
 from dartsnas.space.genotype import PUBLISHED, RNN_PRIMITIVES, RNNGenotype
 from dartsnas.supernet.rnn import RNNSearchModel
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One intra-op thread: these forwards are tiny, and OpenMP spin-waits badly on a loaded 2-core box."""
@@ -34,6 +35,7 @@ def _count(params) -> int:
 
 # ------------------------------------------------------------------------------------------ counts
 
+
 def test_search_model_count_ptb():
     torch.manual_seed(0)
     m = RNNSearchModel(10_000, n=300)
@@ -42,7 +44,7 @@ def test_search_model_count_ptb():
     names = [n for n, _ in m.named_weights()]
     assert "alphas" not in names and len(names) == len(m.weights())
     assert {id(p) for p in m.weights()} | {id(m.alphas)} == {id(p) for p in m.parameters()}
-    assert m.alphas.abs().max() < 1e-2                     # 1e-3 · N(0, 1)
+    assert m.alphas.abs().max() < 1e-2  # 1e-3 · N(0, 1)
 
 
 def test_eval_model_counts():
@@ -56,6 +58,7 @@ def test_eval_model_counts():
 
 # ------------------------------------------------------------------------------------------ structure
 
+
 def test_search_bn_single_affine_free():
     m = RNNSearchModel(50, n=8)
     bns = [mod for mod in m.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
@@ -65,7 +68,7 @@ def test_search_bn_single_affine_free():
     m.train()
     tokens = torch.randint(0, 50, (5, 3))
     m(tokens)
-    assert m.cell.bn.num_batches_tracked.item() == 5 * 9    # s0 and 8 nodes, every step, one BN
+    assert m.cell.bn.num_batches_tracked.item() == 5 * 9  # s0 and 8 nodes, every step, one BN
 
 
 def test_eval_model_has_no_bn():
@@ -79,10 +82,11 @@ def test_decoder_tied(kind):
     assert m.decoder.weight is m.encoder.weight
     assert torch.count_nonzero(m.decoder.bias) == 0
     assert m.encoder.weight.abs().max() <= 0.04 and m.cell.W0.abs().max() <= 0.04
-    assert "decoder.weight" not in dict(m.named_parameters())    # counted once
+    assert "decoder.weight" not in dict(m.named_parameters())  # counted once
 
 
 # ------------------------------------------------------------------------------------------ masks
+
 
 @pytest.mark.parametrize("kind", ["search", "eval"])
 def test_masks_drawn_once_and_shared_over_time(kind):
@@ -108,9 +112,9 @@ def test_masks_drawn_once_and_shared_over_time(kind):
     assert len(drawn) == 1
     m_x, m_h = drawn[0]
     assert m_x.shape == (B, n) and m_h.shape == (B, n)
-    assert set(torch.unique(m_x).tolist()) <= {0.0, 4.0}          # keep 0.25 → scaled by 4
+    assert set(torch.unique(m_x).tolist()) <= {0.0, 4.0}  # keep 0.25 → scaled by 4
     assert set(torch.unique(m_h).tolist()) <= {0.0, torch.tensor(1.0 / 0.75).item()}
-    assert len(seen) == T and all(s is m_h for s in seen)        # the same B × n mask at every step
+    assert len(seen) == T and all(s is m_h for s in seen)  # the same B × n mask at every step
     m(torch.randint(0, 40, (T, B)))
     assert len(drawn) == 2 and not torch.equal(drawn[1][1], m_h)  # a new forward draws new masks
     m.eval()
@@ -118,6 +122,7 @@ def test_masks_drawn_once_and_shared_over_time(kind):
 
 
 # ------------------------------------------------------------------------------------------ against the spec, literally
+
 
 def _naive_search(cell, x, h, m_x, m_h, P):
     n, outs = cell.n, []
@@ -159,7 +164,7 @@ def test_search_cell_matches_spec():
     T, B, n = 4, 5, 6
     m = RNNSearchModel(20, n=n).double().train()
     with torch.no_grad():
-        m.alphas.normal_()                                   # away from uniform
+        m.alphas.normal_()  # away from uniform
     cell, P = m.cell, torch.softmax(m.alphas, -1)
     x, h = torch.randn(T, B, n, dtype=torch.float64), torch.randn(B, n, dtype=torch.float64)
     masks = cell.sample_masks(B, x)
@@ -189,13 +194,16 @@ def test_eval_cell_matches_spec(name):
 
 # ------------------------------------------------------------------------------------------ forward / loss
 
+
 @pytest.mark.parametrize("kind", ["search", "eval", "enas"])
 def test_forward_shapes_and_initial_loss(kind):
     torch.manual_seed(4)
     V, n, T, B = 200, 32, 10, 6
-    m = {"search": lambda: RNNSearchModel(V, n=n),
-         "eval": lambda: RNNEvalModel(V, PUBLISHED["RNN_DARTS"], n=n),
-         "enas": lambda: RNNEvalModel(V, PUBLISHED["RNN_ENAS"], n=n)}[kind]()
+    m = {
+        "search": lambda: RNNSearchModel(V, n=n),
+        "eval": lambda: RNNEvalModel(V, PUBLISHED["RNN_DARTS"], n=n),
+        "enas": lambda: RNNEvalModel(V, PUBLISHED["RNN_ENAS"], n=n),
+    }[kind]()
     tokens, targets = torch.randint(0, V, (T, B)), torch.randint(0, V, (T, B))
     for training in (True, False):
         m.train(training)
@@ -206,9 +214,9 @@ def test_forward_shapes_and_initial_loss(kind):
     out = m(tokens, m.init_hidden(B))
     assert out.nll is None and out.log_probs.shape == (T, B, V)
     torch.testing.assert_close(out.log_probs.exp().sum(-1), torch.ones(T, B))
-    out2 = m(tokens, out.hidden.detach(), targets, return_log_probs=True)   # carried hidden state
+    out2 = m(tokens, out.hidden.detach(), targets, return_log_probs=True)  # carried hidden state
     torch.testing.assert_close(out2.nll, -out2.log_probs.gather(-1, targets.unsqueeze(-1)).mean())
-    assert torch.equal(m(tokens, out.hidden, targets).nll, out2.nll)       # eval mode is deterministic
+    assert torch.equal(m(tokens, out.hidden, targets).nll, out2.nll)  # eval mode is deterministic
 
 
 def test_training_loss_backward_reaches_alphas_and_weights():
@@ -229,23 +237,25 @@ def test_tar_penalty_value():
 
 # ------------------------------------------------------------------------------------------ derivation
 
+
 def test_genotype_one_predecessor_per_node():
     torch.manual_seed(6)
     m = RNNSearchModel(20, n=4)
     g = m.genotype()
     assert isinstance(g, RNNGenotype) and g.num_nodes == 8 and g.concat == tuple(range(1, 9))
     assert all(0 <= p < i for i, (_, p) in enumerate(g.recurrent, start=1))
-    with torch.no_grad():                                    # hand-built: node i ← i−1 with relu, none dominant
+    with torch.no_grad():  # hand-built: node i ← i−1 with relu, none dominant
         m.alphas.zero_()
         r = 0
         for i in range(1, 9):
-            m.alphas[r: r + i, 0] = 10.0
+            m.alphas[r : r + i, 0] = 10.0
             m.alphas[r + i - 1, RNN_PRIMITIVES.index("relu")] = 3.0
             r += i
     assert m.genotype().recurrent == tuple(("relu", i - 1) for i in range(1, 9))
 
 
 # ------------------------------------------------------------------------------------------ functional_call
+
 
 def test_functional_call_with_overridden_weights():
     torch.manual_seed(7)
@@ -260,7 +270,7 @@ def test_functional_call_with_overridden_weights():
             p.copy_(new[name])
     torch.testing.assert_close(out.nll, m2(tokens, None, tokens).nll, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(out.nll, before)
-    torch.testing.assert_close(m(tokens, None, tokens).nll, before, rtol=0, atol=0)   # real weights untouched
+    torch.testing.assert_close(m(tokens, None, tokens).nll, before, rtol=0, atol=0)  # real weights untouched
 
     # alphas as an override tensor: the gradient flows to it, not to the module's parameter
     m.train()
@@ -272,7 +282,7 @@ def test_functional_call_with_overridden_weights():
 
 def test_bad_genotype_refused():
     with pytest.raises(GenotypeError):
-        RNNEvalModel(20, PUBLISHED["DARTS_V2"], n=4)          # a CNN genotype
+        RNNEvalModel(20, PUBLISHED["DARTS_V2"], n=4)  # a CNN genotype
     with pytest.raises(GenotypeError):
         RNNEvalModel(20, RNNGenotype((("tanh", 0), ("gelu", 1)), (1, 2)), n=4)
 
@@ -290,12 +300,14 @@ def test_architect_second_order_step_on_search_model():
         def f(overrides=None):
             out = m(x, None, y) if overrides is None else functional_call(m, overrides, (x, None, y), strict=False)
             return out.nll
+
         return f
 
     w_opt = torch.optim.SGD(m.weights(), lr=20)
     a_opt = torch.optim.Adam(m.arch_parameters(), lr=3e-3, betas=(0.9, 0.999), weight_decay=1e-3)
-    arch = Architect(m, a_opt, 2, weight_decay=5e-7, virtual_clip=0.25, use_momentum=False,
-                     frozen_in_virtual_step=(TIED_EMBEDDING,))
+    arch = Architect(
+        m, a_opt, 2, weight_decay=5e-7, virtual_clip=0.25, use_momentum=False, frozen_in_virtual_step=(TIED_EMBEDDING,)
+    )
     before = [p.detach().clone() for p in m.weights()]
     alphas = m.alphas.detach().clone()
     out = arch.step(loss_fn(tx, ty), loss_fn(vx, vy), 20.0, w_opt, 0)

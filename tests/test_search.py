@@ -35,8 +35,16 @@ def reference_run(tmp_path_factory):
 
 def test_search_writes_run_directory(reference_run):
     run = reference_run
-    for name in ("config.json", "metrics.jsonl", "genotype.json", "normal.svg", "reduce.svg", "curves.svg",
-                 "alphas.svg", "checkpoint.pt"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "genotype.json",
+        "normal.svg",
+        "reduce.svg",
+        "curves.svg",
+        "alphas.svg",
+        "checkpoint.pt",
+    ):
         assert (run / name).is_file(), name
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["kind"] == "cnn-search" and cfg["epochs"] == 3 and cfg["num_nodes"] == 2
@@ -67,18 +75,21 @@ def test_second_order_smoke(tmp_path):
     assert abs(rec["train_loss"] - math.log(10)) < 0.6
 
 
-@pytest.mark.parametrize("args, code, needle", [
-    (["search", "--bogus"], 2, "unrecognized arguments"),
-    (["search", "--preset", "tiny", "--set", "layres=4"], 2, "did you mean 'layers'"),
-    (["search", "--preset", "tiny", "--set", "epochs=two", "--set", "lr=-1"], 2, "epochs: expected an integer"),
-    (["search", "--preset", "tiny", "--order", "3"], 2, "order: '3' is not one of 1, 2"),
-    (["search", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], 4, "/nonexistent/cifar"),
-    (["search", "--dataset", "imagenet21k"], 2, "unknown dataset"),
-    (["search", "--preset", "nope"], 2, "unknown preset"),
-    (["search", "--preset", "tiny", "--run-dir", "/proc/forbidden/run"], 7, "cannot create or write"),
-    (["derive", "/nonexistent/run"], 5, "no such checkpoint"),
-    (["genotype", "NOT_A_GENOTYPE"], 3, "not a published genotype name"),
-])
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["search", "--bogus"], 2, "unrecognized arguments"),
+        (["search", "--preset", "tiny", "--set", "layres=4"], 2, "did you mean 'layers'"),
+        (["search", "--preset", "tiny", "--set", "epochs=two", "--set", "lr=-1"], 2, "epochs: expected an integer"),
+        (["search", "--preset", "tiny", "--order", "3"], 2, "order: '3' is not one of 1, 2"),
+        (["search", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], 4, "/nonexistent/cifar"),
+        (["search", "--dataset", "imagenet21k"], 2, "unknown dataset"),
+        (["search", "--preset", "nope"], 2, "unknown preset"),
+        (["search", "--preset", "tiny", "--run-dir", "/proc/forbidden/run"], 7, "cannot create or write"),
+        (["derive", "/nonexistent/run"], 5, "no such checkpoint"),
+        (["genotype", "NOT_A_GENOTYPE"], 3, "not a published genotype name"),
+    ],
+)
 def test_bad_input_is_one_line(args, code, needle, cli_main):
     res = cli_main(*args)
     assert res.returncode == code, (res.returncode, res.stderr)
@@ -104,18 +115,49 @@ def test_search_schedule_matches_spec():
 def test_paper_defaults():
     cfg = SearchConfig()
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_min, cfg.momentum, cfg.weight_decay, cfg.grad_clip) == (
-        50, 64, 0.025, 0.001, 0.9, 3e-4, 5.0)
+        50,
+        64,
+        0.025,
+        0.001,
+        0.9,
+        3e-4,
+        5.0,
+    )
     assert (cfg.arch_lr, cfg.arch_beta1, cfg.arch_beta2, cfg.arch_weight_decay, cfg.order) == (
-        3e-4, 0.5, 0.999, 1e-3, 1)
+        3e-4,
+        0.5,
+        0.999,
+        1e-3,
+        1,
+    )
     assert (cfg.init_channels, cfg.layers, cfg.train_portion, cfg.seed) == (16, 8, 0.5, 2)
 
 
 @pytest.mark.skipif(shared_data_root() is None, reason="CIFAR-10 not found (set DARTSNAS_DATA or put ../shared/data)")
 def test_short_search_on_real_cifar10(tmp_path):
     data = shared_data_root() / "cifar10"
-    res = run_cli("search", "--dataset", "cifar10", "--data-dir", str(data), "--subset", "64", "--epochs", "1",
-                  "--batch-size", "32", "--set", "init_channels=4", "--set", "layers=3", "--set", "eval_batch_size=64",
-                  "--no-progress", "--run-dir", str(tmp_path / "r"))
+    res = run_cli(
+        "search",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(data),
+        "--subset",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--set",
+        "init_channels=4",
+        "--set",
+        "layers=3",
+        "--set",
+        "eval_batch_size=64",
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / "r"),
+    )
     assert res.returncode == 0, res.stderr
     rec = _metrics(tmp_path / "r")[0]
     assert abs(rec["train_loss"] - math.log(10)) < 0.7

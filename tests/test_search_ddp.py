@@ -19,8 +19,8 @@ import sys
 
 import pytest
 import torch
-from conftest import SRC
 
+from conftest import SRC
 from dartsnas.checkpoint import load_checkpoint
 from dartsnas.loops import search_hooks
 from dartsnas.loops.search import SearchConfig, run_search
@@ -53,10 +53,29 @@ def _two_process(tmp_path, order: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     env.pop("DARTSNAS_FAULT", None)
     sets = [a for k, v in {**SETTINGS, "order": order}.items() for a in ("--set", f"{k}={v}")]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "dartsnas", "search", "--preset", "tiny", *sets, "--no-progress",
-                           "--run-dir", str(run)], capture_output=True, text=True, env=env, timeout=300,
-                          check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dartsnas",
+            "search",
+            "--preset",
+            "tiny",
+            *sets,
+            "--no-progress",
+            "--run-dir",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "device cpu x2" in proc.stdout
     return {"ck": load_checkpoint(run / "checkpoint.pt"), "dir": run}
@@ -94,7 +113,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, order):
     # rank 0's genotype (every rank's: the search checks that the ranks agree each epoch) is the reference's
     assert ra["genotype"] == rb["genotype"]
     assert json.loads((two["dir"] / "genotype.json").read_text()) == json.loads(
-        (one["dir"] / "genotype.json").read_text())
+        (one["dir"] / "genotype.json").read_text()
+    )
 
 
 def test_augment_slices_equal_the_whole_batch():

@@ -38,8 +38,7 @@ def test_shapes_follow_the_table(net):
     seen: dict[str, tuple[int, ...]] = {}
     handles = [net.stem.register_forward_hook(lambda m, i, o: seen.__setitem__("stem", tuple(o.shape)))]
     for k, cell in enumerate(net.cells):
-        handles.append(cell.register_forward_hook(
-            lambda m, i, o, k=k: seen.__setitem__(k, tuple(o.shape))))
+        handles.append(cell.register_forward_hook(lambda m, i, o, k=k: seen.__setitem__(k, tuple(o.shape))))
     try:
         logits = net(torch.randn(2, 3, 32, 32))
     finally:
@@ -47,8 +46,16 @@ def test_shapes_follow_the_table(net):
             h.remove()
     assert logits.shape == (2, 10)
     assert seen["stem"] == (2, 48, 32, 32)
-    expected = {0: (64, 32), 1: (64, 32), 2: (128, 16), 3: (128, 16), 4: (128, 16),
-                5: (256, 8), 6: (256, 8), 7: (256, 8)}
+    expected = {
+        0: (64, 32),
+        1: (64, 32),
+        2: (128, 16),
+        3: (128, 16),
+        4: (128, 16),
+        5: (256, 8),
+        6: (256, 8),
+        7: (256, 8),
+    }
     for k, (ch, hw) in expected.items():
         assert seen[k] == (2, ch, hw, hw), f"cell {k}"
     assert [c.reduction for c in net.cells] == [False, False, True, False, False, True, False, False]
@@ -97,8 +104,11 @@ def test_pooling_in_mixed_op_is_followed_by_an_affine_free_bn():
     mixed = MixedOp(4, 1)
     x = torch.randn(3, 4, 6, 6)
     calls = []
-    handles = [m.register_forward_hook(lambda mod, i, o: calls.append(mod)) for m in mixed.modules()
-               if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d))]
+    handles = [
+        m.register_forward_hook(lambda mod, i, o: calls.append(mod))
+        for m in mixed.modules()
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d))
+    ]
     mixed(x, torch.softmax(torch.zeros(8), 0))
     for h in handles:
         h.remove()

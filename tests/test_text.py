@@ -30,29 +30,31 @@ def _corpus_or_skip(name: str, folder: str):
 
 # ------------------------------------------------------------------------------------------ batching
 
+
 def test_batchify_shapes_and_columns():
     data = torch.arange(103)
     b = batchify(data, 10)
     assert b.shape == (10, 10) and b.dtype == torch.long
-    assert b[:, 0].tolist() == list(range(10))         # column 0 is the first contiguous stream
-    assert b[0, 1].item() == 10                         # column 1 starts where column 0 ends
+    assert b[:, 0].tolist() == list(range(10))  # column 0 is the first contiguous stream
+    assert b[0, 1].item() == 10  # column 1 starts where column 0 ends
     assert batchify(data, 1).shape == (103, 1)
     with pytest.raises(DataError):
-        batchify(torch.arange(5), 4)                    # fewer than 2 rows
+        batchify(torch.arange(5), 4)  # fewer than 2 rows
 
 
 def test_get_segment_shift_and_shrink():
-    src = batchify(torch.arange(40), 4)                 # 10 × 4
+    src = batchify(torch.arange(40), 4)  # 10 × 4
     x, y = get_segment(src, 0, 3)
     assert x.shape == y.shape == (3, 4)
     assert torch.equal(y, src[1:4]) and torch.equal(x, src[0:3])
-    x, y = get_segment(src, 7, 5)                       # shrinks: only rows 7, 8 have a next row
+    x, y = get_segment(src, 7, 5)  # shrinks: only rows 7, 8 have a next row
     assert x.shape == (2, 4) and torch.equal(y, src[8:10])
     with pytest.raises(DataError):
         get_segment(src, 9, 5)
 
 
 # ------------------------------------------------------------------------------------------ vocabulary
+
 
 def _write(folder: Path, train: str, valid: str, test: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,11 +64,11 @@ def _write(folder: Path, train: str, valid: str, test: str) -> None:
 
 def test_vocabulary_order_and_eos(tmp_path):
     _write(tmp_path / "penn", " a b a \n c\n", " d a\n", " b e \n")
-    c = load_corpus("ptb", tmp_path)                    # the root: penn/ is found inside
-    assert c.vocab == ["a", "b", EOS, "c", "d", "e"]    # first appearance over train, valid, test
+    c = load_corpus("ptb", tmp_path)  # the root: penn/ is found inside
+    assert c.vocab == ["a", "b", EOS, "c", "d", "e"]  # first appearance over train, valid, test
     assert c.train.tolist() == [0, 1, 0, 2, 3, 2]
     assert c.valid.tolist() == [4, 0, 2] and c.test.tolist() == [1, 5, 2]
-    c2 = load_corpus("ptb", tmp_path / "penn")          # the corpus folder itself
+    c2 = load_corpus("ptb", tmp_path / "penn")  # the corpus folder itself
     assert c2.vocab == c.vocab and torch.equal(c2.test, c.test)
 
 
@@ -102,6 +104,7 @@ def test_env_var(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ built-in
 
+
 def test_builtin_deterministic_and_sized():
     a, b = load_corpus("builtin"), load_corpus("builtin")
     assert a.vocab == b.vocab and torch.equal(a.train, b.train) and torch.equal(a.test, b.test)
@@ -122,6 +125,7 @@ def test_builtin_is_learnable():
 
 
 # ------------------------------------------------------------------------------------------ real files
+
 
 def test_ptb_counts_and_shapes():
     c = _corpus_or_skip("ptb", "penn")

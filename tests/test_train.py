@@ -43,6 +43,7 @@ def _records(run: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------- units
 
+
 def test_cifar_schedule_matches_spec():
     cfg = TrainConfig.build("paper")
     assert learning_rate(cfg, 0) == pytest.approx(0.025)
@@ -50,24 +51,45 @@ def test_cifar_schedule_matches_spec():
     assert learning_rate(cfg, 599) == pytest.approx(0.0125 * (1 + math.cos(math.pi * 599 / 600)), rel=1e-12)
     assert drop_path_probability(cfg, 0) == 0.0
     assert drop_path_probability(cfg, 599) == pytest.approx(0.2 * 599 / 600)
-    assert (cfg.epochs, cfg.batch_size, cfg.momentum, cfg.weight_decay, cfg.grad_clip, cfg.cutout,
-            cfg.auxiliary_weight, cfg.init_channels, cfg.layers, cfg.seed) == (600, 96, 0.9, 3e-4, 5.0, 16, 0.4,
-                                                                               36, 20, 0)
+    assert (
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.momentum,
+        cfg.weight_decay,
+        cfg.grad_clip,
+        cfg.cutout,
+        cfg.auxiliary_weight,
+        cfg.init_channels,
+        cfg.layers,
+        cfg.seed,
+    ) == (600, 96, 0.9, 3e-4, 5.0, 16, 0.4, 36, 20, 0)
 
 
 def test_imagenet_schedule_and_preset():
     cfg = TrainConfig.build("imagenet")
     for e in (0, 1, 10, 249):
-        assert learning_rate(cfg, e) == pytest.approx(0.1 * 0.97 ** e, rel=1e-12)
-    assert (cfg.epochs, cfg.batch_size, cfg.label_smoothing, cfg.weight_decay, cfg.init_channels, cfg.layers,
-            cfg.drop_path_prob) == (250, 128, 0.1, 3e-5, 48, 14, 0.0)
+        assert learning_rate(cfg, e) == pytest.approx(0.1 * 0.97**e, rel=1e-12)
+    assert (
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.label_smoothing,
+        cfg.weight_decay,
+        cfg.init_channels,
+        cfg.layers,
+        cfg.drop_path_prob,
+    ) == (250, 128, 0.1, 3e-5, 48, 14, 0.0)
     assert drop_path_probability(cfg, 100) == 0.0
 
 
 def test_speed_switches_off_on_cpu_and_bad_values_refused():
     rt = resolve_runtime(TrainConfig.build("tiny"), torch.device("cpu"))
-    assert (rt.channels_last, rt.bf16, rt.compile, rt.sync_bn, rt.optimizer_impl) == (False, False, False, False,
-                                                                                      "for-loop")
+    assert (rt.channels_last, rt.bf16, rt.compile, rt.sync_bn, rt.optimizer_impl) == (
+        False,
+        False,
+        False,
+        False,
+        "for-loop",
+    )
     with pytest.raises(ConfigError, match="bf16"):
         resolve_runtime(TrainConfig.build("tiny", ["bf16=on"]), torch.device("cpu"))
     with pytest.raises(ConfigError) as e:
@@ -93,6 +115,7 @@ def test_cutout_zeroes_at_most_16x16():
 
 # ------------------------------------------------------------------------------------------- CLI runs
 
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("train") / "ref"
@@ -103,8 +126,15 @@ def reference_run(tmp_path_factory) -> Path:
 
 def test_cli_tiny_run_writes_metrics_results_curves(reference_run):
     run = reference_run
-    for name in ("config.json", "genotype.json", "checkpoint.pt", "metrics.jsonl", "results.json", "loss.svg",
-                 "accuracy.svg"):
+    for name in (
+        "config.json",
+        "genotype.json",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "results.json",
+        "loss.svg",
+        "accuracy.svg",
+    ):
         assert (run / name).is_file(), name
     recs = _records(run)
     assert [r["epoch"] for r in recs] == [0, 1, 2]
@@ -154,8 +184,16 @@ def test_foreign_checkpoint_refused(tmp_path, cli_main):
 
 
 def test_imagenet_missing_folder_and_torchvision_errors(tmp_path, cli_main):
-    proc = cli_main("train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "nope"), "--no-progress",
-                    "--run-dir", str(tmp_path / "r1"))
+    proc = cli_main(
+        "train",
+        "--dataset",
+        "imagenet",
+        "--data-dir",
+        str(tmp_path / "nope"),
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / "r1"),
+    )
     assert proc.returncode == 4
     assert "missing the train/ folder" in _one_line_error(proc)
     proc = cli_main("train", "--dataset", "imagenet", "--no-progress", "--run-dir", str(tmp_path / "r0"))
@@ -166,13 +204,22 @@ def test_imagenet_missing_folder_and_torchvision_errors(tmp_path, cli_main):
         root = tmp_path / "imagenet"
         (root / "train" / "n01").mkdir(parents=True)
         (root / "val" / "n01").mkdir(parents=True)
-        proc = cli_main("train", "--dataset", "imagenet", "--data-dir", str(root), "--no-progress",
-                        "--run-dir", str(tmp_path / "r2"))
+        proc = cli_main(
+            "train",
+            "--dataset",
+            "imagenet",
+            "--data-dir",
+            str(root),
+            "--no-progress",
+            "--run-dir",
+            str(tmp_path / "r2"),
+        )
         assert proc.returncode == 4
         assert "pip install 'dartsnas[imagenet]'" in _one_line_error(proc)
 
 
 # ------------------------------------------------------------------------------------------- DDP
+
 
 def test_two_process_gloo_matches_one_process(tmp_path):
     """Two ranks (gloo, CPU) against one process with the same global batch of 16 over 3 steps.
@@ -188,14 +235,39 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     from dartsnas.space.genotype import PUBLISHED, save_genotype
 
     save_genotype(PUBLISHED["DARTS_V1"], genotype)
-    common = ["train", "--preset", "tiny", "--genotype", str(genotype), "--set", "epochs=1",
-              "--set", "drop_path_prob=0", "--no-progress"]
+    common = [
+        "train",
+        "--preset",
+        "tiny",
+        "--genotype",
+        str(genotype),
+        "--set",
+        "epochs=1",
+        "--set",
+        "drop_path_prob=0",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     env.pop("DARTSNAS_FAULT", None)
     two = tmp_path / "two"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "dartsnas", *common, "--run-dir", str(two)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dartsnas",
+            *common,
+            "--run-dir",
+            str(two),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     one = tmp_path / "one"
     proc = run_cli(*common, "--set", "accum_steps=2", "--run-dir", str(one))

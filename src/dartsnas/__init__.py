@@ -20,8 +20,9 @@ is ``dartsnas.select``, ``dartsnas.random_baseline``, ``dartsnas.evaluate_final`
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -35,12 +36,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from .protocol import ExperimentResult, ProtocolConfig
 
 _LAZY = {
-    "SearchConfig": "loops.search", "SearchResult": "loops.search",
-    "TrainConfig": "loops.train", "TrainResult": "loops.train",
-    "RNNSearchConfig": "loops.rnn_search", "RNNSearchResult": "loops.rnn_search",
-    "RNNTrainConfig": "loops.rnn_train", "RNNTrainResult": "loops.rnn_train",
-    "ProtocolConfig": "protocol", "ExperimentResult": "protocol",
-    "build_model": "export", "load_model": "export", "export_model": "export",
+    "SearchConfig": "loops.search",
+    "SearchResult": "loops.search",
+    "TrainConfig": "loops.train",
+    "TrainResult": "loops.train",
+    "RNNSearchConfig": "loops.rnn_search",
+    "RNNSearchResult": "loops.rnn_search",
+    "RNNTrainConfig": "loops.rnn_train",
+    "RNNTrainResult": "loops.rnn_train",
+    "ProtocolConfig": "protocol",
+    "ExperimentResult": "protocol",
+    "build_model": "export",
+    "load_model": "export",
+    "export_model": "export",
 }
 
 
@@ -55,8 +63,9 @@ def _run_lock_scope():
         release_all()
 
 
-def search(config: "Union[SearchConfig, RNNSearchConfig, None]" = None, run_dir: str | Path | None = None,
-           resume: bool = False) -> "Union[SearchResult, RNNSearchResult]":
+def search(
+    config: SearchConfig | RNNSearchConfig | None = None, run_dir: str | Path | None = None, resume: bool = False
+) -> SearchResult | RNNSearchResult:
     """Search a cell. ``SearchConfig`` (CNN, default: the quick preset) or ``RNNSearchConfig`` (recurrent)."""
     from .loops.rnn_search import RNNSearchConfig, run_rnn_search
     from .loops.search import SearchConfig, run_search
@@ -64,12 +73,12 @@ def search(config: "Union[SearchConfig, RNNSearchConfig, None]" = None, run_dir:
     with _run_lock_scope():
         if isinstance(config, RNNSearchConfig):
             return run_rnn_search(config, run_dir=run_dir, resume=resume)
-        return run_search(config if config is not None else SearchConfig.build("quick"), run_dir=run_dir,
-                          resume=resume)
+        return run_search(config if config is not None else SearchConfig.build("quick"), run_dir=run_dir, resume=resume)
 
 
-def train(config: "Union[TrainConfig, RNNTrainConfig, None]" = None, run_dir: str | Path | None = None,
-          resume: bool = False) -> "Union[TrainResult, RNNTrainResult]":
+def train(
+    config: TrainConfig | RNNTrainConfig | None = None, run_dir: str | Path | None = None, resume: bool = False
+) -> TrainResult | RNNTrainResult:
     """Train a cell from scratch. ``TrainConfig`` (CNN, default: the quick preset) or ``RNNTrainConfig``."""
     from .loops.rnn_train import RNNTrainConfig, run_rnn_train
     from .loops.train import TrainConfig, run_train
@@ -77,28 +86,30 @@ def train(config: "Union[TrainConfig, RNNTrainConfig, None]" = None, run_dir: st
     with _run_lock_scope():
         if isinstance(config, RNNTrainConfig):
             return run_rnn_train(config, run_dir=run_dir, resume=resume)
-        return run_train(config if config is not None else TrainConfig.build("quick"), run_dir=run_dir,
-                         resume=resume)
+        return run_train(config if config is not None else TrainConfig.build("quick"), run_dir=run_dir, resume=resume)
 
 
-def select(config: "ProtocolConfig", experiment: str | Path | None = None, resume: bool = False,
-           run_final: bool = False) -> "ExperimentResult":
+def select(
+    config: ProtocolConfig, experiment: str | Path | None = None, resume: bool = False, run_final: bool = False
+) -> ExperimentResult:
     """The paper's selection protocol: several searches, a short training of each cell, the best one."""
     from .protocol import select as _select
 
     return _select(config, experiment, resume=resume, run_final=run_final)
 
 
-def random_baseline(config: "ProtocolConfig", experiment: str | Path | None = None, resume: bool = False,
-                    run_final: bool = False) -> "ExperimentResult":
+def random_baseline(
+    config: ProtocolConfig, experiment: str | Path | None = None, resume: bool = False, run_final: bool = False
+) -> ExperimentResult:
     """The random-search baseline: N uniformly sampled cells, trained and picked like ``select``."""
     from .protocol import random_baseline as _random
 
     return _random(config, experiment, resume=resume, run_final=run_final)
 
 
-def evaluate_final(config: "ProtocolConfig", experiment: str | Path | None = None, genotype: str | None = None,
-                   resume: bool = False) -> "ExperimentResult":
+def evaluate_final(
+    config: ProtocolConfig, experiment: str | Path | None = None, genotype: str | None = None, resume: bool = False
+) -> ExperimentResult:
     """Train one cell R times with different seeds; mean ± std of the test error / perplexity."""
     from .protocol import evaluate_final as _final
 
@@ -120,5 +131,19 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'dartsnas' has no attribute {name!r}")
 
 
-__all__ = ["search", "train", "select", "random_baseline", "evaluate_final", "report", "load_genotype",
-           "parse_genotype", "save_genotype", "Genotype", "RNNGenotype", "PUBLISHED", "__version__", *_LAZY]
+__all__ = [
+    "search",
+    "train",
+    "select",
+    "random_baseline",
+    "evaluate_final",
+    "report",
+    "load_genotype",
+    "parse_genotype",
+    "save_genotype",
+    "Genotype",
+    "RNNGenotype",
+    "PUBLISHED",
+    "__version__",
+    *_LAZY,
+]

@@ -59,8 +59,8 @@ __all__ = [
 
 # --------------------------------------------------------------------------------------------- helpers
 
-def make_loss_fn(model: nn.Module, x: Tensor, y: Tensor,
-                 criterion: Callable[[Tensor, Tensor], Tensor]) -> LossFn:
+
+def make_loss_fn(model: nn.Module, x: Tensor, y: Tensor, criterion: Callable[[Tensor, Tensor], Tensor]) -> LossFn:
     """Closure ``loss_fn(overrides)`` = ``criterion(model(x), y)``, with ``overrides`` substituted by name.
 
     Buffers are substituted only when the overrides name them (the ``Architect`` does so, with shadow copies,
@@ -85,13 +85,13 @@ def arch_parameter_names(model: nn.Module) -> list[str]:
     ids = {id(p) for p in model.arch_parameters()}
     params = dict(model.named_parameters())
     if len(names) != len(ids) or any(id(params[n]) not in ids for n in names):
-        raise ValueError(f"named_parameters() minus named_weights() is {names}, "
-                         "which does not match arch_parameters()")
+        raise ValueError(f"named_parameters() minus named_weights() is {names}, which does not match arch_parameters()")
     return names
 
 
 # The weight-set arithmetic below uses the ``torch._foreach_*`` kernels (as torch's own optimizers do):
 # one launch per group of tensors instead of one per tensor, which matters with ~2,000 weight tensors.
+
 
 def global_norm(tensors: Sequence[Tensor]) -> Tensor:
     """L2 norm over all tensors together (a 0-d tensor; no host sync)."""
@@ -108,8 +108,7 @@ def _scale_by_capped(tensors: Sequence[Tensor], coef: Tensor) -> list[Tensor]:
     return list(torch._foreach_mul(list(tensors), torch.clamp(coef, max=1.0)))
 
 
-def momentum_buffers(weight_optimizer: torch.optim.Optimizer | None,
-                     weights: Sequence[Tensor]) -> list[Tensor]:
+def momentum_buffers(weight_optimizer: torch.optim.Optimizer | None, weights: Sequence[Tensor]) -> list[Tensor]:
     """SGD momentum buffers m in the order of ``weights``; zeros where absent (before the first step, §3.5)."""
     out = []
     for p in weights:
@@ -120,10 +119,16 @@ def momentum_buffers(weight_optimizer: torch.optim.Optimizer | None,
     return out
 
 
-def virtual_weights(weights: Sequence[Tensor], grads: Sequence[Tensor], eta: float | Tensor, *,
-                    momentum_buffers: Sequence[Tensor] | None = None, momentum: float = 0.9,
-                    weight_decay: float = 3e-4,
-                    frozen: Sequence[bool] | None = None) -> list[Tensor]:
+def virtual_weights(
+    weights: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    eta: float | Tensor,
+    *,
+    momentum_buffers: Sequence[Tensor] | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 3e-4,
+    frozen: Sequence[bool] | None = None,
+) -> list[Tensor]:
     """§3.5 step 1: w' = w − η·(μ·m + g + λ·w), the next SGD update without clipping.
 
     ``momentum_buffers=None`` drops the momentum term (the recurrent variant, §7.5). Entries with
@@ -134,20 +139,25 @@ def virtual_weights(weights: Sequence[Tensor], grads: Sequence[Tensor], eta: flo
     if len(weights) != len(grads):
         raise ValueError("weights and grads differ in length")
     with torch.no_grad():
-        d = torch._foreach_add(grads, weights, alpha=weight_decay)        # g + λw
+        d = torch._foreach_add(grads, weights, alpha=weight_decay)  # g + λw
         if momentum_buffers is not None:
             torch._foreach_add_(d, list(momentum_buffers), alpha=momentum)  # + μm
-        torch._foreach_mul_(d, eta)                                       # η(...)
-        out = list(torch._foreach_sub(weights, d))                        # w − η(...)
+        torch._foreach_mul_(d, eta)  # η(...)
+        out = list(torch._foreach_sub(weights, d))  # w − η(...)
         for i, w in enumerate(weights):
             if frozen is not None and frozen[i]:
                 out[i] = w.detach().clone()
     return [t.requires_grad_(True) for t in out]
 
 
-def finite_difference_hvp(train_loss_fn: LossFn, weight_names: Sequence[str], weights: Sequence[Tensor],
-                          alphas: Sequence[Tensor], v: Sequence[Tensor],
-                          eps_scale: float = 0.01) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+def finite_difference_hvp(
+    train_loss_fn: LossFn,
+    weight_names: Sequence[str],
+    weights: Sequence[Tensor],
+    alphas: Sequence[Tensor],
+    v: Sequence[Tensor],
+    eps_scale: float = 0.01,
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
     """§3.5 step 3: h = (g⁺ − g⁻) / (2ε), ε = eps_scale / ‖v‖₂, g± = ∇_α L_train(w ± εv, α).
 
     The perturbation is applied to the ORIGINAL weights ``weights`` (= w, not w'; spec bug (b)) and
@@ -169,8 +179,9 @@ def finite_difference_hvp(train_loss_fn: LossFn, weight_names: Sequence[str], we
     return h, eps, losses[0], losses[1]
 
 
-def exact_hvp(train_loss_fn: LossFn, weights: Sequence[Tensor], alphas: Sequence[Tensor],
-              v: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+def exact_hvp(
+    train_loss_fn: LossFn, weights: Sequence[Tensor], alphas: Sequence[Tensor], v: Sequence[Tensor]
+) -> tuple[list[Tensor], Tensor]:
     """The exact mixed product h = ∇²_{α,w} L_train(w, α)·v = ∂/∂α (v · ∇_w L_train(w, α)), v held fixed.
 
     Double backward, at the real weights w. An option for checking the finite difference; never the
@@ -184,8 +195,9 @@ def exact_hvp(train_loss_fn: LossFn, weights: Sequence[Tensor], alphas: Sequence
     return h, loss.detach()
 
 
-def hypergradient(d_alpha: Sequence[Tensor], h: Sequence[Tensor], eta: float | Tensor,
-                  kappa: float | Tensor | None = None) -> list[Tensor]:
+def hypergradient(
+    d_alpha: Sequence[Tensor], h: Sequence[Tensor], eta: float | Tensor, kappa: float | Tensor | None = None
+) -> list[Tensor]:
     """§3.5 step 4: g_α = d_α − η·h; recurrent variant (§7.5): g_α = d_α − η·κ·h, κ applied even if > 1."""
     scale = eta if kappa is None else eta * kappa
     return [d - scale * hi for d, hi in zip(d_alpha, h, strict=True)]
@@ -212,6 +224,7 @@ def _grads(loss: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
 
 # ------------------------------------------------------------------------------------------- Architect
 
+
 class Architect:
     """One alpha step per call of ``step`` (§3.3 step 1).
 
@@ -233,12 +246,21 @@ class Architect:
     global-batch loss (``loops.search``), so that the average is the global batch's gradient.
     """
 
-    def __init__(self, model: nn.Module, arch_optimizer: torch.optim.Optimizer, order: int = 1, *,
-                 weight_momentum: float = 0.9, weight_decay: float = 3e-4,
-                 virtual_clip: float | None = None, use_momentum: bool = True,
-                 frozen_in_virtual_step: tuple[str, ...] = (),
-                 hvp: Literal["finite_difference", "exact"] = "finite_difference",
-                 eps_scale: float = 0.01, reduce: Callable[[list[Tensor]], list[Tensor]] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        arch_optimizer: torch.optim.Optimizer,
+        order: int = 1,
+        *,
+        weight_momentum: float = 0.9,
+        weight_decay: float = 3e-4,
+        virtual_clip: float | None = None,
+        use_momentum: bool = True,
+        frozen_in_virtual_step: tuple[str, ...] = (),
+        hvp: Literal["finite_difference", "exact"] = "finite_difference",
+        eps_scale: float = 0.01,
+        reduce: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    ):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order!r}")
         if hvp not in ("finite_difference", "exact"):
@@ -270,8 +292,9 @@ class Architect:
     def _weights(self) -> list[nn.Parameter]:
         return [p for _, p in self.model.named_weights()]
 
-    def virtual_step(self, train_loss_fn: LossFn, eta: float | Tensor,
-                     weight_optimizer: torch.optim.Optimizer | None) -> dict:
+    def virtual_step(
+        self, train_loss_fn: LossFn, eta: float | Tensor, weight_optimizer: torch.optim.Optimizer | None
+    ) -> dict:
         """§3.5 step 1 (§7.5 for the recurrent knobs): returns w' with g, κ and the train loss.
 
         Keys: ``w_prime`` (list, leaf tensors requiring grad), ``grad`` (g, unclipped), ``kappa``
@@ -289,8 +312,15 @@ class Architect:
             g_used = _scale_by_capped(g, kappa)
         m = momentum_buffers(weight_optimizer, weights) if self.use_momentum else None
         frozen = [n in self.frozen_in_virtual_step for n in self.weight_names]
-        w_prime = virtual_weights(weights, g_used, eta, momentum_buffers=m, momentum=self.weight_momentum,
-                                  weight_decay=self.weight_decay, frozen=frozen)
+        w_prime = virtual_weights(
+            weights,
+            g_used,
+            eta,
+            momentum_buffers=m,
+            momentum=self.weight_momentum,
+            weight_decay=self.weight_decay,
+            frozen=frozen,
+        )
         return {"w_prime": w_prime, "grad": g, "kappa": kappa, "train_loss": loss.detach()}
 
     def _shadow_buffers(self) -> dict[str, Tensor]:
@@ -301,8 +331,11 @@ class Architect:
         """
         real = list(self.model.named_buffers())
         sh = self._shadow
-        if (sh is None or len(sh) != len(real)
-                or any(n != m or b is not r for (n, b), (m, r, _) in zip(real, sh, strict=True))):
+        if (
+            sh is None
+            or len(sh) != len(real)
+            or any(n != m or b is not r for (n, b), (m, r, _) in zip(real, sh, strict=True))
+        ):
             sh = self._shadow = [(n, b, torch.empty_like(b)) for n, b in real]
         if sh:
             with torch.no_grad():
@@ -321,13 +354,19 @@ class Architect:
         alphas = self.model.arch_parameters()
         grads = _grads(loss, [*alphas, *w_prime])
         if self.reduce is not None:  # v only: d_α enters g_α linearly and is averaged there
-            self.reduce(grads[len(alphas):])
-        return {"d_alpha": grads[:len(alphas)], "v": grads[len(alphas):], "val_loss": loss.detach()}
+            self.reduce(grads[len(alphas) :])
+        return {"d_alpha": grads[: len(alphas)], "v": grads[len(alphas) :], "val_loss": loss.detach()}
 
     # -- the step --
 
-    def step(self, train_loss_fn: LossFn | None, val_loss_fn: LossFn, eta: float | Tensor,
-             weight_optimizer: torch.optim.Optimizer | None, step_index: int) -> dict[str, Tensor]:
+    def step(
+        self,
+        train_loss_fn: LossFn | None,
+        val_loss_fn: LossFn,
+        eta: float | Tensor,
+        weight_optimizer: torch.optim.Optimizer | None,
+        step_index: int,
+    ) -> dict[str, Tensor]:
         """Compute g_α, store it in the alphas' ``.grad`` and take one ``arch_optimizer`` step.
 
         Every loss and the final gradient are checked for non-finite values with a single host sync
@@ -353,24 +392,27 @@ class Architect:
             if train_loss_fn is None:
                 raise ValueError("second order needs train_loss_fn")
             weights = self._weights()
-            vs = self.virtual_step(train_loss_fn, eta, weight_optimizer)                       # §3.5 step 1
+            vs = self.virtual_step(train_loss_fn, eta, weight_optimizer)  # §3.5 step 1
             checks.append(("training loss", "virtual step", vs["train_loss"]))
-            vg = self.virtual_val_grads(val_loss_fn, vs["w_prime"])                             # §3.5 step 2
+            vg = self.virtual_val_grads(val_loss_fn, vs["w_prime"])  # §3.5 step 2
             checks.append(("validation loss at w'", "virtual step", vg["val_loss"]))
             v = vg["v"]
-            if self.virtual_clip is not None:                                                   # §7.5
+            if self.virtual_clip is not None:  # §7.5
                 v = _scale_by_capped(v, _clip_coef(v, self.virtual_clip))
-            if self.hvp == "finite_difference":                                                 # §3.5 step 3
-                h, eps, lp, lm = finite_difference_hvp(train_loss_fn, self.weight_names, weights, alphas, v,
-                                                       self.eps_scale)
-                checks += [("training loss at w+eps*v", "hessian-vector product", lp),
-                           ("training loss at w-eps*v", "hessian-vector product", lm),
-                           ("epsilon", "hessian-vector product", eps.detach())]
+            if self.hvp == "finite_difference":  # §3.5 step 3
+                h, eps, lp, lm = finite_difference_hvp(
+                    train_loss_fn, self.weight_names, weights, alphas, v, self.eps_scale
+                )
+                checks += [
+                    ("training loss at w+eps*v", "hessian-vector product", lp),
+                    ("training loss at w-eps*v", "hessian-vector product", lm),
+                    ("epsilon", "hessian-vector product", eps.detach()),
+                ]
                 out["eps"] = eps.detach()
             else:
                 h, loss_h = exact_hvp(train_loss_fn, weights, alphas, v)
                 checks.append(("training loss (exact HVP)", "hessian-vector product", loss_h))
-            g_alpha = hypergradient(vg["d_alpha"], h, eta, vs["kappa"])                         # §3.5 step 4
+            g_alpha = hypergradient(vg["d_alpha"], h, eta, vs["kappa"])  # §3.5 step 4
             out["val_loss"] = vg["val_loss"]
             out["train_loss"] = vs["train_loss"]
             if vs["kappa"] is not None:

@@ -116,8 +116,11 @@ def load_checkpoint(path: Path, expect_kind: str | None = None, map_location: st
     except CheckpointError as e:
         prev = Path(path).with_name(Path(path).name + ".prev")
         if prev.exists() and "no such checkpoint" not in e.message:
-            raise CheckpointError(f"{e.message}; the previous checkpoint is kept as {prev} "
-                                  f"(copy it over {Path(path).name} to resume from it)", e.path) from None
+            raise CheckpointError(
+                f"{e.message}; the previous checkpoint is kept as {prev} "
+                f"(copy it over {Path(path).name} to resume from it)",
+                e.path,
+            ) from None
         raise
 
 
@@ -140,7 +143,7 @@ def _load_checkpoint(path: Path, expect_kind: str | None, map_location: str | to
         raise CheckpointError("not a dartsnas checkpoint (bad header)", str(path)) from None
     if version != SCHEMA_VERSION:
         raise CheckpointError(f"unknown schema version {version} (this dartsnas reads {SCHEMA_VERSION})", str(path))
-    body = raw[nl + 1:]
+    body = raw[nl + 1 :]
     if len(body) != length:
         raise CheckpointError(f"truncated ({len(body)} of {length} payload bytes)", str(path))
     if hashlib.sha256(body).hexdigest() != digest:
@@ -158,12 +161,17 @@ def _load_checkpoint(path: Path, expect_kind: str | None, map_location: str | to
 
 # ------------------------------------------------------------------------------------------------ RNG
 
+
 def capture_rng(extra: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": _py_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -192,5 +200,5 @@ def restore_rng(state: dict[str, Any], extra: dict[str, torch.Generator] | None 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

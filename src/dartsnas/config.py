@@ -135,8 +135,13 @@ class ConfigBase:
         return cls(**values)
 
     @classmethod
-    def build(cls, preset: str | None = None, overrides: list[str] | dict[str, Any] | None = None,
-              config_file: str | Path | None = None, **kwargs: Any):
+    def build(
+        cls,
+        preset: str | None = None,
+        overrides: list[str] | dict[str, Any] | None = None,
+        config_file: str | Path | None = None,
+        **kwargs: Any,
+    ):
         """Defaults <- preset <- config file (JSON) <- ``key=value`` overrides <- keyword arguments."""
         data: dict[str, Any] = {}
         if preset is not None:
@@ -187,7 +192,7 @@ class ConfigBase:
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
 
-    def diff(self, other: "ConfigBase") -> tuple[list[str], list[str]]:
+    def diff(self, other: ConfigBase) -> tuple[list[str], list[str]]:
         """(incompatible differences, harmless differences) as ``field: ours=…, theirs=…`` strings."""
         bad, harmless = [], []
         a, b = self.to_dict(), other.to_dict()

@@ -31,6 +31,7 @@ MatVec = Callable[[Tensor], Tensor]
 
 # ---------------------------------------------------------------------------------------------- Hessian
 
+
 class AlphaHessian:
     """Exact Hessian-vector products of the validation loss w.r.t. α on one fixed batch.
 
@@ -39,8 +40,14 @@ class AlphaHessian:
     every product Hv = ∇_α⟨∇_α L, v⟩ is one double-backward pass through it. No ``.grad`` is written.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, weight_decay: float = 0.0,
-                 criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy):
+    def __init__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        weight_decay: float = 0.0,
+        criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    ):
         self.alphas = list(model.arch_parameters())
         self.weight_decay = float(weight_decay)
         was = model.training
@@ -83,8 +90,15 @@ class Eigen:
     shifted: bool  # the first run found a negative eigenvalue, so the result comes from H + |λ|·I
 
 
-def power_iteration(matvec: MatVec, n: int, seed: int = 0, tol: float = 1e-4, max_iter: int = 100,
-                    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> tuple[float, int]:
+def power_iteration(
+    matvec: MatVec,
+    n: int,
+    seed: int = 0,
+    tol: float = 1e-4,
+    max_iter: int = 100,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> tuple[float, int]:
     """Rayleigh quotient vᵀAv of the largest-magnitude eigenvector of a symmetric A (§2.1): start from a
     seeded random unit vector, iterate v ← Av/‖Av‖ until the quotient changes by less than ``tol``
     (relative) or ``max_iter`` products. Returns (quotient, number of products)."""
@@ -106,8 +120,15 @@ def power_iteration(matvec: MatVec, n: int, seed: int = 0, tol: float = 1e-4, ma
     return rq, max_iter
 
 
-def dominant_eigenvalue(matvec: MatVec, n: int, seed: int = 0, tol: float = 1e-4, max_iter: int = 100,
-                        dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> Eigen:
+def dominant_eigenvalue(
+    matvec: MatVec,
+    n: int,
+    seed: int = 0,
+    tol: float = 1e-4,
+    max_iter: int = 100,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> Eigen:
     """λ_max of a symmetric matrix given by products. Power iteration finds the largest-magnitude
     eigenvalue; if it is negative, rerun on A + |λ|·I (whose spectrum is ≥ 0) and subtract |λ| (§2.1)."""
     lam, iters = power_iteration(matvec, n, seed, tol, max_iter, dtype, device)
@@ -118,8 +139,15 @@ def dominant_eigenvalue(matvec: MatVec, n: int, seed: int = 0, tol: float = 1e-4
     return Eigen(lam2 - shift, iters + iters2, True)
 
 
-def hessian_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, weight_decay: float, seed: int = 0,
-                       method: str = "auto", full_limit: int = 64) -> Eigen:
+def hessian_eigenvalue(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    weight_decay: float,
+    seed: int = 0,
+    method: str = "auto",
+    full_limit: int = 64,
+) -> Eigen:
     """λ_max of H + wd·I on the batch (x, y). ``auto``: the full matrix (one product per α entry, then
     ``eigvalsh``) when α has at most ``full_limit`` entries (NB201: 30), power iteration otherwise."""
     h = AlphaHessian(model, x, y, weight_decay)
@@ -130,6 +158,7 @@ def hessian_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, weight_decay: flo
 
 
 # ---------------------------------------------------------------------------------------------- cell indicators
+
 
 def edge_entropies(alphas: Sequence[Tensor]) -> list[list[float]]:
     """Per α matrix, the entropy (nats) of softmax(α) of every row (edge); ln(#ops) is uniform."""
@@ -146,8 +175,11 @@ def cell_counts(genotype: Any) -> dict[str, int]:
     if getattr(genotype, "kind", None) == "nb201":
         ops = [op for op, _ in genotype.edges]
         free = ("none", "skip_connect", "avg_pool_3x3")
-        return {"skip_count": ops.count("skip_connect"), "none_count": ops.count("none"),
-                "param_free_count": sum(op in free for op in ops)}
+        return {
+            "skip_count": ops.count("skip_connect"),
+            "none_count": ops.count("none"),
+            "param_free_count": sum(op in free for op in ops),
+        }
     ops = [op for op, _ in genotype.normal]
     free = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")
     return {"skip_count": ops.count("skip_connect"), "param_free_count": sum(op in free for op in ops)}
@@ -155,13 +187,15 @@ def cell_counts(genotype: Any) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------------------------- DARTS-ES
 
+
 def local_average(values: Sequence[float], end: int, window: int = 5) -> float:
     """Mean of ``values[end - window + 1 .. end]``."""
-    return sum(values[end - window + 1:end + 1]) / window
+    return sum(values[end - window + 1 : end + 1]) / window
 
 
-def darts_es(lambdas: Sequence[float], window: int = 5, lag: int = 4, factor: float = 1.3,
-             start_epoch: int = 10) -> int | None:
+def darts_es(
+    lambdas: Sequence[float], window: int = 5, lag: int = 4, factor: float = 1.3, start_epoch: int = 10
+) -> int | None:
     """The DARTS-ES rule of §2.1 on the eigenvalues of epochs 0..e (one per epoch; e = the last one).
 
     Fires when the local average (window of 5) at e exceeds ``factor`` × the local average ``lag`` = 4
@@ -179,8 +213,10 @@ def darts_es(lambdas: Sequence[float], window: int = 5, lag: int = 4, factor: fl
 
 # ---------------------------------------------------------------------------------------------- one epoch
 
-def fixed_batch(images: Tensor, labels: Tensor, index: Tensor, size: int, seed: int,
-                mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+
+def fixed_batch(
+    images: Tensor, labels: Tensor, index: Tensor, size: int, seed: int, mean: Sequence[float], std: Sequence[float]
+) -> tuple[Tensor, Tensor]:
     """The diagnostics' batch: ``size`` images of ``index`` chosen by a seeded permutation, normalised and
     not augmented, so every epoch sees the very same tensor (§2.1: fix batch, BN mode and dtype)."""
     gen = torch.Generator().manual_seed(seed)
@@ -190,17 +226,22 @@ def fixed_batch(images: Tensor, labels: Tensor, index: Tensor, size: int, seed: 
     return (images[pick].float() / 255.0 - m) / s, labels[pick]
 
 
-def epoch_diagnostics(model: nn.Module, genotype: Any, batch: tuple[Tensor, Tensor] | None,
-                      weight_decay: float, seed: int = 0) -> dict[str, Any]:
+def epoch_diagnostics(
+    model: nn.Module, genotype: Any, batch: tuple[Tensor, Tensor] | None, weight_decay: float, seed: int = 0
+) -> dict[str, Any]:
     """Record fields for ``metrics.jsonl``: λ_max (when a batch is given), entropies, counts."""
     # The α matrices only: PC-DARTS's edge β (trained with α, one number per edge) has no per-edge entropy.
     ent = edge_entropies(model.alphas() if callable(getattr(model, "alphas", None)) else model.arch_parameters())
     flat = [v for rows in ent for v in rows]
-    rec: dict[str, Any] = {"alpha_entropy": ent, "mean_alpha_entropy": sum(flat) / len(flat),
-                           **cell_counts(genotype)}
+    rec: dict[str, Any] = {"alpha_entropy": ent, "mean_alpha_entropy": sum(flat) / len(flat), **cell_counts(genotype)}
     if batch is not None:
         t0 = time.perf_counter()
         eig = hessian_eigenvalue(model, batch[0], batch[1], weight_decay, seed)
-        rec.update({"hessian_eig": eig.value if math.isfinite(eig.value) else None,
-                    "hessian_products": eig.iterations, "hessian_seconds": time.perf_counter() - t0})
+        rec.update(
+            {
+                "hessian_eig": eig.value if math.isfinite(eig.value) else None,
+                "hessian_products": eig.iterations,
+                "hessian_seconds": time.perf_counter() - t0,
+            }
+        )
     return rec

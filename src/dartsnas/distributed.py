@@ -50,6 +50,6 @@ def average_(tensors: list[Tensor]) -> list[Tensor]:
     offset = 0
     with torch.no_grad():
         for t in tensors:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
     return tensors

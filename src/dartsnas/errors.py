@@ -52,8 +52,10 @@ class NonFiniteError(DartsError):
     def __init__(self, what: str, step: int, phase: str):
         self.step = step
         self.phase = phase
-        super().__init__(f"{what} is not finite at step {step} (phase: {phase}); "
-                         "no optimizer step was taken, the last good checkpoint is unchanged")
+        super().__init__(
+            f"{what} is not finite at step {step} (phase: {phase}); "
+            "no optimizer step was taken, the last good checkpoint is unchanged"
+        )
 
 
 class RunDirError(DartsError):
@@ -69,8 +71,11 @@ class RunDirLockedError(RunDirError):
 
     def __init__(self, path, holder: str = ""):
         who = f" ({holder})" if holder else ""
-        super().__init__(f"another dartsnas process is writing this directory{who}; wait for it to finish or "
-                         "stop it, or choose another directory", str(path))
+        super().__init__(
+            f"another dartsnas process is writing this directory{who}; wait for it to finish or "
+            "stop it, or choose another directory",
+            str(path),
+        )
 
 
 class TableError(DataError):

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,10 +37,19 @@ _CNN_DEFAULTS = {"cifar10": (36, 20, 10, 32), "imagenet": (48, 14, 1000, 224)}
 _IMAGE_SIZE = {"cifar10": 32, "imagenet": 224, "builtin": 16}
 
 
-def build_model(genotype: "AnyGenotype | str", dataset: str = "cifar10", *, init_channels: int | None = None,
-                layers: int | None = None, num_classes: int | None = None, auxiliary: bool = False,
-                drop_path_prob: float = 0.0, in_channels: int = 3, ntoken: int = 10000,
-                **rnn_settings: Any) -> nn.Module:
+def build_model(
+    genotype: AnyGenotype | str,
+    dataset: str = "cifar10",
+    *,
+    init_channels: int | None = None,
+    layers: int | None = None,
+    num_classes: int | None = None,
+    auxiliary: bool = False,
+    drop_path_prob: float = 0.0,
+    in_channels: int = 3,
+    ntoken: int = 10000,
+    **rnn_settings: Any,
+) -> nn.Module:
     """The evaluation network of ``genotype`` (a Genotype, or a name / file / text ``load_genotype`` reads).
 
     CNN genotypes: ``dataset`` ``"cifar10"`` (NetworkCIFAR, C=36, 20 cells, 10 classes) or ``"imagenet"``
@@ -65,8 +75,15 @@ def build_model(genotype: "AnyGenotype | str", dataset: str = "cifar10", *, init
     C, L, K, _ = _CNN_DEFAULTS.get(dataset, _CNN_DEFAULTS["cifar10"])
     cls = NetworkImageNet if dataset == "imagenet" else NetworkCIFAR
     try:
-        return cls(g, C=init_channels or C, num_classes=num_classes or K, layers=layers or L,
-                   auxiliary=auxiliary, drop_path_prob=drop_path_prob, in_channels=in_channels)
+        return cls(
+            g,
+            C=init_channels or C,
+            num_classes=num_classes or K,
+            layers=layers or L,
+            auxiliary=auxiliary,
+            drop_path_prob=drop_path_prob,
+            in_channels=in_channels,
+        )
     except ValueError as e:
         raise ConfigError(f"build_model: {e}") from None
 
@@ -85,8 +102,10 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], AnyGenotype]:
         raise RunDirError("is not a JSON object", str(path))
     kind = config.get("kind")
     if kind in ("cnn-search", "rnn-search", "search"):
-        raise RunDirError(f"is a {kind} run; train its cell first (dartsnas train --genotype {run_dir}) and "
-                          "load the training run", str(run_dir))
+        raise RunDirError(
+            f"is a {kind} run; train its cell first (dartsnas train --genotype {run_dir}) and load the training run",
+            str(run_dir),
+        )
     if kind not in ("cnn-train", "rnn-train"):
         raise RunDirError(f"unknown run kind {kind!r} in config.json (expected cnn-train or rnn-train)", str(path))
     return config, load_genotype(run_dir / "genotype.json", kind="rnn" if kind == "rnn-train" else "cnn")
@@ -117,8 +136,9 @@ def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") ->
             model = _cnn_from_config(genotype, config, state)
         model.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-        raise CheckpointError(f"weights do not fit the run's network ({type(e).__name__}: {str(e)[:200]})",
-                              str(path)) from None
+        raise CheckpointError(
+            f"weights do not fit the run's network ({type(e).__name__}: {str(e)[:200]})", str(path)
+        ) from None
     return model.to(map_location).eval()
 
 
@@ -129,17 +149,30 @@ def _cnn_from_config(g: AnyGenotype, config: dict[str, Any], state: dict[str, An
     stem = state["stem0.0.weight" if imagenet else "stem.0.weight"]
     cls = NetworkImageNet if imagenet else NetworkCIFAR
     # Classes and input channels are read from the weights, so the dataset need not be present.
-    return cls(g, C=int(config["init_channels"]), num_classes=int(state["classifier.weight"].shape[0]),
-               layers=int(config["layers"]), auxiliary=bool(config.get("auxiliary", False)),
-               drop_path_prob=0.0, in_channels=int(stem.shape[1]))
+    return cls(
+        g,
+        C=int(config["init_channels"]),
+        num_classes=int(state["classifier.weight"].shape[0]),
+        layers=int(config["layers"]),
+        auxiliary=bool(config.get("auxiliary", False)),
+        drop_path_prob=0.0,
+        in_channels=int(stem.shape[1]),
+    )
 
 
 def _rnn_from_config(g: AnyGenotype, config: dict[str, Any], ntoken: int) -> nn.Module:
     from .evalnet.rnn import RNNEvalModel
 
-    return RNNEvalModel(ntoken, g, n=int(config["nhid"]), dropout=float(config["dropout"]),
-                        dropouth=float(config["dropouth"]), dropoutx=float(config["dropoutx"]),
-                        dropouti=float(config["dropouti"]), dropoute=float(config["dropoute"]))
+    return RNNEvalModel(
+        ntoken,
+        g,
+        n=int(config["nhid"]),
+        dropout=float(config["dropout"]),
+        dropouth=float(config["dropouth"]),
+        dropoutx=float(config["dropoutx"]),
+        dropouti=float(config["dropouti"]),
+        dropoute=float(config["dropoute"]),
+    )
 
 
 class ImageClassifier(nn.Module):
@@ -165,8 +198,9 @@ class LanguageModel(nn.Module):
         return out.log_probs, out.hidden
 
 
-def example_inputs(run_dir: str | Path, model: nn.Module, batch_size: int = 2, seq_len: int = 1,
-                   image_size: int | None = None) -> tuple[torch.Tensor, ...]:
+def example_inputs(
+    run_dir: str | Path, model: nn.Module, batch_size: int = 2, seq_len: int = 1, image_size: int | None = None
+) -> tuple[torch.Tensor, ...]:
     """Inputs of the exported model's shape: images at the run's dataset resolution, or tokens and a hidden state."""
     config, _ = _read_run(Path(run_dir))
     gen = torch.Generator().manual_seed(0)
@@ -178,8 +212,9 @@ def example_inputs(run_dir: str | Path, model: nn.Module, batch_size: int = 2, s
     return (torch.randn(batch_size, channels, size, size, generator=gen),)
 
 
-def export_model(run_dir: str | Path, format: str, out: str | Path, seq_len: int = 1,
-                 image_size: int | None = None) -> Path:
+def export_model(
+    run_dir: str | Path, format: str, out: str | Path, seq_len: int = 1, image_size: int | None = None
+) -> Path:
     """Write a trained run's network to ``out`` as ``torchscript``, ``onnx`` or ``state_dict``; returns ``out``.
 
     TorchScript (``torch.jit.load(out)``) and ONNX (opset 18, a dynamic batch dimension) take the inputs
@@ -231,8 +266,9 @@ def _export_onnx(wrapped: nn.Module, inputs: tuple[torch.Tensor, ...], rnn: bool
         import onnx  # noqa: F401  - the optional extra: pip install "dartsnas[onnx]"
         import onnxscript  # noqa: F401
     except ImportError as e:
-        raise ConfigError(f"ONNX export needs the optional packages onnx and onnxscript "
-                          f"(pip install 'dartsnas[onnx]'): {e}") from None
+        raise ConfigError(
+            f"ONNX export needs the optional packages onnx and onnxscript (pip install 'dartsnas[onnx]'): {e}"
+        ) from None
     batch = torch.export.Dim("batch", min=1, max=4096)
     if rnn:
         names, outputs = ["tokens", "hidden"], ["log_probs", "next_hidden"]
@@ -242,8 +278,16 @@ def _export_onnx(wrapped: nn.Module, inputs: tuple[torch.Tensor, ...], rnn: bool
         shapes = ({0: batch},)
 
     def write(tmp: Path) -> None:
-        program = torch.onnx.export(wrapped, inputs, dynamo=True, input_names=names, output_names=outputs,
-                                    dynamic_shapes=shapes, opset_version=18, verbose=False)
+        program = torch.onnx.export(
+            wrapped,
+            inputs,
+            dynamo=True,
+            input_names=names,
+            output_names=outputs,
+            dynamic_shapes=shapes,
+            opset_version=18,
+            verbose=False,
+        )
         program.save(str(tmp), external_data=False)
 
     _save(write, out)

@@ -20,7 +20,7 @@ Conventions (both models):
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +30,10 @@ INIT_RANGE = 0.04
 
 
 class LMOutput(NamedTuple):
-    nll: Optional[torch.Tensor]        # scalar mean NLL, or None without targets
-    hidden: torch.Tensor               # (B, n), next hidden state, not detached
-    raw_output: torch.Tensor           # (T, B, n), cell outputs before the output dropout (for TAR)
-    log_probs: Optional[torch.Tensor]  # (T, B, ntoken), when targets is None or return_log_probs=True
+    nll: torch.Tensor | None  # scalar mean NLL, or None without targets
+    hidden: torch.Tensor  # (B, n), next hidden state, not detached
+    raw_output: torch.Tensor  # (T, B, n), cell outputs before the output dropout (for TAR)
+    log_probs: torch.Tensor | None  # (T, B, ntoken), when targets is None or return_log_probs=True
 
 
 def dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
@@ -85,8 +85,13 @@ class RNNLanguageModel(nn.Module):
     def run_cell(self, x: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cell(x, hidden)
 
-    def forward(self, tokens: torch.Tensor, hidden: Optional[torch.Tensor] = None,
-                targets: Optional[torch.Tensor] = None, return_log_probs: bool = False) -> LMOutput:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        return_log_probs: bool = False,
+    ) -> LMOutput:
         if hidden is None:
             hidden = self.init_hidden(tokens.size(1))
         weight = self.encoder.weight

@@ -23,9 +23,9 @@ import fcntl
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import RunDirError, RunDirLockedError
 

@@ -16,21 +16,34 @@ from .space.nb201 import EDGES as NB201_EDGES
 from .space.nb201 import NB201Genotype
 
 OP_COLOURS = {
-    "sep_conv_3x3": "#1f77b4", "sep_conv_5x5": "#17becf", "sep_conv_7x7": "#0b4f6c",
-    "dil_conv_3x3": "#2ca02c", "dil_conv_5x5": "#8fbc3f", "max_pool_3x3": "#d62728",
-    "avg_pool_3x3": "#ff7f0e", "skip_connect": "#7f7f7f", "conv_7x1_1x7": "#9467bd", "none": "#cccccc",
-    "nor_conv_3x3": "#1f77b4", "nor_conv_1x1": "#17becf",
-    "tanh": "#1f77b4", "relu": "#d62728", "sigmoid": "#2ca02c", "identity": "#7f7f7f",
+    "sep_conv_3x3": "#1f77b4",
+    "sep_conv_5x5": "#17becf",
+    "sep_conv_7x7": "#0b4f6c",
+    "dil_conv_3x3": "#2ca02c",
+    "dil_conv_5x5": "#8fbc3f",
+    "max_pool_3x3": "#d62728",
+    "avg_pool_3x3": "#ff7f0e",
+    "skip_connect": "#7f7f7f",
+    "conv_7x1_1x7": "#9467bd",
+    "none": "#cccccc",
+    "nor_conv_3x3": "#1f77b4",
+    "nor_conv_1x1": "#17becf",
+    "tanh": "#1f77b4",
+    "relu": "#d62728",
+    "sigmoid": "#2ca02c",
+    "identity": "#7f7f7f",
 }
 
 
 def _svg(width: float, height: float, body: list[str], title: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif">\n'
-            f"<title>{escape(title)}</title>\n"
-            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
-            'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#444"/></marker></defs>\n'
-            f'<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(body) + "\n</svg>\n")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif">\n'
+        f"<title>{escape(title)}</title>\n"
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#444"/></marker></defs>\n'
+        f'<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(body) + "\n</svg>\n"
+    )
 
 
 NODE_R = 24
@@ -98,20 +111,28 @@ def _dag(title: str, nodes: list[tuple[str, str, float, float]], edges: list[tup
     width = max(x_hi - x_lo, text_box(0, 0, title, 16)[2] * 1.1) + 2 * margin
     height = y_hi - y_lo + 2 * margin + title_h
     ox, oy = margin - x_lo + (width - 2 * margin - (x_hi - x_lo)) / 2, margin + title_h - y_lo
-    body = [f'<text x="{width / 2:.0f}" y="24" text-anchor="middle" font-size="16" font-weight="bold">'
-            f"{escape(title)}</text>"]
+    body = [
+        f'<text x="{width / 2:.0f}" y="24" text-anchor="middle" font-size="16" font-weight="bold">'
+        f"{escape(title)}</text>"
+    ]
     for sx_, sy_, cx, cy, ex, ey, colour in paths:
-        body.append(f'<path d="M {sx_ + ox:.1f} {sy_ + oy:.1f} Q {cx + ox:.1f} {cy + oy:.1f} {ex + ox:.1f} '
-                    f'{ey + oy:.1f}" fill="none" stroke="{colour}" stroke-width="2" marker-end="url(#arrow)"/>')
+        body.append(
+            f'<path d="M {sx_ + ox:.1f} {sy_ + oy:.1f} Q {cx + ox:.1f} {cy + oy:.1f} {ex + ox:.1f} '
+            f'{ey + oy:.1f}" fill="none" stroke="{colour}" stroke-width="2" marker-end="url(#arrow)"/>'
+        )
     for lx, ly, label, colour in labels:
-        body.append(f'<text x="{lx + ox:.1f}" y="{ly + oy:.1f}" text-anchor="middle" font-size="11" '
-                    f'fill="{colour}" stroke="white" stroke-width="3" paint-order="stroke">{escape(label)}</text>')
+        body.append(
+            f'<text x="{lx + ox:.1f}" y="{ly + oy:.1f}" text-anchor="middle" font-size="11" '
+            f'fill="{colour}" stroke="white" stroke-width="3" paint-order="stroke">{escape(label)}</text>'
+        )
     for nid, label, x, y in nodes:
         fill = "#dbe9f6" if nid.startswith("in") else ("#fde2b8" if nid == "out" else "#e6f2d9")
-        body.append(f'<circle cx="{x + ox:.1f}" cy="{y + oy:.1f}" r="{NODE_R}" fill="{fill}" stroke="#333" '
-                    'stroke-width="1.5"/>')
-        body.append(f'<text x="{x + ox:.1f}" y="{y + oy + 4:.1f}" text-anchor="middle" font-size="12">'
-                    f"{escape(label)}</text>")
+        body.append(
+            f'<circle cx="{x + ox:.1f}" cy="{y + oy:.1f}" r="{NODE_R}" fill="{fill}" stroke="#333" stroke-width="1.5"/>'
+        )
+        body.append(
+            f'<text x="{x + ox:.1f}" y="{y + oy + 4:.1f}" text-anchor="middle" font-size="12">{escape(label)}</text>'
+        )
     return _svg(math.ceil(width), math.ceil(height), body, title)
 
 
@@ -169,8 +190,14 @@ def save_cell_pictures(g: AnyGenotype, folder: str | Path) -> list[Path]:
     return out
 
 
-def curves_svg(history: Sequence[dict[str, Any]], series: Sequence[tuple[str, str]], title: str,
-               x_key: str = "epoch", width: int = 520, height: int = 300) -> str:
+def curves_svg(
+    history: Sequence[dict[str, Any]],
+    series: Sequence[tuple[str, str]],
+    title: str,
+    x_key: str = "epoch",
+    width: int = 520,
+    height: int = 300,
+) -> str:
     """Line chart of ``history[i][key]`` for each (key, label) in ``series`` against ``x_key``.
 
     Metrics records count epochs from 0; the axis counts them from 1 (epoch 1 is the first epoch), as every
@@ -179,11 +206,18 @@ def curves_svg(history: Sequence[dict[str, Any]], series: Sequence[tuple[str, st
     """
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
     shift = 1 if x_key == "epoch" else 0
-    pts = {key: [(r[x_key] + shift, r[key]) for r in history if isinstance(r.get(key), (int, float))
-                 and isinstance(r.get(x_key), (int, float)) and math.isfinite(r[key])] for key, _ in series}
+    pts = {
+        key: [
+            (r[x_key] + shift, r[key])
+            for r in history
+            if isinstance(r.get(key), (int, float)) and isinstance(r.get(x_key), (int, float)) and math.isfinite(r[key])
+        ]
+        for key, _ in series
+    }
     allp = [p for v in pts.values() for p in v]
-    body = [f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">'
-            f"{escape(title)}</text>"]
+    body = [
+        f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{escape(title)}</text>'
+    ]
     y_range = None
     if allp:
         ys = [p[1] for p in allp]
@@ -203,21 +237,28 @@ def curves_svg(history: Sequence[dict[str, Any]], series: Sequence[tuple[str, st
         if lx + w > right and lx > left:
             lx, legend_y = left, legend_y + 16
         colour = colours[c % len(colours)]
-        legend.append(f'<line x1="{lx}" x2="{lx + 16}" y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="{colour}" '
-                      f'stroke-width="2"/>')
+        legend.append(
+            f'<line x1="{lx}" x2="{lx + 16}" y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="{colour}" '
+            f'stroke-width="2"/>'
+        )
         legend.append(f'<text x="{lx + 22}" y="{legend_y}" font-size="11" fill="{colour}">{escape(label)}</text>')
         lx += w
     top, bottom = legend_y + 12, height - 40
     body += legend
-    body.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" '
-                'stroke="#999"/>')
+    body.append(
+        f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#999"/>'
+    )
     if allp and y_range:
         xs = [p[0] for p in allp]
         x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
         y0, y1 = y_range
 
-        def sx(v): return left + (v - x0) / (x1 - x0) * (right - left)
-        def sy(v): return bottom - (v - y0) / (y1 - y0) * (bottom - top)
+        def sx(v):
+            return left + (v - x0) / (x1 - x0) * (right - left)
+
+        def sy(v):
+            return bottom - (v - y0) / (y1 - y0) * (bottom - top)
+
         for v in y_ticks:
             body.append(f'<text x="{left - 4}" y="{sy(v) + 4:.1f}" text-anchor="end" font-size="10">{v:.3g}</text>')
             body.append(f'<line x1="{left}" x2="{right}" y1="{sy(v):.1f}" y2="{sy(v):.1f}" stroke="#eee"/>')
@@ -228,7 +269,7 @@ def curves_svg(history: Sequence[dict[str, Any]], series: Sequence[tuple[str, st
             ticks = [x0 + (x1 - x0) * t / 4 for t in range(5)]
         for v in ticks:
             body.append(f'<text x="{sx(v):.1f}" y="{bottom + 14}" text-anchor="middle" font-size="10">{v:.3g}</text>')
-        for c, (key, label) in enumerate(series):
+        for c, (key, _label) in enumerate(series):
             p = pts[key]
             if not p:
                 continue
@@ -237,20 +278,26 @@ def curves_svg(history: Sequence[dict[str, Any]], series: Sequence[tuple[str, st
             body.append(f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="2"/>')
             for a, b in p:
                 body.append(f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="2.5" fill="{colour}"/>')
-    body.append(f'<text x="{(left + right) / 2}" y="{bottom + 30}" text-anchor="middle" font-size="11">'
-                f"{escape(x_key)}</text>")
+    body.append(
+        f'<text x="{(left + right) / 2}" y="{bottom + 30}" text-anchor="middle" font-size="11">{escape(x_key)}</text>'
+    )
     return _svg(width, height, body, title)
 
 
-def heatmap_svg(matrix: Sequence[Sequence[float]], row_labels: Sequence[str], col_labels: Sequence[str],
-                title: str, cell: int = 22) -> str:
+def heatmap_svg(
+    matrix: Sequence[Sequence[float]], row_labels: Sequence[str], col_labels: Sequence[str], title: str, cell: int = 22
+) -> str:
     """A matrix of values in [0, 1] as coloured squares (e.g. softmax(alpha) of one cell type)."""
     left, top = 90, 40 + 7 * max((len(c) for c in col_labels), default=0)
     width, height = max(left + cell * len(col_labels) + 20, 260), top + cell * len(row_labels) + 24
-    body = [f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>']
+    body = [
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>'
+    ]
     for j, label in enumerate(col_labels):
         x = left + cell * j + cell / 2
-        body.append(f'<text x="{x}" y="{top - 6}" font-size="10" transform="rotate(-60 {x} {top - 6})">{escape(label)}</text>')
+        body.append(
+            f'<text x="{x}" y="{top - 6}" font-size="10" transform="rotate(-60 {x} {top - 6})">{escape(label)}</text>'
+        )
     # One colour scale for the whole matrix, from its smallest to its largest value, so that nearly uniform
     # alphas look nearly uniform and small differences are still visible; the range is printed below.
     values = [v for row in matrix for v in row]
@@ -258,12 +305,16 @@ def heatmap_svg(matrix: Sequence[Sequence[float]], row_labels: Sequence[str], co
     span = hi - lo if hi > lo else 1.0
     for i, (label, row) in enumerate(zip(row_labels, matrix)):
         y = top + cell * i
-        body.append(f'<text x="{left - 6}" y="{y + cell * 0.7}" text-anchor="end" font-size="10">{escape(label)}</text>')
+        body.append(
+            f'<text x="{left - 6}" y="{y + cell * 0.7}" text-anchor="end" font-size="10">{escape(label)}</text>'
+        )
         for j, v in enumerate(row):
             t = max(0.0, min(1.0, (v - lo) / span))
             r, g, b = int(255 - 200 * t), int(255 - 120 * t), int(255 - 40 * t)
-            body.append(f'<rect x="{left + cell * j}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
-                        f'fill="rgb({r},{g},{b})"><title>{escape(label)} / {escape(col_labels[j])}: {v:.4f}</title></rect>')
+            body.append(
+                f'<rect x="{left + cell * j}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
+                f'fill="rgb({r},{g},{b})"><title>{escape(label)} / {escape(col_labels[j])}: {v:.4f}</title></rect>'
+            )
     body.append(f'<text x="{left}" y="{height - 4}" font-size="10">colour: {lo:.4f} (white) to {hi:.4f} (blue)</text>')
     return _svg(width, height, body, title)
 
@@ -274,7 +325,9 @@ def cnn_edge_labels(num_nodes: int) -> list[str]:
     return [f"{i} ← {names.get(j, str(j - 2))}" for i in range(num_nodes) for j in range(i + 2)]
 
 
-def save_search_pictures(history: Sequence[dict[str, Any]], folder: str | Path, primitives: Sequence[str]) -> list[Path]:
+def save_search_pictures(
+    history: Sequence[dict[str, Any]], folder: str | Path, primitives: Sequence[str]
+) -> list[Path]:
     """``curves.svg`` (loss and accuracy per epoch) and ``alphas.svg`` (softmax(alpha) of the last epoch,
     normal and reduction side by side) for a CNN search run directory; reads the metrics records only."""
     from .checkpoint import atomic_write_text
@@ -283,8 +336,10 @@ def save_search_pictures(history: Sequence[dict[str, Any]], folder: str | Path, 
     if not history:
         return []
     out = []
-    charts = [curves_svg(history, [("train_loss", "train loss"), ("valid_loss", "valid loss")], "loss"),
-              curves_svg(history, [("train_acc", "train accuracy"), ("valid_acc", "valid accuracy")], "accuracy")]
+    charts = [
+        curves_svg(history, [("train_loss", "train loss"), ("valid_loss", "valid loss")], "loss"),
+        curves_svg(history, [("train_acc", "train accuracy"), ("valid_acc", "valid accuracy")], "accuracy"),
+    ]
     charts += diagnostic_charts(history)
     path = folder / "curves.svg"
     atomic_write_text(path, _side_by_side(charts, "search curves"))
@@ -293,8 +348,10 @@ def save_search_pictures(history: Sequence[dict[str, Any]], folder: str | Path, 
     if "alphas_normal" in last and "alphas_reduce" in last:
         num_nodes = len(last["genotype"]["normal"]) // 2 if "genotype" in last else 4
         rows = cnn_edge_labels(num_nodes)
-        maps = [heatmap_svg(last[key], rows, list(primitives), f"{name} cell, epoch {last['epoch'] + 1}")
-                for key, name in (("alphas_normal", "normal"), ("alphas_reduce", "reduction"))]
+        maps = [
+            heatmap_svg(last[key], rows, list(primitives), f"{name} cell, epoch {last['epoch'] + 1}")
+            for key, name in (("alphas_normal", "normal"), ("alphas_reduce", "reduction"))
+        ]
         path = folder / "alphas.svg"
         atomic_write_text(path, _side_by_side(maps, "softmax(alpha)"))
         out.append(path)
@@ -302,8 +359,9 @@ def save_search_pictures(history: Sequence[dict[str, Any]], folder: str | Path, 
         from .space.nb201 import edge_labels
 
         path = folder / "alphas.svg"
-        atomic_write_text(path, heatmap_svg(last["alphas"], edge_labels(), list(primitives),
-                                            f"NB201 cell, epoch {last['epoch'] + 1}"))
+        atomic_write_text(
+            path, heatmap_svg(last["alphas"], edge_labels(), list(primitives), f"NB201 cell, epoch {last['epoch'] + 1}")
+        )
         out.append(path)
     return out
 
@@ -314,13 +372,25 @@ def diagnostic_charts(history: Sequence[dict[str, Any]]) -> list[str]:
     charts = []
     if any("hessian_eig" in r for r in history):
         charts.append(curves_svg(history, [("hessian_eig", "λ_max (α Hessian)")], "dominant eigenvalue"))
-    counts = [(k, label) for k, label in (("skip_count", "skip"), ("none_count", "none"),
-                                          ("param_free_count", "parameter-free")) if any(k in r for r in history)]
+    counts = [
+        (k, label)
+        for k, label in (("skip_count", "skip"), ("none_count", "none"), ("param_free_count", "parameter-free"))
+        if any(k in r for r in history)
+    ]
     if counts:
         charts.append(curves_svg(history, counts, "cell: operation counts"))
     if any("table_cifar10" in r for r in history):
-        charts.append(curves_svg(history, [("table_cifar10", "CIFAR-10"), ("table_cifar100", "CIFAR-100"),
-                                           ("table_imagenet16", "ImageNet16-120")], "NB201 table test accuracy (%)"))
+        charts.append(
+            curves_svg(
+                history,
+                [
+                    ("table_cifar10", "CIFAR-10"),
+                    ("table_cifar100", "CIFAR-100"),
+                    ("table_imagenet16", "ImageNet16-120"),
+                ],
+                "NB201 table test accuracy (%)",
+            )
+        )
     return charts
 
 
@@ -332,9 +402,11 @@ def _side_by_side(svgs: Sequence[str], title: str) -> str:
     for svg in svgs:
         m = re.search(r'width="([0-9.]+)" height="([0-9.]+)"', svg)
         w, h = (float(m.group(1)), float(m.group(2))) if m else (500.0, 300.0)
-        inner = svg[svg.index("<svg"):]
+        inner = svg[svg.index("<svg") :]
         parts.append(inner.replace("<svg ", f'<svg x="{x:.0f}" y="0" ', 1))
         x += w + 10
         height = max(height, h)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{x:.0f}" height="{height:.0f}" '
-            f'viewBox="0 0 {x:.0f} {height:.0f}"><title>{escape(title)}</title>\n' + "\n".join(parts) + "\n</svg>\n")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{x:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {x:.0f} {height:.0f}"><title>{escape(title)}</title>\n' + "\n".join(parts) + "\n</svg>\n"
+    )

@@ -14,9 +14,10 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .plot import cnn_cell_svg, curves_svg, heatmap_svg, rnn_cell_svg
 from .protocol import Experiment, summarize
@@ -25,32 +26,113 @@ from .space.ops import PRIMITIVES
 
 # One unit per column (issue 12 item 5): the cost measured on GPUs and on CPUs are separate columns, in the
 # Markdown as in the CSV (search_cost_gpu_days, search_cost_cpu_days); the paper's rows are GPU-days.
-COLUMNS = ["architecture", "test error (%)", "params (M)", "search cost (GPU-days)", "search cost (CPU-days)",
-           "#ops", "search method"]
-RNN_COLUMNS = ["architecture", "perplexity valid", "perplexity test", "params (M)", "search cost (GPU-days)",
-               "search cost (CPU-days)", "#ops", "search method"]
-CSV_FIELDS = ["space", "architecture", "metric", "mean", "std", "runs", "valid_ppl", "params_m",
-              "search_cost_gpu_days", "search_cost_cpu_days", "num_ops", "search_method", "chosen_run",
-              "selection_metric", "selection_score", "failed_runs", "source", "experiment"]
+COLUMNS = [
+    "architecture",
+    "test error (%)",
+    "params (M)",
+    "search cost (GPU-days)",
+    "search cost (CPU-days)",
+    "#ops",
+    "search method",
+]
+RNN_COLUMNS = [
+    "architecture",
+    "perplexity valid",
+    "perplexity test",
+    "params (M)",
+    "search cost (GPU-days)",
+    "search cost (CPU-days)",
+    "#ops",
+    "search method",
+]
+CSV_FIELDS = [
+    "space",
+    "architecture",
+    "metric",
+    "mean",
+    "std",
+    "runs",
+    "valid_ppl",
+    "params_m",
+    "search_cost_gpu_days",
+    "search_cost_cpu_days",
+    "num_ops",
+    "search_method",
+    "chosen_run",
+    "selection_metric",
+    "selection_score",
+    "failed_runs",
+    "source",
+    "experiment",
+]
 
 # Spec §10 [PAPER] rows, for --paper.
 PAPER_ROWS = [
-    {"space": "cnn", "architecture": "DARTS (first order) + cutout [paper]", "mean": 3.00, "std": 0.14,
-     "params_m": 3.3, "search_cost_gpu_days": 1.5, "num_ops": 7, "search_method": "gradient-based"},
-    {"space": "cnn", "architecture": "DARTS (second order) + cutout [paper]", "mean": 2.76, "std": 0.09,
-     "params_m": 3.3, "search_cost_gpu_days": 4, "num_ops": 7, "search_method": "gradient-based"},
-    {"space": "cnn", "architecture": "Random search baseline + cutout [paper]", "mean": 3.29, "std": 0.15,
-     "params_m": 3.2, "search_cost_gpu_days": 4, "num_ops": 7, "search_method": "random"},
-    {"space": "rnn", "architecture": "DARTS (first order) [paper]", "valid_ppl": 60.2, "mean": 57.6,
-     "params_m": 23, "search_cost_gpu_days": 0.5, "num_ops": 4, "search_method": "gradient-based"},
-    {"space": "rnn", "architecture": "DARTS (second order) [paper]", "valid_ppl": 58.1, "mean": 55.7,
-     "params_m": 23, "search_cost_gpu_days": 1, "num_ops": 4, "search_method": "gradient-based"},
-    {"space": "rnn", "architecture": "Random search baseline [paper]", "valid_ppl": 61.8, "mean": 59.4,
-     "params_m": 23, "search_cost_gpu_days": 2, "num_ops": 4, "search_method": "random"},
+    {
+        "space": "cnn",
+        "architecture": "DARTS (first order) + cutout [paper]",
+        "mean": 3.00,
+        "std": 0.14,
+        "params_m": 3.3,
+        "search_cost_gpu_days": 1.5,
+        "num_ops": 7,
+        "search_method": "gradient-based",
+    },
+    {
+        "space": "cnn",
+        "architecture": "DARTS (second order) + cutout [paper]",
+        "mean": 2.76,
+        "std": 0.09,
+        "params_m": 3.3,
+        "search_cost_gpu_days": 4,
+        "num_ops": 7,
+        "search_method": "gradient-based",
+    },
+    {
+        "space": "cnn",
+        "architecture": "Random search baseline + cutout [paper]",
+        "mean": 3.29,
+        "std": 0.15,
+        "params_m": 3.2,
+        "search_cost_gpu_days": 4,
+        "num_ops": 7,
+        "search_method": "random",
+    },
+    {
+        "space": "rnn",
+        "architecture": "DARTS (first order) [paper]",
+        "valid_ppl": 60.2,
+        "mean": 57.6,
+        "params_m": 23,
+        "search_cost_gpu_days": 0.5,
+        "num_ops": 4,
+        "search_method": "gradient-based",
+    },
+    {
+        "space": "rnn",
+        "architecture": "DARTS (second order) [paper]",
+        "valid_ppl": 58.1,
+        "mean": 55.7,
+        "params_m": 23,
+        "search_cost_gpu_days": 1,
+        "num_ops": 4,
+        "search_method": "gradient-based",
+    },
+    {
+        "space": "rnn",
+        "architecture": "Random search baseline [paper]",
+        "valid_ppl": 61.8,
+        "mean": 59.4,
+        "params_m": 23,
+        "search_cost_gpu_days": 2,
+        "num_ops": 4,
+        "search_method": "random",
+    },
 ]
 
 
 # ============================================================================================ table
+
 
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
@@ -86,18 +168,24 @@ def table_rows(summaries: Sequence[dict[str, Any]], include_paper: bool = False)
         params = fin.get("params") or chosen.get("params")
         n = fin.get("n") or 0
         row = {
-            "space": s.get("space"), "architecture": _architecture(s),
+            "space": s.get("space"),
+            "architecture": _architecture(s),
             "metric": fin.get("metric") or ("test_ppl" if s.get("space") == "rnn" else "test_error_percent"),
-            "mean": _num(fin.get("mean")) if n else None, "std": _num(fin.get("std")) if n else None, "runs": n,
+            "mean": _num(fin.get("mean")) if n else None,
+            "std": _num(fin.get("std")) if n else None,
+            "runs": n,
             "valid_ppl": _num(fin.get("valid_mean")) if n else None,
             "params_m": params / 1e6 if isinstance(params, (int, float)) else None,
             "search_cost_gpu_days": s.get("search_cost_gpu_days", 0.0),
             "search_cost_cpu_days": s.get("search_cost_cpu_days", 0.0),
             "num_ops": s.get("num_ops"),
             "search_method": {"darts": "gradient-based", "random": "random"}.get(s.get("method"), s.get("method")),
-            "chosen_run": chosen.get("run"), "selection_metric": chosen.get("metric"),
-            "selection_score": chosen.get("score"), "failed_runs": " ".join(s.get("failed", [])),
-            "source": "measured", "experiment": s.get("experiment"),
+            "chosen_run": chosen.get("run"),
+            "selection_metric": chosen.get("metric"),
+            "selection_score": chosen.get("score"),
+            "failed_runs": " ".join(s.get("failed", [])),
+            "source": "measured",
+            "experiment": s.get("experiment"),
         }
         if s.get("kind") == "final":
             row["search_method"] = "—"
@@ -105,8 +193,16 @@ def table_rows(summaries: Sequence[dict[str, Any]], include_paper: bool = False)
         rows.append(row)
     if include_paper:
         spaces = {r["space"] for r in rows} or {"cnn"}
-        rows += [{**r, "source": "paper", "runs": None, "metric": "test_ppl" if r["space"] == "rnn"
-                  else "test_error_percent"} for r in PAPER_ROWS if r["space"] in spaces]
+        rows += [
+            {
+                **r,
+                "source": "paper",
+                "runs": None,
+                "metric": "test_ppl" if r["space"] == "rnn" else "test_error_percent",
+            }
+            for r in PAPER_ROWS
+            if r["space"] in spaces
+        ]
     return rows
 
 
@@ -132,14 +228,23 @@ def _cost(r: dict[str, Any], key: str) -> str:
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
-    params = "—" if r.get("params_m") is None else (f"{r['params_m']:.2f}" if r["params_m"] >= 0.1
-                                                    else f"{r['params_m']:.4f}")
+    params = (
+        "—"
+        if r.get("params_m") is None
+        else (f"{r['params_m']:.2f}" if r["params_m"] >= 0.1 else f"{r['params_m']:.4f}")
+    )
     cost = [_cost(r, "search_cost_gpu_days"), _cost(r, "search_cost_cpu_days")]
     if r["space"] == "rnn":
-        return [r["architecture"], _fmt(r.get("valid_ppl"), 1), _mean_std(r), params, *cost,
-                str(r.get("num_ops", "—")), r.get("search_method") or "—"]
-    return [r["architecture"], _mean_std(r), params, *cost, str(r.get("num_ops", "—")),
-            r.get("search_method") or "—"]
+        return [
+            r["architecture"],
+            _fmt(r.get("valid_ppl"), 1),
+            _mean_std(r),
+            params,
+            *cost,
+            str(r.get("num_ops", "—")),
+            r.get("search_method") or "—",
+        ]
+    return [r["architecture"], _mean_std(r), params, *cost, str(r.get("num_ops", "—")), r.get("search_method") or "—"]
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -167,6 +272,7 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 # ============================================================================================ HTML
+
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
@@ -215,7 +321,7 @@ def alpha_heatmaps(history: list[dict[str, Any]], space: str) -> list[tuple[str,
             else:
                 n = next(k for k in range(1, 64) if k * (k + 1) // 2 >= len(m))
                 rows, cols = _edge_labels_rnn(n), list(RNN_PRIMITIVES)
-            svgs.append(heatmap_svg(m, rows[:len(m)], cols, f"{label} α, epoch {rec['epoch'] + 1}", cell=16))
+            svgs.append(heatmap_svg(m, rows[: len(m)], cols, f"{label} α, epoch {rec['epoch'] + 1}", cell=16))
         if svgs:
             out.append((label, svgs))
     return out
@@ -227,8 +333,10 @@ def _cell_svgs(gdict: Any) -> list[str]:
     except Exception:
         return []
     if isinstance(g, Genotype):
-        return [cnn_cell_svg(g.normal, g.normal_concat, "normal cell"),
-                cnn_cell_svg(g.reduce, g.reduce_concat, "reduction cell")]
+        return [
+            cnn_cell_svg(g.normal, g.normal_concat, "normal cell"),
+            cnn_cell_svg(g.reduce, g.reduce_concat, "reduction cell"),
+        ]
     if isinstance(g, RNNGenotype):
         return [rnn_cell_svg(g, "recurrent cell")]
     return []
@@ -266,28 +374,37 @@ def _strip_xml(svg: str) -> str:
 def _experiment_section(summary: dict[str, Any], k: int) -> str:
     exp = Experiment(summary["experiment"])
     space = summary.get("space", "cnn")
-    parts = [f'<section class="experiment" id="exp{k}"><h2>{escape(_architecture(summary))} — '
-             f'<code>{escape(str(exp.path))}</code></h2>']
+    parts = [
+        f'<section class="experiment" id="exp{k}"><h2>{escape(_architecture(summary))} — '
+        f"<code>{escape(str(exp.path))}</code></h2>"
+    ]
     cost = summary.get("cost", {})
-    cost_line = "; ".join(f"{stage}: {v.get('gpu_hours', 0):.3g} GPU-h, {v.get('cpu_hours', 0):.3g} CPU-h"
-                          for stage, v in cost.items())
-    parts.append(f"<p>kind <b>{escape(str(summary.get('kind')))}</b>, space <b>{escape(space)}</b>, "
-                 f"cost (measured): {escape(cost_line)}</p>")
+    cost_line = "; ".join(
+        f"{stage}: {v.get('gpu_hours', 0):.3g} GPU-h, {v.get('cpu_hours', 0):.3g} CPU-h" for stage, v in cost.items()
+    )
+    parts.append(
+        f"<p>kind <b>{escape(str(summary.get('kind')))}</b>, space <b>{escape(space)}</b>, "
+        f"cost (measured): {escape(cost_line)}</p>"
+    )
     # Runs table
-    parts.append('<table class="runs"><thead><tr><th>run</th><th>status</th><th>score</th><th>hours</th>'
-                 '<th>device</th><th>error</th></tr></thead><tbody>')
+    parts.append(
+        '<table class="runs"><thead><tr><th>run</th><th>status</th><th>score</th><th>hours</th>'
+        "<th>device</th><th>error</th></tr></thead><tbody>"
+    )
     for r in summary.get("runs", []):
         score = r.get("score")
         if score is None:
             score = r.get("test_error_percent") if space == "cnn" else r.get("test_ppl")
         chosen = (summary.get("chosen") or {}).get("run") == r.get("name")
-        parts.append(f'<tr class="{escape(str(r.get("status")))}{" chosen" if chosen else ""}">'
-                     f"<td>{escape(str(r.get('name')))}{' ★' if chosen else ''}</td>"
-                     f"<td>{escape(str(r.get('status')))}</td>"
-                     f"<td>{'' if score is None else escape(f'{score:.4g}')}</td>"
-                     f"<td>{'' if r.get('hours') is None else escape(format(r['hours'], '.3g'))}</td>"
-                     f"<td>{escape(str(r.get('device') or ''))}</td>"
-                     f"<td>{escape(str(r.get('error') or ''))}</td></tr>")
+        parts.append(
+            f'<tr class="{escape(str(r.get("status")))}{" chosen" if chosen else ""}">'
+            f"<td>{escape(str(r.get('name')))}{' ★' if chosen else ''}</td>"
+            f"<td>{escape(str(r.get('status')))}</td>"
+            f"<td>{'' if score is None else escape(f'{score:.4g}')}</td>"
+            f"<td>{'' if r.get('hours') is None else escape(format(r['hours'], '.3g'))}</td>"
+            f"<td>{escape(str(r.get('device') or ''))}</td>"
+            f"<td>{escape(str(r.get('error') or ''))}</td></tr>"
+        )
     parts.append("</tbody></table>")
     # Cells
     chosen = summary.get("chosen") or {}
@@ -309,16 +426,21 @@ def _experiment_section(summary: dict[str, Any], k: int) -> str:
                 parts += [_figure(svg, f"{label} α") for svg in svgs]
                 parts.append("</div>")
         parts.append("<h3>search curves</h3><div class='row'>")
-        keys = ([("valid_acc", "search: validation accuracy"), ("train_loss", "search: training loss")]
-                if space == "cnn" else [("valid_ppl", "search: validation perplexity"),
-                                        ("train_ppl", "search: training perplexity")])
+        keys = (
+            [("valid_acc", "search: validation accuracy"), ("train_loss", "search: training loss")]
+            if space == "cnn"
+            else [("valid_ppl", "search: validation perplexity"), ("train_ppl", "search: training perplexity")]
+        )
         for key, title in keys:
             svg = _curve(searches, key, title)
             if svg:
                 parts.append(_figure(svg, title))
         parts.append("</div>")
-    for stage, title in (("select", "selection trainings (scored on held-out training data)"),
-                         ("random", "random cells' selection trainings"), ("final", "final trainings")):
+    for stage, title in (
+        ("select", "selection trainings (scored on held-out training data)"),
+        ("random", "random cells' selection trainings"),
+        ("final", "final trainings"),
+    ):
         hists = {r["name"]: _metrics(exp.run_dir(r["name"])) for r in runs if r.get("stage") == stage}
         hists = {k: v for k, v in hists.items() if v}
         if not hists:
@@ -369,30 +491,44 @@ window.addEventListener('load', function () {
 
 
 def html_page(rows: Sequence[dict[str, Any]], summaries: Sequence[dict[str, Any]], title: str) -> str:
-    head = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>")
+    head = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>"
+    )
     body = [f"<h1>{escape(title)}</h1>"]
     for space, cols, name in (("cnn", COLUMNS, "CIFAR-10 (Table 1)"), ("rnn", RNN_COLUMNS, "PTB (Table 2)")):
         part = [r for r in rows if r["space"] == space]
         if not part:
             continue
         body.append(f"<h2>{escape(name)}</h2>")
-        body.append(f'<table class="results" id="table-{space}"><thead><tr>'
-                    + "".join(f"<th>{escape(c)}</th>" for c in cols) + "</tr></thead><tbody>")
+        body.append(
+            f'<table class="results" id="table-{space}"><thead><tr>'
+            + "".join(f"<th>{escape(c)}</th>" for c in cols)
+            + "</tr></thead><tbody>"
+        )
         for r in part:
-            body.append(f'<tr class="{escape(r.get("source", ""))}">'
-                        + "".join(f"<td>{escape(c)}</td>" for c in _cells(r)) + "</tr>")
+            body.append(
+                f'<tr class="{escape(r.get("source", ""))}">'
+                + "".join(f"<td>{escape(c)}</td>" for c in _cells(r))
+                + "</tr>"
+            )
         body.append("</tbody></table>")
-    body.append("<p>Search cost counts the searches only (the random baseline: its cells' trainings), as in the "
-                "paper; measured hours of the machine that ran them, GPU-days (runs on a GPU) and CPU-days (runs on a "
-                "CPU) in separate columns. Epochs count from 1.</p>")
+    body.append(
+        "<p>Search cost counts the searches only (the random baseline: its cells' trainings), as in the "
+        "paper; measured hours of the machine that ran them, GPU-days (runs on a GPU) and CPU-days (runs on a "
+        "CPU) in separate columns. Epochs count from 1.</p>"
+    )
     for k, s in enumerate(summaries):
         body.append(_experiment_section(s, k))
     return head + "\n".join(body) + "\n</body></html>\n"
 
 
-def write_report(experiments: Sequence[str | Path], out_dir: str | Path, include_paper: bool = False,
-                 title: str = "DARTS reproduction") -> dict[str, Any]:
+def write_report(
+    experiments: Sequence[str | Path],
+    out_dir: str | Path,
+    include_paper: bool = False,
+    title: str = "DARTS reproduction",
+) -> dict[str, Any]:
     """Write report.md, report.csv and report.html into ``out_dir``; return their paths and the Markdown."""
     from .checkpoint import atomic_write_text
     from .protocol.compare import is_compare

@@ -20,37 +20,125 @@ from .plot import cnn_cell_svg, curves_svg, nb201_cell_svg
 
 # ROBUST-SPEC §1.8: published NB201 results, test accuracy %, searched on CIFAR-10 (mean, std; None = not given).
 PUBLISHED_NB201 = [
-    {"method": "DARTS-V1 / V2 (NB201 paper)", "cifar10": (54.30, 0.00), "cifar100": (15.61, 0.00),
-     "imagenet16_120": (16.32, 0.00), "note": "row 1835, the all-skip cell"},
-    {"method": "DARTS (as quoted by DrNAS)", "cifar10": (54.30, 0.00), "cifar100": (38.97, 0.00),
-     "imagenet16_120": (18.41, 0.00), "note": "C100 / IN16 = row 2299"},
-    {"method": "GDAS", "cifar10": (93.61, 0.09), "cifar100": (70.70, 0.30), "imagenet16_120": (41.71, 0.98),
-     "note": ""},
-    {"method": "PC-DARTS (quoted by DrNAS)", "cifar10": (93.41, 0.30), "cifar100": (67.48, 0.89),
-     "imagenet16_120": (41.31, 0.22), "note": "not in the PC-DARTS paper"},
-    {"method": "DrNAS", "cifar10": (94.36, 0.00), "cifar100": (73.51, 0.00), "imagenet16_120": (46.34, 0.00),
-     "note": "row 9930"},
-    {"method": "β-DARTS", "cifar10": (94.36, 0.00), "cifar100": (73.51, 0.00), "imagenet16_120": (46.34, 0.00),
-     "note": "row 9930"},
-    {"method": "DARTS-", "cifar10": (93.80, 0.40), "cifar100": (71.53, 1.51), "imagenet16_120": (45.12, 0.82),
-     "note": ""},
-    {"method": "DARTS+PT", "cifar10": (88.11, None), "cifar100": None, "imagenet16_120": None,
-     "note": "CIFAR-10 only (error 11.89); C100 / IN16 curves only"},
-    {"method": "blank+PT (α fixed at 0, then PT)", "cifar10": (93.80, None), "cifar100": None,
-     "imagenet16_120": None, "note": "CIFAR-10 only (error 6.20)"},
-    {"method": "optimum (best cell in the table)", "cifar10": (94.37, None), "cifar100": (73.51, None),
-     "imagenet16_120": (47.31, None), "note": "per dataset"},
+    {
+        "method": "DARTS-V1 / V2 (NB201 paper)",
+        "cifar10": (54.30, 0.00),
+        "cifar100": (15.61, 0.00),
+        "imagenet16_120": (16.32, 0.00),
+        "note": "row 1835, the all-skip cell",
+    },
+    {
+        "method": "DARTS (as quoted by DrNAS)",
+        "cifar10": (54.30, 0.00),
+        "cifar100": (38.97, 0.00),
+        "imagenet16_120": (18.41, 0.00),
+        "note": "C100 / IN16 = row 2299",
+    },
+    {
+        "method": "GDAS",
+        "cifar10": (93.61, 0.09),
+        "cifar100": (70.70, 0.30),
+        "imagenet16_120": (41.71, 0.98),
+        "note": "",
+    },
+    {
+        "method": "PC-DARTS (quoted by DrNAS)",
+        "cifar10": (93.41, 0.30),
+        "cifar100": (67.48, 0.89),
+        "imagenet16_120": (41.31, 0.22),
+        "note": "not in the PC-DARTS paper",
+    },
+    {
+        "method": "DrNAS",
+        "cifar10": (94.36, 0.00),
+        "cifar100": (73.51, 0.00),
+        "imagenet16_120": (46.34, 0.00),
+        "note": "row 9930",
+    },
+    {
+        "method": "β-DARTS",
+        "cifar10": (94.36, 0.00),
+        "cifar100": (73.51, 0.00),
+        "imagenet16_120": (46.34, 0.00),
+        "note": "row 9930",
+    },
+    {
+        "method": "DARTS-",
+        "cifar10": (93.80, 0.40),
+        "cifar100": (71.53, 1.51),
+        "imagenet16_120": (45.12, 0.82),
+        "note": "",
+    },
+    {
+        "method": "DARTS+PT",
+        "cifar10": (88.11, None),
+        "cifar100": None,
+        "imagenet16_120": None,
+        "note": "CIFAR-10 only (error 11.89); C100 / IN16 curves only",
+    },
+    {
+        "method": "blank+PT (α fixed at 0, then PT)",
+        "cifar10": (93.80, None),
+        "cifar100": None,
+        "imagenet16_120": None,
+        "note": "CIFAR-10 only (error 6.20)",
+    },
+    {
+        "method": "optimum (best cell in the table)",
+        "cifar10": (94.37, None),
+        "cifar100": (73.51, None),
+        "imagenet16_120": (47.31, None),
+        "note": "per dataset",
+    },
 ]
 
-NB201_COLUMNS = ["method", "CIFAR-10 (%)", "CIFAR-100 (%)", "ImageNet16-120 (%)", "seeds", "final cells",
-                 "search cost per run", "peak memory", "source"]
-DARTS_COLUMNS = ["method", "seeds", "final cells (normal / reduce)", "params (M), C=36, 20 cells", "test error (%)",
-                 "search cost per run", "peak memory", "source"]
-CSV_FIELDS = ["space", "method", "source", "seeds_done", "seeds_run", "cifar10_mean", "cifar10_std",
-              "cifar100_mean", "cifar100_std", "imagenet16_120_mean", "imagenet16_120_std", "params_mean",
-              "params_std", "test_error_mean", "test_error_std", "test_error_runs", "gpu_hours_mean", "cpu_hours_mean",
-              "peak_memory_bytes", "peak_memory_source",
-              "failed_runs", "cells", "note", "experiment"]
+NB201_COLUMNS = [
+    "method",
+    "CIFAR-10 (%)",
+    "CIFAR-100 (%)",
+    "ImageNet16-120 (%)",
+    "seeds",
+    "final cells",
+    "search cost per run",
+    "peak memory",
+    "source",
+]
+DARTS_COLUMNS = [
+    "method",
+    "seeds",
+    "final cells (normal / reduce)",
+    "params (M), C=36, 20 cells",
+    "test error (%)",
+    "search cost per run",
+    "peak memory",
+    "source",
+]
+CSV_FIELDS = [
+    "space",
+    "method",
+    "source",
+    "seeds_done",
+    "seeds_run",
+    "cifar10_mean",
+    "cifar10_std",
+    "cifar100_mean",
+    "cifar100_std",
+    "imagenet16_120_mean",
+    "imagenet16_120_std",
+    "params_mean",
+    "params_std",
+    "test_error_mean",
+    "test_error_std",
+    "test_error_runs",
+    "gpu_hours_mean",
+    "cpu_hours_mean",
+    "peak_memory_bytes",
+    "peak_memory_source",
+    "failed_runs",
+    "cells",
+    "note",
+    "experiment",
+]
 _ACC = ("cifar10", "cifar100", "imagenet16_120")
 
 
@@ -97,19 +185,27 @@ def method_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     space = summary.get("space")
     for m in summary.get("methods", []):
-        row = {"space": space, "method": m["method"], "source": "measured", "stats": m,
-               "seeds_done": m["n"], "seeds_run": m["runs"], "failed_runs": ";".join(m.get("failed") or []),
-               "gpu_hours_mean": (m.get("gpu_hours") or {}).get("mean"),
-               "cpu_hours_mean": (m.get("cpu_hours") or {}).get("mean"),
-               "peak_memory_bytes": m.get("peak_memory_bytes"),
-               "peak_memory_source": ";".join(m.get("peak_memory_source") or []),
-               "experiment": summary.get("experiment")}
+        row = {
+            "space": space,
+            "method": m["method"],
+            "source": "measured",
+            "stats": m,
+            "seeds_done": m["n"],
+            "seeds_run": m["runs"],
+            "failed_runs": ";".join(m.get("failed") or []),
+            "gpu_hours_mean": (m.get("gpu_hours") or {}).get("mean"),
+            "cpu_hours_mean": (m.get("cpu_hours") or {}).get("mean"),
+            "peak_memory_bytes": m.get("peak_memory_bytes"),
+            "peak_memory_source": ";".join(m.get("peak_memory_source") or []),
+            "experiment": summary.get("experiment"),
+        }
         if space == "nb201":
             for k in _ACC:
                 row[f"{k}_mean"] = (m.get(k) or {}).get("mean")
                 row[f"{k}_std"] = (m.get(k) or {}).get("std")
-            row["cells"] = ";".join(f"seed {c['seed']}: row {c.get('table_row')} {c.get('arch_str')}"
-                                    for c in m.get("cells", []))
+            row["cells"] = ";".join(
+                f"seed {c['seed']}: row {c.get('table_row')} {c.get('arch_str')}" for c in m.get("cells", [])
+            )
         else:
             row["params_mean"] = (m.get("params") or {}).get("mean")
             row["params_std"] = (m.get("params") or {}).get("std")
@@ -120,10 +216,16 @@ def method_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(row)
     rb = summary.get("random")
     if space == "nb201" and rb:
-        row = {"space": space, "method": f"random cell (mean of {rb['samples']} table look-ups)",
-               "source": "table look-up", "seeds_done": rb["seeds"], "seeds_run": rb["seeds"],
-               "note": "no training, zero cost; no selection (the table has test accuracies only)",
-               "experiment": summary.get("experiment"), "stats": rb}
+        row = {
+            "space": space,
+            "method": f"random cell (mean of {rb['samples']} table look-ups)",
+            "source": "table look-up",
+            "seeds_done": rb["seeds"],
+            "seeds_run": rb["seeds"],
+            "note": "no training, zero cost; no selection (the table has test accuracies only)",
+            "experiment": summary.get("experiment"),
+            "stats": rb,
+        }
         for k in _ACC:
             row[f"{k}_mean"] = (rb.get(k) or {}).get("mean")
             row[f"{k}_std"] = (rb.get(k) or {}).get("std")
@@ -148,18 +250,26 @@ def _cells(r: dict[str, Any], space: str) -> list[str]:
     m = r.get("stats") if r["source"] == "measured" else None
     if space == "nb201":
         if r["source"] == "measured":
-            cells = "<br>".join(f"s{c['seed']}: {c.get('arch_str')} (row {c.get('table_row')})"
-                                for c in m.get("cells", [])) or "—"
-            return [r["method"], *(_acc_cell(r, k) for k in _ACC), _seeds(m), cells, _cost(m), _memory(m),
-                    "measured"]
+            cells = (
+                "<br>".join(f"s{c['seed']}: {c.get('arch_str')} (row {c.get('table_row')})" for c in m.get("cells", []))
+                or "—"
+            )
+            return [r["method"], *(_acc_cell(r, k) for k in _ACC), _seeds(m), cells, _cost(m), _memory(m), "measured"]
         seeds = f"{r['seeds_done']}" if r["source"] == "table look-up" else "—"
         cost = "0 (no training)" if r["source"] == "table look-up" else "—"
         note = r["source"] + (f": {r['note']}" if r.get("note") else "")
         return [r["method"], *(_acc_cell(r, k) for k in _ACC), seeds, "—", cost, "—", note]
     params = m.get("params")
-    return [r["method"], _seeds(m), "<br>".join(f"s{c['seed']}: {_cnn_cell(c.get('genotype'))}"
-                                               for c in m.get("cells", [])) or "—",
-            _pm(params, 2, 1e-6), _test_error(m), _cost(m), _memory(m), "measured"]
+    return [
+        r["method"],
+        _seeds(m),
+        "<br>".join(f"s{c['seed']}: {_cnn_cell(c.get('genotype'))}" for c in m.get("cells", [])) or "—",
+        _pm(params, 2, 1e-6),
+        _test_error(m),
+        _cost(m),
+        _memory(m),
+        "measured",
+    ]
 
 
 def _test_error(m: dict[str, Any]) -> str:
@@ -173,10 +283,17 @@ def _test_error(m: dict[str, Any]) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     space = summary.get("space")
     cols = NB201_COLUMNS if space == "nb201" else DARTS_COLUMNS
-    title = ("NAS-Bench-201, table test accuracy of the final cells (mean ± std over seeds)" if space == "nb201"
-             else f"DARTS space ({space}), derived cells")
-    lines = [f"## {title}: `{summary.get('experiment')}`", "", "| " + " | ".join(cols) + " |",
-             "|" + " --- |" * len(cols)]
+    title = (
+        "NAS-Bench-201, table test accuracy of the final cells (mean ± std over seeds)"
+        if space == "nb201"
+        else f"DARTS space ({space}), derived cells"
+    )
+    lines = [
+        f"## {title}: `{summary.get('experiment')}`",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + " --- |" * len(cols),
+    ]
     for r in method_rows(summary):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(r, space)) + " |")
     lines.append("")
@@ -189,21 +306,27 @@ def _footnote(summary: dict[str, Any]) -> str:
 
     cfg = summary.get("config", {})
     preset = cfg.get("preset") or DEFAULT_PRESET.get(str(summary.get("space")), "")
-    text = (f"Searches: preset `{preset}` (space {summary.get('space')}), "
-            f"epochs {cfg.get('search_epochs') or 'of the preset'}, "
-            f"seeds {', '.join(map(str, summary.get('seeds', [])))}; "
-            "mean ± std (sample std, n − 1) over the seeds that finished; failed runs are listed and excluded. "
-            "Search cost: each run's wall time (summed over resumes) in GPU-hours (run on a GPU) or CPU-hours "
-            "(run on a CPU), mean per run. Peak memory: the largest over the runs; CUDA max_memory_allocated on "
-            "a GPU, the process's peak resident set size (getrusage) on a CPU.")
+    text = (
+        f"Searches: preset `{preset}` (space {summary.get('space')}), "
+        f"epochs {cfg.get('search_epochs') or 'of the preset'}, "
+        f"seeds {', '.join(map(str, summary.get('seeds', [])))}; "
+        "mean ± std (sample std, n − 1) over the seeds that finished; failed runs are listed and excluded. "
+        "Search cost: each run's wall time (summed over resumes) in GPU-hours (run on a GPU) or CPU-hours "
+        "(run on a CPU), mean per run. Peak memory: the largest over the runs; CUDA max_memory_allocated on "
+        "a GPU, the process's peak resident set size (getrusage) on a CPU."
+    )
     if summary.get("space") == "nb201":
-        text += (" Published rows: ROBUST-SPEC §1.8 (searched on CIFAR-10 with each paper's own protocol, not "
-                 "this experiment's).")
+        text += (
+            " Published rows: ROBUST-SPEC §1.8 (searched on CIFAR-10 with each paper's own protocol, not "
+            "this experiment's)."
+        )
     else:
-        text += (" Parameters: the evaluation network at C = 36, 20 cells, CIFAR-10, without the auxiliary head. "
-                 "Test error: one training of each seed's cell (train preset "
-                 f"`{cfg.get('train_preset')}`, epochs {cfg.get('final_epochs') or 'of the preset'}), mean ± std "
-                 "over the cells; — when no final trainings were run (--final).")
+        text += (
+            " Parameters: the evaluation network at C = 36, 20 cells, CIFAR-10, without the auxiliary head. "
+            "Test error: one training of each seed's cell (train preset "
+            f"`{cfg.get('train_preset')}`, epochs {cfg.get('final_epochs') or 'of the preset'}), mean ± std "
+            "over the cells; — when no final trainings were run (--final)."
+        )
     return text
 
 
@@ -222,6 +345,7 @@ def csv_text(summaries: Sequence[dict[str, Any]]) -> str:
 
 
 # ============================================================================================ HTML
+
 
 def diagnostic_series(summary: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Per epoch, the mean over each method's finished seeds of ``key`` (``lambda_max`` or ``skip_count``):
@@ -242,9 +366,10 @@ def diagnostic_series(summary: dict[str, Any], key: str) -> tuple[list[dict[str,
 def diagnostics_svgs(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """(svg, caption) of λ_max and skip count per epoch, one line per method (mean over its finished seeds)."""
     out = []
-    for key, title, caption in (("lambda_max", "λ_max of the α Hessian", "λ_max per epoch (mean over seeds)"),
-                                ("skip_count", "skip connections in the cell",
-                                 "skip connections per epoch (mean over seeds)")):
+    for key, title, caption in (
+        ("lambda_max", "λ_max of the α Hessian", "λ_max per epoch (mean over seeds)"),
+        ("skip_count", "skip connections in the cell", "skip connections per epoch (mean over seeds)"),
+    ):
         hist, methods = diagnostic_series(summary, key)
         if methods:
             out.append((curves_svg(hist, [(m, m) for m in methods], title), caption))
@@ -274,20 +399,29 @@ def _cell_figures(summary: dict[str, Any]) -> list[tuple[str, str]]:
 def html_section(summary: dict[str, Any], k: int) -> str:
     space = summary.get("space")
     cols = NB201_COLUMNS if space == "nb201" else DARTS_COLUMNS
-    parts = [(f'<section class="experiment compare" id="cmp{k}"><h2>comparison ({escape(str(space))}) — '
-              f"<code>{escape(str(summary.get('experiment')))}</code></h2>"),
-             f'<table class="results compare" id="table-compare-{k}"><thead><tr>'
-             + "".join(f"<th>{escape(c)}</th>" for c in cols) + "</tr></thead><tbody>"]
+    parts = [
+        (
+            f'<section class="experiment compare" id="cmp{k}"><h2>comparison ({escape(str(space))}) — '
+            f"<code>{escape(str(summary.get('experiment')))}</code></h2>"
+        ),
+        f'<table class="results compare" id="table-compare-{k}"><thead><tr>'
+        + "".join(f"<th>{escape(c)}</th>" for c in cols)
+        + "</tr></thead><tbody>",
+    ]
     for r in method_rows(summary):
         cells = [escape(c).replace("&lt;br&gt;", "<br>") for c in _cells(r, space)]
-        parts.append(f'<tr class="{escape(r["source"].replace(" ", "-"))}">'
-                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append(
+            f'<tr class="{escape(r["source"].replace(" ", "-"))}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        )
     parts.append("</tbody></table>")
     parts.append(f"<p>{escape(_footnote(summary))}</p>")
     failed = [r for r in summary.get("runs", []) if r["status"] == "failed"]
     if failed:
-        parts.append("<p>failed runs (excluded): " + "; ".join(
-            f"{escape(r['name'])}: {escape(str(r.get('error') or ''))}" for r in failed) + "</p>")
+        parts.append(
+            "<p>failed runs (excluded): "
+            + "; ".join(f"{escape(r['name'])}: {escape(str(r.get('error') or ''))}" for r in failed)
+            + "</p>"
+        )
     diag = diagnostics_svgs(summary)
     if diag:
         parts.append("<h3>collapse diagnostics per method</h3><div class='row'>")
@@ -307,8 +441,12 @@ def _figure(svg: str, caption: str) -> str:
     return f'<figure class="pic">{body}<figcaption>{escape(caption)}</figcaption></figure>'
 
 
-def write_compare_report(experiments: Sequence[str | Path], out_dir: str | Path, include_paper: bool = False,
-                         title: str = "DARTS reproduction") -> dict[str, Any]:
+def write_compare_report(
+    experiments: Sequence[str | Path],
+    out_dir: str | Path,
+    include_paper: bool = False,
+    title: str = "DARTS reproduction",
+) -> dict[str, Any]:
     """``dartsnas report`` when at least one experiment is a compare experiment: the comparison tables of those,
     the paper's Table 1 of the others (``report.table_rows``), in report.md, report.csv (one file per kind:
     report.csv for the protocol experiments, compare.csv for the comparisons) and report.html."""

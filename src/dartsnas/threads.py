@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 LARGE_RUN_THREADS = 4
-MIN_CORES_FOR_MORE = 4   # below this many cores per run, one thread (measured on 2 cores)
+MIN_CORES_FOR_MORE = 4  # below this many cores per run, one thread (measured on 2 cores)
 
 
 def cpu_cores() -> int:
@@ -36,15 +36,17 @@ def choose_threads(small: bool, explicit: int | None = None, jobs: int = 1) -> t
     if env.isdigit() and int(env) > 0:
         return int(env), ""
     if small:
-        return 1, ("small run on the built-in data: one thread is fastest and robust to other load; "
-                   "--threads N or OMP_NUM_THREADS to change")
+        return 1, (
+            "small run on the built-in data: one thread is fastest and robust to other load; "
+            "--threads N or OMP_NUM_THREADS to change"
+        )
     share = max(1, cpu_cores() // max(1, jobs))
     if share < MIN_CORES_FOR_MORE:
-        return 1, (f"{share} core(s) per run: one thread is faster there; --threads N or OMP_NUM_THREADS "
-                   "to change")
+        return 1, (f"{share} core(s) per run: one thread is faster there; --threads N or OMP_NUM_THREADS to change")
     n = min(share, LARGE_RUN_THREADS)
-    return n, (f"min(cores available to each run = {share}, {LARGE_RUN_THREADS}); --threads N or "
-               "OMP_NUM_THREADS to change")
+    return n, (
+        f"min(cores available to each run = {share}, {LARGE_RUN_THREADS}); --threads N or OMP_NUM_THREADS to change"
+    )
 
 
 def set_threads(n: int) -> None:

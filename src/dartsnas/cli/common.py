@@ -8,11 +8,11 @@ import contextlib
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from ..lock import release_run_dir
 from ..errors import ConfigError, DartsError, DataError, NonFiniteError, RunDirError
+from ..lock import release_run_dir
 
 
 class Parser(argparse.ArgumentParser):
@@ -25,35 +25,55 @@ class Parser(argparse.ArgumentParser):
 def add_config_options(p: argparse.ArgumentParser, presets: list[str]) -> None:
     p.add_argument("--preset", metavar="NAME", help=f"start from a preset ({', '.join(presets)})")
     p.add_argument("--config", metavar="FILE", help="a JSON file of config fields")
-    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field (repeatable), e.g. --set layers=5")
+    p.add_argument(
+        "--set",
+        "-s",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field (repeatable), e.g. --set layers=5",
+    )
     p.add_argument("--run-dir", metavar="DIR", help="where to write the run (default runs/<kind>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
-    p.add_argument("--auto-resume", action="store_true",
-                   help="with --run-dir: continue the run there if it has a checkpoint, else start it (for job "
-                        "schedulers and torchrun --max-restarts: the same command line starts and continues)")
+    p.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="with --run-dir: continue the run there if it has a checkpoint, else start it (for job "
+        "schedulers and torchrun --max-restarts: the same command line starts and continues)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_show_config(p)
     add_threads_option(p)
 
 
 def add_show_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--show-config", action="store_true",
-                   help="print the resolved config (every field --set accepts) as JSON and exit")
+    p.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved config (every field --set accepts) as JSON and exit",
+    )
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU intra-op threads (default: OMP_NUM_THREADS if set, else 1 for runs on the built-in "
-                        "data or with fewer than 4 cores, up to 4 otherwise)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU intra-op threads (default: OMP_NUM_THREADS if set, else 1 for runs on the built-in "
+        "data or with fewer than 4 cores, up to 4 otherwise)",
+    )
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """First-class flags for the most used fields (the original scripts' --layers, --init_channels,
     --learning_rate); each is the same as --set NAME=VALUE."""
     p.add_argument("--layers", type=str, help="cells in the network (same as --set layers=N)")
-    p.add_argument("--init-channels", dest="init_channels", type=str,
-                   help="channels of the first cell (same as --set init_channels=N)")
+    p.add_argument(
+        "--init-channels",
+        dest="init_channels",
+        type=str,
+        help="channels of the first cell (same as --set init_channels=N)",
+    )
     p.add_argument("--lr", type=str, help="initial weight learning rate (same as --set lr=X)")
 
 
@@ -109,7 +129,8 @@ def resolve_config(cls, args: argparse.Namespace, names: list[str]):
 def named_dataset(args: argparse.Namespace) -> str | None:
     """The dataset the command line names (--dataset or --set dataset=...), else None."""
     return getattr(args, "dataset", None) or next(
-        (s.split("=", 1)[1] for s in getattr(args, "set", []) if s.startswith("dataset=")), None)
+        (s.split("=", 1)[1] for s in getattr(args, "set", []) if s.startswith("dataset=")), None
+    )
 
 
 def check_finished(run_dir: str | Path | None, resume: bool, cfg, kind: str) -> str | None:
@@ -209,21 +230,31 @@ def infer_dataset(data_dir: str, space: str, allowed: tuple[str, ...]) -> tuple[
     if len(usable) == 1:
         return usable[0][0], str(usable[0][1])
     if any(c[0] == "text?" for c in found) and space == "rnn":
-        raise DataError("holds train/valid/test.txt but its name tells neither ptb (penn/) nor wikitext2 "
-                        f"(wikitext-2/); pass --dataset ({choices})", str(root))
+        raise DataError(
+            "holds train/valid/test.txt but its name tells neither ptb (penn/) nor wikitext2 "
+            f"(wikitext-2/); pass --dataset ({choices})",
+            str(root),
+        )
     if len(usable) > 1:
-        raise DataError(f"holds several datasets ({', '.join(c[0] for c in usable)}); pass --dataset "
-                        f"({choices})", str(root))
+        raise DataError(
+            f"holds several datasets ({', '.join(c[0] for c in usable)}); pass --dataset ({choices})", str(root)
+        )
     if found:
-        other = ", ".join(sorted({c[0].rstrip('?') if c[0] != "text?" else "a text corpus" for c in found}))
-        hint = " (use --space rnn)" if space == "cnn" and any(c[0] in _TEXT or c[0] == "text?" for c in found) \
-            else " (use --space cnn)" if space == "rnn" and any(c[0] in ("cifar10", "imagenet") for c in found) \
+        other = ", ".join(sorted({c[0].rstrip("?") if c[0] != "text?" else "a text corpus" for c in found}))
+        hint = (
+            " (use --space rnn)"
+            if space == "cnn" and any(c[0] in _TEXT or c[0] == "text?" for c in found)
+            else " (use --space cnn)"
+            if space == "rnn" and any(c[0] in ("cifar10", "imagenet") for c in found)
             else ""
-        raise DataError(f"holds {other}, which this command does not take{hint}; pass --dataset ({choices})",
-                        str(root))
-    raise DataError("cannot tell which dataset this folder holds (expected cifar-10-batches-py/ or a CIFAR .npz, "
-                    "penn/ or wikitext-2/ with train/valid/test.txt, or imagenet train/ and val/); pass "
-                    f"--dataset ({choices})", str(root))
+        )
+        raise DataError(f"holds {other}, which this command does not take{hint}; pass --dataset ({choices})", str(root))
+    raise DataError(
+        "cannot tell which dataset this folder holds (expected cifar-10-batches-py/ or a CIFAR .npz, "
+        "penn/ or wikitext-2/ with train/valid/test.txt, or imagenet train/ and val/); pass "
+        f"--dataset ({choices})",
+        str(root),
+    )
 
 
 def apply_dataset_inference(args: argparse.Namespace, space: str, allowed: tuple[str, ...]) -> None:
@@ -231,7 +262,8 @@ def apply_dataset_inference(args: argparse.Namespace, space: str, allowed: tuple
     if getattr(args, "resume", None) or getattr(args, "config", None) or named_dataset(args):
         return
     data_dir = getattr(args, "data_dir", None) or next(
-        (s.split("=", 1)[1] for s in getattr(args, "set", []) if s.startswith("data_dir=")), None)
+        (s.split("=", 1)[1] for s in getattr(args, "set", []) if s.startswith("data_dir=")), None
+    )
     if not data_dir:
         return
     dataset, folder = infer_dataset(data_dir, space, allowed)
@@ -242,6 +274,7 @@ def apply_dataset_inference(args: argparse.Namespace, space: str, allowed: tuple
 
 
 # ------------------------------------------------------------------------------------------- threads
+
 
 def apply_threads(args: argparse.Namespace, small: bool) -> None:
     """Set torch's intra-op thread count on CPU by ``dartsnas.threads.choose_threads`` and say so once."""
@@ -254,6 +287,7 @@ def apply_threads(args: argparse.Namespace, small: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------- failed starts
+
 
 @contextlib.contextmanager
 def cleanup_failed_start(run_dir: str | Path | None, prefix: str) -> Iterator[None]:
@@ -276,8 +310,11 @@ def cleanup_failed_start(run_dir: str | Path | None, prefix: str) -> Iterator[No
             if run_dir:
                 new = [Path(run_dir)] if explicit_new else []
             else:
-                new = [p for p in (set(parent.iterdir()) if parent.is_dir() else set()) - before
-                       if p.name.startswith(prefix + "-")]
+                new = [
+                    p
+                    for p in (set(parent.iterdir()) if parent.is_dir() else set()) - before
+                    if p.name.startswith(prefix + "-")
+                ]
             for path in new:
                 if _holds_nothing(path):
                     release_run_dir(path)  # the failed start's own lock (lock.py) goes with the folder

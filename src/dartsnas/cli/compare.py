@@ -12,72 +12,154 @@ import argparse
 from ..errors import ConfigError
 from .common import add_show_config, add_threads_option, infer_dataset, show_config
 
-_EPILOG = ("Example: dartsnas compare --methods darts,beta-darts --seeds 1,2,3 --space nb201 --preset nb201-proxy "
-           "--data-dir data/cifar10 -e experiments/cmp --random-samples 100; then dartsnas report experiments/cmp. "
-           "Repeated NB201 searches of one method: --methods darts --seeds 1,2,3.")
+_EPILOG = (
+    "Example: dartsnas compare --methods darts,beta-darts --seeds 1,2,3 --space nb201 --preset nb201-proxy "
+    "--data-dir data/cifar10 -e experiments/cmp --random-samples 100; then dartsnas report experiments/cmp. "
+    "Repeated NB201 searches of one method: --methods darts --seeds 1,2,3."
+)
 
-_FIELDS = ["space", "methods", "seeds", "preset", "dataset", "data_dir", "order", "search_epochs", "random_samples",
-           "train_preset", "final_epochs", "final_seed",
-           "jobs", "devices", "threads", "launcher", "slurm_partition", "slurm_gpus", "slurm_cpus", "slurm_time",
-           "slurm_mem", "slurm_account"]
+_FIELDS = [
+    "space",
+    "methods",
+    "seeds",
+    "preset",
+    "dataset",
+    "data_dir",
+    "order",
+    "search_epochs",
+    "random_samples",
+    "train_preset",
+    "final_epochs",
+    "final_seed",
+    "jobs",
+    "devices",
+    "threads",
+    "launcher",
+    "slurm_partition",
+    "slurm_gpus",
+    "slurm_cpus",
+    "slurm_time",
+    "slurm_mem",
+    "slurm_account",
+]
 
 
 def _compare_parser(sub) -> None:
-    p = sub.add_parser("compare", help="search several methods × seeds on one space and dataset (one experiment)",
-                       description="Run one search per method and seed with otherwise identical settings, each a "
-                                   "`dartsnas search` run in EXPERIMENT/runs/search-<method>-seed<N>/, and "
-                                   "summarize per method: the final cells, on NB201 their table test accuracies "
-                                   "(mean ± std over seeds), search cost and peak memory. `dartsnas report "
-                                   "EXPERIMENT` writes the comparison table and page.", epilog=_EPILOG)
+    p = sub.add_parser(
+        "compare",
+        help="search several methods × seeds on one space and dataset (one experiment)",
+        description="Run one search per method and seed with otherwise identical settings, each a "
+        "`dartsnas search` run in EXPERIMENT/runs/search-<method>-seed<N>/, and "
+        "summarize per method: the final cells, on NB201 their table test accuracies "
+        "(mean ± std over seeds), search cost and peak memory. `dartsnas report "
+        "EXPERIMENT` writes the comparison table and page.",
+        epilog=_EPILOG,
+    )
     p.add_argument("--methods", "-m", help="comma-separated methods (default darts), e.g. darts,pc-darts,beta-darts")
     p.add_argument("--seeds", help="comma-separated search seeds, the same for every method (default 1,2,3)")
     p.add_argument("--space", choices=["nb201", "cnn", "darts-7"], help="search space (default nb201)")
-    p.add_argument("--preset", metavar="NAME", help="preset of every search (default nb201-proxy on NB201, paper "
-                                                    "in the DARTS space)")
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="preset of every search (default nb201-proxy on NB201, paper in the DARTS space)",
+    )
     p.add_argument("--dataset", help="cifar10 or builtin (default: the preset's)")
-    p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder (or $DARTSNAS_DATA); the "
-                                                                      "NB201 table is found beside it")
+    p.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        metavar="DIR",
+        help="dataset folder (or $DARTSNAS_DATA); the NB201 table is found beside it",
+    )
     p.add_argument("--order", type=str, help="search order 1 or 2 (default: the preset's)")
     p.add_argument("--epochs", dest="search_epochs", type=str, help="epochs of every search (default: the preset's)")
-    p.add_argument("--search-set", dest="search_set", action="append", default=None, metavar="KEY=VALUE",
-                   help="override of every search (repeatable), e.g. --search-set subset=1280")
-    p.add_argument("--method-args", dest="method_args", action="append", default=None, metavar="METHOD=ARGS",
-                   help="method_args of one method (repeatable), e.g. --method-args pc-darts=K=2,warmup_epochs=5")
-    p.add_argument("--random-samples", dest="random_samples", type=str, metavar="N",
-                   help="NB201: add the random baseline, N uniformly drawn cells per seed looked up in the table "
-                        "(no training, zero cost; reports the mean accuracy of a random cell)")
-    p.add_argument("--final", action="store_true",
-                   help="DARTS space: then train each search's cell once (final-<method>-seed<N>) for the test error "
-                        "mean ± std over seeds")
-    p.add_argument("--train-preset", dest="train_preset", metavar="NAME", help="preset of the final trainings "
-                                                                               "(default paper)")
+    p.add_argument(
+        "--search-set",
+        dest="search_set",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override of every search (repeatable), e.g. --search-set subset=1280",
+    )
+    p.add_argument(
+        "--method-args",
+        dest="method_args",
+        action="append",
+        default=None,
+        metavar="METHOD=ARGS",
+        help="method_args of one method (repeatable), e.g. --method-args pc-darts=K=2,warmup_epochs=5",
+    )
+    p.add_argument(
+        "--random-samples",
+        dest="random_samples",
+        type=str,
+        metavar="N",
+        help="NB201: add the random baseline, N uniformly drawn cells per seed looked up in the table "
+        "(no training, zero cost; reports the mean accuracy of a random cell)",
+    )
+    p.add_argument(
+        "--final",
+        action="store_true",
+        help="DARTS space: then train each search's cell once (final-<method>-seed<N>) for the test error "
+        "mean ± std over seeds",
+    )
+    p.add_argument(
+        "--train-preset", dest="train_preset", metavar="NAME", help="preset of the final trainings (default paper)"
+    )
     p.add_argument("--final-epochs", dest="final_epochs", type=str, help="epochs of each final training (paper 600)")
     p.add_argument("--final-seed", dest="final_seed", type=str, help="training seed of every final run (default 0)")
-    p.add_argument("--train-set", dest="train_set", action="append", default=None, metavar="KEY=VALUE",
-                   help="override of every final training (repeatable)")
-    p.add_argument("--experiment", "-e", metavar="DIR", help="the experiment directory "
-                                                             "(default experiments/compare-<time>)")
+    p.add_argument(
+        "--train-set",
+        dest="train_set",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override of every final training (repeatable)",
+    )
+    p.add_argument(
+        "--experiment", "-e", metavar="DIR", help="the experiment directory (default experiments/compare-<time>)"
+    )
     p.add_argument("--jobs", "-j", type=str, help="runs at a time, each pinned to one GPU or a CPU process")
     p.add_argument("--devices", help="'cpu' or GPU ids '0,1,...' (default: every visible GPU, else CPU)")
     p.add_argument("--resume", action="store_true", help="continue the experiment in --experiment")
-    p.add_argument("--retry-failed", dest="retry_failed", action="store_true",
-                   help="with --resume: run failed runs again (by default they stay recorded as failed)")
-    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
-                   help="any compare field, e.g. --set random_samples=100")
+    p.add_argument(
+        "--retry-failed",
+        dest="retry_failed",
+        action="store_true",
+        help="with --resume: run failed runs again (by default they stay recorded as failed)",
+    )
+    p.add_argument(
+        "--set",
+        "-s",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any compare field, e.g. --set random_samples=100",
+    )
     add_show_config(p)
     add_threads_option(p)
-    g = p.add_argument_group("cluster", "launch every run as a SLURM job through submitit "
-                                        "(pip install 'dartsnas[cluster]'); as for `dartsnas select`")
-    g.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], help="local processes (default), "
-                                                                                    "SLURM jobs, submitit-local")
+    g = p.add_argument_group(
+        "cluster",
+        "launch every run as a SLURM job through submitit (pip install 'dartsnas[cluster]'); as for `dartsnas select`",
+    )
+    g.add_argument(
+        "--launcher",
+        choices=["local", "slurm", "submitit-local"],
+        help="local processes (default), SLURM jobs, submitit-local",
+    )
     g.add_argument("--slurm-partition", dest="slurm_partition", metavar="NAME")
     g.add_argument("--slurm-gpus", dest="slurm_gpus", type=str, metavar="N", help="GPUs per run (default 1)")
     g.add_argument("--slurm-cpus", dest="slurm_cpus", type=str, metavar="N", help="CPUs per run (default 8)")
     g.add_argument("--slurm-time", dest="slurm_time", type=str, metavar="MIN", help="minutes per job (default 2880)")
     g.add_argument("--slurm-mem", dest="slurm_mem", type=str, metavar="GB")
     g.add_argument("--slurm-account", dest="slurm_account", metavar="NAME")
-    g.add_argument("--slurm-setup", dest="slurm_setup", action="append", default=None, metavar="CMD",
-                   help="shell line run before each job (repeatable)")
+    g.add_argument(
+        "--slurm-setup",
+        dest="slurm_setup",
+        action="append",
+        default=None,
+        metavar="CMD",
+        help="shell line run before each job (repeatable)",
+    )
     p.set_defaults(func=_cmd_compare)
 
 
@@ -92,8 +174,9 @@ def _config(args: argparse.Namespace):
             overrides.append(f"{name}={v}")
     if args.final:
         overrides.append("final=true")
-    lists = {k: getattr(args, k) for k in ("search_set", "method_args", "train_set", "slurm_setup")
-             if getattr(args, k, None)}
+    lists = {
+        k: getattr(args, k) for k in ("search_set", "method_args", "train_set", "slurm_setup") if getattr(args, k, None)
+    }
     data_dir = args.data_dir or next((s.split("=", 1)[1] for s in args.set if s.startswith("data_dir=")), None)
     if data_dir and not args.dataset and not args.resume and not any(s.startswith("dataset=") for s in args.set):
         # --data-dir alone: the dataset the folder holds, never the presets' built-in data

@@ -26,21 +26,26 @@ def lookup_command(arg: str, data_dir: str | None = None, table: str | None = No
     g = resolve_nb201_genotype(arg)
     path = resolve_table(table, data_dir)
     row = lookup(g, load_table(path))
-    return "\n".join([
-        f"cell:  {row.arch_str}",
-        f"table: {path} (row {row.index})",
-        f"CIFAR-10 test accuracy:                {row.cifar10:.4f} %",
-        f"CIFAR-100 test accuracy (x-test):      {row.cifar100:.4f} %",
-        f"ImageNet16-120 test accuracy (x-test): {row.imagenet16:.4f} %",
-    ])
+    return "\n".join(
+        [
+            f"cell:  {row.arch_str}",
+            f"table: {path} (row {row.index})",
+            f"CIFAR-10 test accuracy:                {row.cifar10:.4f} %",
+            f"CIFAR-100 test accuracy (x-test):      {row.cifar100:.4f} %",
+            f"ImageNet16-120 test accuracy (x-test): {row.imagenet16:.4f} %",
+        ]
+    )
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("lookup", help="NB201 table accuracies of a cell (architecture string, genotype.json or run)")
     p.add_argument("genotype", metavar="GENOTYPE|RUN|STRING")
-    p.add_argument("--data-dir", dest="data_dir", metavar="DIR",
-                   help="folder holding nasbench201/nb201_accuracies.csv, or a dataset folder beside it "
-                        "(or $DARTSNAS_DATA)")
+    p.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        metavar="DIR",
+        help="folder holding nasbench201/nb201_accuracies.csv, or a dataset folder beside it (or $DARTSNAS_DATA)",
+    )
     p.add_argument("--table", metavar="FILE", help="the table file itself")
     p.set_defaults(func=run)
 

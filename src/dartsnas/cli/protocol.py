@@ -12,62 +12,130 @@ from pathlib import Path
 from ..errors import ConfigError
 from .common import add_show_config, add_threads_option, infer_dataset, show_config
 
-_EPILOG = ("Presets: paper (4 second-order searches, 100-epoch CIFAR-10 / 300-epoch PTB selection, 24/8 random "
-           "cells, 10 final trainings), paper-first-order, quick (built-in data, minutes on a CPU), tiny (seconds "
-           "per run). Every run is a `dartsnas search|train` process in EXPERIMENT/runs/; --resume continues an "
-           "interrupted experiment without redoing finished runs.")
+_EPILOG = (
+    "Presets: paper (4 second-order searches, 100-epoch CIFAR-10 / 300-epoch PTB selection, 24/8 random "
+    "cells, 10 final trainings), paper-first-order, quick (built-in data, minutes on a CPU), tiny (seconds "
+    "per run). Every run is a `dartsnas search|train` process in EXPERIMENT/runs/; --resume continues an "
+    "interrupted experiment without redoing finished runs."
+)
 
 
 def _common(p: argparse.ArgumentParser, final_opts: bool = True) -> None:
-    p.add_argument("--experiment", "-e", metavar="DIR",
-                   help="the experiment directory (default experiments/<command>-<time>)")
+    p.add_argument(
+        "--experiment", "-e", metavar="DIR", help="the experiment directory (default experiments/<command>-<time>)"
+    )
     p.add_argument("--preset", metavar="NAME", help="paper (default), paper-first-order, quick, tiny")
     p.add_argument("--space", choices=["cnn", "rnn"], help="cell type (default cnn)")
     p.add_argument("--dataset", help="cifar10 / ptb, or builtin (default: the presets' dataset)")
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder (or $DARTSNAS_DATA)")
     p.add_argument("--search-preset", dest="search_preset", metavar="NAME", help="preset of each search")
     p.add_argument("--train-preset", dest="train_preset", metavar="NAME", help="preset of each training")
-    p.add_argument("--select-epochs", dest="select_epochs", type=str,
-                   help="epochs of each selection training (paper 100 CIFAR-10, 300 PTB)")
+    p.add_argument(
+        "--select-epochs",
+        dest="select_epochs",
+        type=str,
+        help="epochs of each selection training (paper 100 CIFAR-10, 300 PTB)",
+    )
     p.add_argument("--select-seed", dest="select_seed", type=str, help="training seed of the selection runs")
     p.add_argument("--jobs", "-j", type=str, help="runs at a time, each pinned to one GPU or a CPU process")
     p.add_argument("--devices", help="'cpu' or GPU ids '0,1,...' (default: every visible GPU, else CPU)")
     p.add_argument("--resume", action="store_true", help="continue the experiment in --experiment")
-    p.add_argument("--retry-failed", dest="retry_failed", action="store_true",
-                   help="with --resume: run failed runs again (by default they stay recorded as failed)")
-    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
-                   help="any protocol field, e.g. --set sample_seed=3")
-    p.add_argument("--search-set", dest="search_set", action="append", default=None, metavar="KEY=VALUE",
-                   help="override of every search (repeatable), e.g. --search-set layers=5")
-    p.add_argument("--train-set", dest="train_set", action="append", default=None, metavar="KEY=VALUE",
-                   help="override of every training (repeatable), e.g. --train-set batch_size=64")
+    p.add_argument(
+        "--retry-failed",
+        dest="retry_failed",
+        action="store_true",
+        help="with --resume: run failed runs again (by default they stay recorded as failed)",
+    )
+    p.add_argument(
+        "--set",
+        "-s",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any protocol field, e.g. --set sample_seed=3",
+    )
+    p.add_argument(
+        "--search-set",
+        dest="search_set",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override of every search (repeatable), e.g. --search-set layers=5",
+    )
+    p.add_argument(
+        "--train-set",
+        dest="train_set",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override of every training (repeatable), e.g. --train-set batch_size=64",
+    )
     add_show_config(p)
     add_threads_option(p)
-    g = p.add_argument_group("cluster", "launch every run as a SLURM job through submitit "
-                                        "(pip install 'dartsnas[cluster]')")
-    g.add_argument("--launcher", choices=["local", "slurm", "submitit-local"],
-                   help="local processes (default), SLURM jobs, or submitit's local executor (jobs on this "
-                        "machine through the same code path, for testing a cluster setup)")
+    g = p.add_argument_group(
+        "cluster", "launch every run as a SLURM job through submitit (pip install 'dartsnas[cluster]')"
+    )
+    g.add_argument(
+        "--launcher",
+        choices=["local", "slurm", "submitit-local"],
+        help="local processes (default), SLURM jobs, or submitit's local executor (jobs on this "
+        "machine through the same code path, for testing a cluster setup)",
+    )
     g.add_argument("--slurm-partition", dest="slurm_partition", metavar="NAME", help="SLURM partition")
     g.add_argument("--slurm-gpus", dest="slurm_gpus", type=str, metavar="N", help="GPUs per run (default 1)")
     g.add_argument("--slurm-cpus", dest="slurm_cpus", type=str, metavar="N", help="CPUs per run (default 8)")
-    g.add_argument("--slurm-time", dest="slurm_time", type=str, metavar="MIN",
-                   help="time limit of each run in minutes (default 2880); an interrupted run resumes from "
-                        "its checkpoint with --resume")
+    g.add_argument(
+        "--slurm-time",
+        dest="slurm_time",
+        type=str,
+        metavar="MIN",
+        help="time limit of each run in minutes (default 2880); an interrupted run resumes from "
+        "its checkpoint with --resume",
+    )
     g.add_argument("--slurm-mem", dest="slurm_mem", type=str, metavar="GB", help="memory per run in GB")
     g.add_argument("--slurm-account", dest="slurm_account", metavar="NAME", help="SLURM account")
-    g.add_argument("--slurm-setup", dest="slurm_setup", action="append", default=None, metavar="CMD",
-                   help="shell line run before each job (repeatable), e.g. 'module load cuda'")
+    g.add_argument(
+        "--slurm-setup",
+        dest="slurm_setup",
+        action="append",
+        default=None,
+        metavar="CMD",
+        help="shell line run before each job (repeatable), e.g. 'module load cuda'",
+    )
     if final_opts:
         p.add_argument("--final", action="store_true", help="then train the chosen cell --final-runs times")
         p.add_argument("--final-runs", dest="final_runs", type=str, help="final trainings (paper 10)")
         p.add_argument("--final-epochs", dest="final_epochs", type=str, help="epochs of each final training")
 
 
-_FIELDS = ["space", "dataset", "data_dir", "search_preset", "train_preset", "select_epochs", "select_seed", "jobs",
-           "devices", "order", "searches", "seeds", "search_epochs", "samples", "sample_seed", "final_runs",
-           "final_epochs", "final_seed", "threads", "launcher", "slurm_partition", "slurm_gpus", "slurm_cpus",
-           "slurm_time", "slurm_mem", "slurm_account"]
+_FIELDS = [
+    "space",
+    "dataset",
+    "data_dir",
+    "search_preset",
+    "train_preset",
+    "select_epochs",
+    "select_seed",
+    "jobs",
+    "devices",
+    "order",
+    "searches",
+    "seeds",
+    "search_epochs",
+    "samples",
+    "sample_seed",
+    "final_runs",
+    "final_epochs",
+    "final_seed",
+    "threads",
+    "launcher",
+    "slurm_partition",
+    "slurm_gpus",
+    "slurm_cpus",
+    "slurm_time",
+    "slurm_mem",
+    "slurm_account",
+]
 
 
 def _config(args: argparse.Namespace, join: bool = False):
@@ -79,11 +147,16 @@ def _config(args: argparse.Namespace, join: bool = False):
         v = getattr(args, name, None)
         if v is not None:
             overrides.append(f"{name}={v}")
-    lists = {k: getattr(args, k) for k in ("search_set", "train_set", "final_set", "slurm_setup")
-             if getattr(args, k, None)}
+    lists = {
+        k: getattr(args, k) for k in ("search_set", "train_set", "final_set", "slurm_setup") if getattr(args, k, None)
+    }
     data_dir = args.data_dir or next((s.split("=", 1)[1] for s in args.set if s.startswith("data_dir=")), None)
-    if data_dir and not args.dataset and not (args.resume or join) and not any(
-            s.startswith("dataset=") for s in args.set):
+    if (
+        data_dir
+        and not args.dataset
+        and not (args.resume or join)
+        and not any(s.startswith("dataset=") for s in args.set)
+    ):
         # --data-dir alone: the dataset the folder holds, never the presets' built-in data (issue 12 item 3)
         from ..data.text import CORPORA
 
@@ -105,12 +178,16 @@ def _config(args: argparse.Namespace, join: bool = False):
 
 # ------------------------------------------------------------------------------------------- select
 
+
 def _select_parser(sub) -> None:
-    p = sub.add_parser("select", help="DARTS with selection: N searches, a short training of each cell, the best",
-                       description="Run N searches with different seeds (paper 4), train each derived cell for "
-                                   "the short selection budget on the weights' half of the training data, score "
-                                   "it on the architecture half (never the test set), and pick the best.",
-                       epilog=_EPILOG)
+    p = sub.add_parser(
+        "select",
+        help="DARTS with selection: N searches, a short training of each cell, the best",
+        description="Run N searches with different seeds (paper 4), train each derived cell for "
+        "the short selection budget on the weights' half of the training data, score "
+        "it on the architecture half (never the test set), and pick the best.",
+        epilog=_EPILOG,
+    )
     _common(p)
     p.add_argument("--searches", type=str, help="number of searches (paper 4)")
     p.add_argument("--seeds", help="search seeds, comma-separated (default 1..N)")
@@ -130,10 +207,14 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 def _random_parser(sub) -> None:
-    p = sub.add_parser("random", help="the random-search baseline: N random cells, the same short training",
-                       description="Sample N cells uniformly from the search space (paper 24 CNN / 8 RNN) with a "
-                                   "seeded generator, train each with the selection budget, pick the best by "
-                                   "validation performance.", epilog=_EPILOG)
+    p = sub.add_parser(
+        "random",
+        help="the random-search baseline: N random cells, the same short training",
+        description="Sample N cells uniformly from the search space (paper 24 CNN / 8 RNN) with a "
+        "seeded generator, train each with the selection budget, pick the best by "
+        "validation performance.",
+        epilog=_EPILOG,
+    )
     _common(p)
     p.add_argument("--samples", type=str, help="number of random cells (default 24 CNN, 8 RNN)")
     p.add_argument("--sample-seed", dest="sample_seed", type=str, help="seed of the cell sampler")
@@ -146,38 +227,52 @@ def _cmd_random(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.show_config:
         return show_config(cfg)
-    res = random_baseline(cfg, args.experiment, resume=args.resume, retry_failed=args.retry_failed,
-                          run_final=args.final)
+    res = random_baseline(
+        cfg, args.experiment, resume=args.resume, retry_failed=args.retry_failed, run_final=args.final
+    )
     return _done(res)
 
 
 def _final_parser(sub) -> None:
-    p = sub.add_parser("evaluate-final", help="train one cell R times with different seeds: mean ± std",
-                       description="Full evaluation (paper: 10 trainings on CIFAR-10) of the chosen cell of a "
-                                   "select/random experiment (--experiment), or of --genotype in a new "
-                                   "experiment; reports mean ± std of the test error (perplexity for rnn).",
-                       epilog=_EPILOG)
+    p = sub.add_parser(
+        "evaluate-final",
+        help="train one cell R times with different seeds: mean ± std",
+        description="Full evaluation (paper: 10 trainings on CIFAR-10) of the chosen cell of a "
+        "select/random experiment (--experiment), or of --genotype in a new "
+        "experiment; reports mean ± std of the test error (perplexity for rnn).",
+        epilog=_EPILOG,
+    )
     _common(p, final_opts=False)
     p.add_argument("--genotype", help="a published name, a genotype.json or a run folder (default: the pick)")
     p.add_argument("--runs", dest="final_runs", type=str, help="number of trainings (paper 10)")
     p.add_argument("--seed", dest="final_seed", type=str, help="first training seed (then +1, +2, ...)")
     p.add_argument("--epochs", dest="final_epochs", type=str, help="epochs of each training (paper 600)")
-    p.add_argument("--final-set", dest="final_set", action="append", default=None, metavar="KEY=VALUE",
-                   help="override of the final trainings only (repeatable)")
+    p.add_argument(
+        "--final-set",
+        dest="final_set",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override of the final trainings only (repeatable)",
+    )
     p.set_defaults(func=_cmd_final)
 
 
 def _cmd_final(args: argparse.Namespace) -> int:
     from ..protocol import Experiment, evaluate_final
 
-    join = bool(args.experiment and Experiment(args.experiment).exists()
-                and Experiment(args.experiment).read().get("kind") in ("select", "random"))
+    join = bool(
+        args.experiment
+        and Experiment(args.experiment).exists()
+        and Experiment(args.experiment).read().get("kind") in ("select", "random")
+    )
     # Joining a select/random experiment: its config (presets, data) is kept, the final options apply.
     cfg = _config(args, join=join)
     if args.show_config:
         return show_config(cfg)
-    res = evaluate_final(cfg, args.experiment, genotype=args.genotype, resume=args.resume or join,
-                         retry_failed=args.retry_failed)
+    res = evaluate_final(
+        cfg, args.experiment, genotype=args.genotype, resume=args.resume or join, retry_failed=args.retry_failed
+    )
     return _done(res)
 
 
@@ -193,15 +288,20 @@ def _done(res) -> int:
 
 # ------------------------------------------------------------------------------------------- report
 
+
 def _report_parser(sub) -> None:
-    p = sub.add_parser("report", help="the paper's table (Markdown, CSV) and an HTML page from experiments",
-                       description="Build Table 1 of the paper (architecture, test error mean ± std, params, "
-                                   "search cost in GPU-days, #ops, search method) from experiment directories, "
-                                   "as report.md, report.csv and a self-contained report.html with the cells, "
-                                   "the alphas over epochs and the search and training curves.")
+    p = sub.add_parser(
+        "report",
+        help="the paper's table (Markdown, CSV) and an HTML page from experiments",
+        description="Build Table 1 of the paper (architecture, test error mean ± std, params, "
+        "search cost in GPU-days, #ops, search method) from experiment directories, "
+        "as report.md, report.csv and a self-contained report.html with the cells, "
+        "the alphas over epochs and the search and training curves.",
+    )
     p.add_argument("experiments", nargs="+", metavar="EXPERIMENT")
-    p.add_argument("--out", "-o", metavar="DIR", help="where to write (default: EXPERIMENT/report for one, "
-                                                      "else ./report)")
+    p.add_argument(
+        "--out", "-o", metavar="DIR", help="where to write (default: EXPERIMENT/report for one, else ./report)"
+    )
     p.add_argument("--paper", action="store_true", help="add the paper's rows (spec §10) for comparison")
     p.add_argument("--title", default="DARTS reproduction", help="page title")
     p.set_defaults(func=_cmd_report)
@@ -210,8 +310,11 @@ def _report_parser(sub) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..report import write_report
 
-    out = Path(args.out) if args.out else (Path(args.experiments[0]) / "report" if len(args.experiments) == 1
-                                           else Path("report"))
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(args.experiments[0]) / "report" if len(args.experiments) == 1 else Path("report"))
+    )
     paths = write_report(args.experiments, out, include_paper=args.paper, title=args.title)
     print(paths["markdown_text"], end="")
     for key in ("md", "csv", "html"):

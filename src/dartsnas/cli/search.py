@@ -6,24 +6,43 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import (add_config_options, add_model_options, apply_dataset_inference, apply_threads, check_finished,
-                     cleanup_failed_start, named_dataset, resolve_config, run_target, show_config)
+from .common import (
+    add_config_options,
+    add_model_options,
+    apply_dataset_inference,
+    apply_threads,
+    check_finished,
+    cleanup_failed_start,
+    named_dataset,
+    resolve_config,
+    run_target,
+    show_config,
+)
 
 
 def _search_parser(sub) -> None:
     from ..loops.search import SearchConfig
 
-    p = sub.add_parser("search", help="search a cell: CNN (CIFAR-10, built-in data) or recurrent with --space rnn "
-                                      "(PTB, built-in corpus)",
-                       description="DARTS architecture search. Defaults are the paper's (50 epochs on CIFAR-10); "
-                                   "with no dataset and no --data-dir given, a quick search on the built-in data. "
-                                   "--data-dir without --dataset takes the dataset the folder holds.")
+    p = sub.add_parser(
+        "search",
+        help="search a cell: CNN (CIFAR-10, built-in data) or recurrent with --space rnn (PTB, built-in corpus)",
+        description="DARTS architecture search. Defaults are the paper's (50 epochs on CIFAR-10); "
+        "with no dataset and no --data-dir given, a quick search on the built-in data. "
+        "--data-dir without --dataset takes the dataset the folder holds.",
+    )
     add_config_options(p, list(SearchConfig.PRESETS))
-    p.add_argument("--space", choices=["cnn", "darts-7", "rnn", "nb201"], default="cnn",
-                   help="cell type: cnn (the DARTS space, 8 ops, default), darts-7 (the DARTS space without none), "
-                        "rnn, or nb201 (NAS-Bench-201)")
-    p.add_argument("--method", help="darts (default), pc-darts, darts-minus, beta-darts, sdarts-rs, sdarts-adv, "
-                                    "drnas, gdas, darts-pt, blank; a+b composes (e.g. sdarts-rs+darts-pt)")
+    p.add_argument(
+        "--space",
+        choices=["cnn", "darts-7", "rnn", "nb201"],
+        default="cnn",
+        help="cell type: cnn (the DARTS space, 8 ops, default), darts-7 (the DARTS space without none), "
+        "rnn, or nb201 (NAS-Bench-201)",
+    )
+    p.add_argument(
+        "--method",
+        help="darts (default), pc-darts, darts-minus, beta-darts, sdarts-rs, sdarts-adv, "
+        "drnas, gdas, darts-pt, blank; a+b composes (e.g. sdarts-rs+darts-pt)",
+    )
     p.add_argument("--dataset", help="cifar10 or builtin (rnn: ptb, wikitext2, builtin)")
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder (or $DARTSNAS_DATA)")
     p.add_argument("--download", action="store_true", help="fetch CIFAR-10 if missing (needs internet)")
@@ -46,8 +65,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
     apply_dataset_inference(args, "cnn", DATASETS)
     if args.space in ("nb201", "darts-7"):
         args.set.insert(0, f"space={args.space}")
-    names = ["dataset", "data_dir", "download", "order", "epochs", "batch_size", "seed", "device", "subset",
-             "layers", "init_channels", "lr", "method"]
+    names = [
+        "dataset",
+        "data_dir",
+        "download",
+        "order",
+        "epochs",
+        "batch_size",
+        "seed",
+        "device",
+        "subset",
+        "layers",
+        "init_channels",
+        "lr",
+        "method",
+    ]
     if not args.resume and not args.preset and not named_dataset(args) and not args.config:
         args.preset = "quick"  # no dataset named: the quick search on the built-in data
     cfg = resolve_config(SearchConfig, args, names)
@@ -78,8 +110,10 @@ def _rnn_search(args: argparse.Namespace) -> int:
 
     for name, flag in (("subset", "--subset"), ("layers", "--layers"), ("init_channels", "--init-channels")):
         if getattr(args, name, None) is not None:
-            raise ConfigError(f"{flag} is for image search; recurrent search uses --set nhid=N, "
-                              "max_steps_per_epoch=N or eval_tokens=N")
+            raise ConfigError(
+                f"{flag} is for image search; recurrent search uses --set nhid=N, "
+                "max_steps_per_epoch=N or eval_tokens=N"
+            )
     if args.download:
         raise ConfigError("--download is for CIFAR-10; PTB and WikiText-2 are read from --data-dir")
     if args.method not in (None, "darts"):
@@ -144,8 +178,11 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     if kind is None or kind in ("cnn-search", "rnn-search"):
         kind = load_checkpoint(path).get("kind")
     if kind not in ("cnn-search", "rnn-search"):
-        raise CheckpointError(f"is a {kind} run, not a search; derive reads a search run's alphas (a training "
-                              "run's cell is its genotype.json)", str(run))
+        raise CheckpointError(
+            f"is a {kind} run, not a search; derive reads a search run's alphas (a training "
+            "run's cell is its genotype.json)",
+            str(run),
+        )
     if kind == "rnn-search":
         from ..loops.rnn_search import derive_from_run
     else:

@@ -6,13 +6,22 @@ Under ``torchrun`` the same ``train`` command runs data-parallel.
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import (add_config_options, add_model_options, apply_dataset_inference, check_finished,
-                     cleanup_failed_start, named_dataset, resolve_config, run_target, show_config)
+from .common import (
+    add_config_options,
+    add_model_options,
+    apply_dataset_inference,
+    check_finished,
+    cleanup_failed_start,
+    named_dataset,
+    resolve_config,
+    run_target,
+    show_config,
+)
 from .search import _threads
 
 
@@ -20,12 +29,14 @@ def _train_parser(sub) -> None:
     from ..loops.train import TrainConfig
 
     p = sub.add_parser(
-        "train", help="train a cell from scratch (CIFAR-10, ImageNet, PTB/WikiText-2 or the built-in data)",
+        "train",
+        help="train a cell from scratch (CIFAR-10, ImageNet, PTB/WikiText-2 or the built-in data)",
         description="Train a derived or published cell from scratch. Defaults are the paper's CIFAR-10 recipe "
-                    "(600 epochs, batch 96, cosine lr 0.025, cutout, auxiliary head, drop path 0.2); "
-                    "--dataset imagenet uses the §6 recipe. With no dataset and no --data-dir given, a quick run "
-                    "on the built-in data; --data-dir without --dataset takes the dataset the folder holds. "
-                    "Data-parallel: torchrun --nproc_per_node=K -m dartsnas train ...")
+        "(600 epochs, batch 96, cosine lr 0.025, cutout, auxiliary head, drop path 0.2); "
+        "--dataset imagenet uses the §6 recipe. With no dataset and no --data-dir given, a quick run "
+        "on the built-in data; --data-dir without --dataset takes the dataset the folder holds. "
+        "Data-parallel: torchrun --nproc_per_node=K -m dartsnas train ...",
+    )
     add_config_options(p, list(TrainConfig.PRESETS))
     p.add_argument("--space", choices=["cnn", "rnn"], default="cnn", help="cell type (default cnn)")
     p.add_argument("--genotype", help="DARTS_V2, DARTS_V1, NASNet, AmoebaNet, a genotype.json or a search run folder")
@@ -41,8 +52,20 @@ def _train_parser(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-_NAMES = ["genotype", "dataset", "data_dir", "download", "epochs", "batch_size", "lr", "seed", "device", "subset",
-          "init_channels", "layers"]
+_NAMES = [
+    "genotype",
+    "dataset",
+    "data_dir",
+    "download",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "device",
+    "subset",
+    "init_channels",
+    "layers",
+]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -69,9 +92,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = run_train(cfg, run_dir=run_dir, resume=resume)
     r = result.results
     if result.history:
-        print(f"test error {r['test_error_percent']:.2f}% (top-5 {r['test_top5_error_percent']:.2f}%), "
-              f"{r['params'] / 1e6:.2f}M params ({r['params_with_auxiliary'] / 1e6:.2f}M with aux), "
-              f"{r['multiply_adds'] / 1e6:.0f}M multiply-adds")
+        print(
+            f"test error {r['test_error_percent']:.2f}% (top-5 {r['test_top5_error_percent']:.2f}%), "
+            f"{r['params'] / 1e6:.2f}M params ({r['params_with_auxiliary'] / 1e6:.2f}M with aux), "
+            f"{r['multiply_adds'] / 1e6:.0f}M multiply-adds"
+        )
         print(f"results:  {result.run_dir / 'results.json'}")
         print(f"curves:   {result.run_dir / 'loss.svg'}, {result.run_dir / 'accuracy.svg'}")
     return 0
@@ -92,7 +117,7 @@ def _rnn_train(args: argparse.Namespace) -> int:
     if not args.resume and not args.preset and not args.config:
         named = named_dataset(args)
         if named in (None, "builtin"):
-            args.preset = "quick"   # no dataset named (or the built-in corpus): the quick run
+            args.preset = "quick"  # no dataset named (or the built-in corpus): the quick run
         elif named == "wikitext2":
             args.preset = "paper-wt2"
     cfg = resolve_config(RNNTrainConfig, args, names)
@@ -120,8 +145,12 @@ def _eval_parser(sub) -> None:
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder, if it moved")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="evaluation batch size")
-    p.add_argument("--full", action="store_true", help="recurrent runs: the whole valid and test sets, "
-                   "not the run's eval_tokens/test_tokens caps (quick and tiny presets)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="recurrent runs: the whole valid and test sets, "
+        "not the run's eval_tokens/test_tokens caps (quick and tiny presets)",
+    )
     p.set_defaults(func=_cmd_eval)
 
 
@@ -140,8 +169,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             used, total = out[f"{split}_tokens"], out[f"{split}_tokens_total"]
             if used < total:  # quick and tiny runs cap their evaluation: say so rather than pass it off as the test
                 cap = "test_tokens" if split == "test" else "eval_tokens"
-                print(f"note: {split} perplexity is over the first {used:,} of {total:,} {split} tokens (the run's "
-                      f"{cap} cap); add --full to evaluate all of them", file=sys.stderr)
+                print(
+                    f"note: {split} perplexity is over the first {used:,} of {total:,} {split} tokens (the run's "
+                    f"{cap} cap); add --full to evaluate all of them",
+                    file=sys.stderr,
+                )
     else:
         from ..loops.train import evaluate_run
 

@@ -25,12 +25,19 @@ ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 class _NoCode(pickle.Unpickler):
     """Unpickle plain containers and numpy arrays only: a batch file must not run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"),
-               # Batches re-saved by Python 3: protocol 2 stores bytes via _codecs.encode, protocol 5
-               # stores arrays via numeric._frombuffer. Both only build data.
-               ("_codecs", "encode"), ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        # Batches re-saved by Python 3: protocol 2 stores bytes via _codecs.encode, protocol 5
+        # stores arrays via numeric._frombuffer. Both only build data.
+        ("_codecs", "encode"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -104,8 +111,12 @@ def load_cifar10(path: Path, download: bool = False):
         tx, ty, vx, vy = arrays
         if tx.ndim != 2 or tx.shape[1] != 3072 or vx.ndim != 2 or vx.shape[1] != 3072:
             raise DataError("train_data/test_data must be N×3072 uint8", str(path))
-        return (_to_tensor(tx.astype(np.uint8)), torch.from_numpy(ty.astype(np.int64)),
-                _to_tensor(vx.astype(np.uint8)), torch.from_numpy(vy.astype(np.int64)))
+        return (
+            _to_tensor(tx.astype(np.uint8)),
+            torch.from_numpy(ty.astype(np.int64)),
+            _to_tensor(vx.astype(np.uint8)),
+            torch.from_numpy(vy.astype(np.int64)),
+        )
     if (path / "cifar-10-batches-py").is_dir():
         path = path / "cifar-10-batches-py"
     if download and not all((path / f).is_file() for f in TRAIN_FILES + (TEST_FILE,)):

@@ -52,22 +52,28 @@ def default_data_dir(name: str) -> Path | None:
     return Path(root) / sub
 
 
-def load_images(name: str, data_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                download: bool = False) -> ImageData:
+def load_images(
+    name: str, data_dir: str | Path | None = None, device: str | torch.device = "cpu", download: bool = False
+) -> ImageData:
     if name == "builtin":
         tx, ty, vx, vy = make_builtin_images()
-        return ImageData("builtin", tx.to(device), ty.to(device), vx.to(device), vy.to(device),
-                         BUILTIN_MEAN, BUILTIN_STD, 10)
+        return ImageData(
+            "builtin", tx.to(device), ty.to(device), vx.to(device), vy.to(device), BUILTIN_MEAN, BUILTIN_STD, 10
+        )
     if name == "cifar10":
         from .cifar import load_cifar10
 
         path = Path(data_dir) if data_dir else default_data_dir("cifar10")
         if path is None:
-            raise DataError("no data folder given: pass --data-dir (the folder holding data_batch_1..5 and "
-                            "test_batch, or a .npz subset) or set DARTSNAS_DATA", "cifar10")
+            raise DataError(
+                "no data folder given: pass --data-dir (the folder holding data_batch_1..5 and "
+                "test_batch, or a .npz subset) or set DARTSNAS_DATA",
+                "cifar10",
+            )
         tx, ty, vx, vy = load_cifar10(path, download=download)
-        return ImageData("cifar10", tx.to(device), ty.to(device), vx.to(device), vy.to(device),
-                         CIFAR_MEAN, CIFAR_STD, 10)
+        return ImageData(
+            "cifar10", tx.to(device), ty.to(device), vx.to(device), vy.to(device), CIFAR_MEAN, CIFAR_STD, 10
+        )
     raise DataError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}", "dataset")
 
 
@@ -98,7 +104,7 @@ class BatchStream:
     def next(self) -> torch.Tensor:
         if not self.epoch_mode and self.pos + self.batch_size > self.num:
             self.new_epoch()
-        idx = self.perm[self.pos:self.pos + self.batch_size]
+        idx = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += len(idx)
         return idx
 
@@ -127,9 +133,17 @@ def _channel_constants(values: tuple[float, ...], device: torch.device) -> torch
     return torch.tensor(values, device=device).view(1, len(values), 1, 1)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std: tuple[float, ...],
-            pad: int = 4, flip: bool = True, cutout: int = 0, train: bool = True,
-            part: tuple[int, int] | None = None) -> torch.Tensor:
+def augment(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    pad: int = 4,
+    flip: bool = True,
+    cutout: int = 0,
+    train: bool = True,
+    part: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """uint8 batch -> normalised float batch; random crop (zero padding), flip and cutout when ``train``.
 
     Random numbers come from ``gen`` (CPU) so a checkpoint reproduces them; the pixel work runs on
@@ -142,7 +156,8 @@ def augment(x: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std:
     lo, n = (0, B) if part is None else part
 
     def draw(sample: Callable[[int], torch.Tensor]) -> torch.Tensor:
-        return to_device(sample(n)[lo:lo + B], device)
+        return to_device(sample(n)[lo : lo + B], device)
+
     m = _channel_constants(tuple(mean), device)
     s = _channel_constants(tuple(std), device)
     out = (x.float() / 255.0 - m) / s
@@ -153,8 +168,8 @@ def augment(x: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std:
         padded = torch.nn.functional.pad(x.float() / 255.0, (pad, pad, pad, pad))
         oy = draw(lambda k: torch.randint(0, 2 * pad + 1, (k,), generator=gen))
         ox = draw(lambda k: torch.randint(0, 2 * pad + 1, (k,), generator=gen))
-        rows = (oy[:, None] + torch.arange(H, device=device)[None])            # B×H
-        cols = (ox[:, None] + torch.arange(W, device=device)[None])            # B×W
+        rows = oy[:, None] + torch.arange(H, device=device)[None]  # B×H
+        cols = ox[:, None] + torch.arange(W, device=device)[None]  # B×W
         b = torch.arange(B, device=device)[:, None, None]
         crop = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # B×H×W×C
         out = (crop.permute(0, 3, 1, 2) - m) / s
@@ -167,7 +182,11 @@ def augment(x: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std:
         ys = torch.arange(H, device=device)[None, :, None]
         xs = torch.arange(W, device=device)[None, None, :]
         half = cutout // 2
-        hole = ((ys >= (cy - half)[:, None, None]) & (ys < (cy + cutout - half)[:, None, None])
-                & (xs >= (cx - half)[:, None, None]) & (xs < (cx + cutout - half)[:, None, None]))
+        hole = (
+            (ys >= (cy - half)[:, None, None])
+            & (ys < (cy + cutout - half)[:, None, None])
+            & (xs >= (cx - half)[:, None, None])
+            & (xs < (cx + cutout - half)[:, None, None])
+        )
         out = out.masked_fill(hole[:, None], 0.0)
     return out.contiguous()

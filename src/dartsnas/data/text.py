@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -61,8 +61,10 @@ class Corpus:
 
 # ---------------------------------------------------------------------------------------------- reading
 
-def _encode_lines(lines: Iterable[str], word2idx: dict[str, int], vocab: list[str], grow: bool,
-                  where: str) -> torch.Tensor:
+
+def _encode_lines(
+    lines: Iterable[str], word2idx: dict[str, int], vocab: list[str], grow: bool, where: str
+) -> torch.Tensor:
     ids: list[int] = []
     missing: dict[str, int] = {}
     for line in lines:
@@ -78,15 +80,17 @@ def _encode_lines(lines: Iterable[str], word2idx: dict[str, int], vocab: list[st
             ids.append(i)
     if missing:
         examples = ", ".join(repr(w) for w in list(missing)[:5])
-        raise DataError(f"{len(missing)} words absent from the vocabulary ({sum(missing.values())} tokens), "
-                        f"e.g. {examples}; the corpus does not match the vocabulary it is read with", where)
+        raise DataError(
+            f"{len(missing)} words absent from the vocabulary ({sum(missing.values())} tokens), "
+            f"e.g. {examples}; the corpus does not match the vocabulary it is read with",
+            where,
+        )
     return torch.tensor(ids, dtype=torch.long)
 
 
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
-        raise DataError("missing corpus file (expected train.txt, valid.txt and test.txt in this folder)",
-                        str(path))
+        raise DataError("missing corpus file (expected train.txt, valid.txt and test.txt in this folder)", str(path))
     try:
         with open(path, encoding="utf-8") as f:  # line iteration, as the reference (not str.splitlines)
             return list(f)
@@ -94,8 +98,9 @@ def _read_lines(path: Path) -> list[str]:
         raise DataError(f"cannot read: {e}", str(path)) from None
 
 
-def encode_splits(splits: Sequence[tuple[str, list[str]]], vocab: Sequence[str] | None = None,
-                  name: str = "") -> Corpus:
+def encode_splits(
+    splits: Sequence[tuple[str, list[str]]], vocab: Sequence[str] | None = None, name: str = ""
+) -> Corpus:
     """Build a Corpus from (where, lines) for train, valid, test in that order (vocabulary rule above)."""
     grow = vocab is None
     vocab_list: list[str] = [] if vocab is None else list(vocab)
@@ -117,8 +122,11 @@ def corpus_dir(name: str, data_dir: str | Path | None = None) -> Path:
     if data_dir is None or str(data_dir) == "":
         env = os.environ.get("DARTSNAS_DATA")
         if not env:
-            raise DataError("no data folder given: pass --data-dir (the folder holding train.txt, valid.txt and "
-                            f"test.txt, or a root with {_FOLDERS[name][0]}/ inside) or set DARTSNAS_DATA", name)
+            raise DataError(
+                "no data folder given: pass --data-dir (the folder holding train.txt, valid.txt and "
+                f"test.txt, or a root with {_FOLDERS[name][0]}/ inside) or set DARTSNAS_DATA",
+                name,
+            )
         data_dir = env
     root = Path(data_dir).expanduser()
     if not root.is_dir():
@@ -142,14 +150,16 @@ def load_corpus(name: str, data_dir: str | Path | None = None, vocab: Sequence[s
 
 # ---------------------------------------------------------------------------------------------- batching
 
+
 def batchify(data: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Cut ``data`` (1-D) to a multiple of B and return it as (len // B, B): column b is a contiguous stream."""
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}", "batch_size")
     rows = data.numel() // batch_size
     if rows < 2:
-        raise DataError(f"{data.numel()} tokens are too few for {batch_size} streams (need at least 2 rows)",
-                        "batch_size")
+        raise DataError(
+            f"{data.numel()} tokens are too few for {batch_size} streams (need at least 2 rows)", "batch_size"
+        )
     return data[: rows * batch_size].view(batch_size, rows).t().contiguous()
 
 
@@ -158,7 +168,7 @@ def get_segment(source: torch.Tensor, i: int, seq_len: int) -> tuple[torch.Tenso
     seq_len = min(seq_len, source.size(0) - 1 - i)
     if seq_len < 1:
         raise DataError(f"no segment starts at row {i} of a source with {source.size(0)} rows", "segment")
-    return source[i: i + seq_len], source[i + 1: i + 1 + seq_len]
+    return source[i : i + seq_len], source[i + 1 : i + 1 + seq_len]
 
 
 # ---------------------------------------------------------------------------------------------- built-in
@@ -195,7 +205,7 @@ class _Rng:
 def _zipf_cum(n: int, s: float = 1.0) -> list[float]:
     cum, tot = [], 0.0
     for k in range(1, n + 1):
-        tot += 1.0 / k ** s
+        tot += 1.0 / k**s
         cum.append(tot)
     return cum
 
@@ -212,8 +222,9 @@ def _make_words(rng: _Rng, count: int, taken: set[str], syllables: tuple[int, in
     return words
 
 
-def builtin_text(seed: int = 0, train_tokens: int = 50_000, valid_tokens: int = 5_000,
-                 test_tokens: int = 5_000, num_topics: int = 8) -> list[tuple[str, list[str]]]:
+def builtin_text(
+    seed: int = 0, train_tokens: int = 50_000, valid_tokens: int = 5_000, test_tokens: int = 5_000, num_topics: int = 8
+) -> list[tuple[str, list[str]]]:
     """The built-in corpus as (where, lines) for train/valid/test; identical for identical arguments.
 
     Grammar: S → NP_subj VP [PP] [CONJ S'] with NP → DET [ADJ] NOUN and number agreement between subject
@@ -224,8 +235,10 @@ def builtin_text(seed: int = 0, train_tokens: int = 50_000, valid_tokens: int = 
     rng = _Rng(seed)
     taken: set[str] = set()
     function = {
-        "det_sg": ["the", "a", "this", "every", "one"], "det_pl": ["the", "these", "some", "many", "two"],
-        "prep": ["in", "on", "near", "with", "under", "for", "by"], "conj": ["and", "but", "while", "because"],
+        "det_sg": ["the", "a", "this", "every", "one"],
+        "det_pl": ["the", "these", "some", "many", "two"],
+        "prep": ["in", "on", "near", "with", "under", "for", "by"],
+        "conj": ["and", "but", "while", "because"],
         "adv": ["quickly", "rarely", "often", "never", "still"],
     }
     for ws in function.values():

@@ -36,8 +36,16 @@ from ..errors import GenotypeError
 from ..space.genotype import Genotype, genotype_from_dict, genotype_to_dict
 from ..space.ops import OPS, FactorizedReduce, Identity, ReLUConvBN
 
-__all__ = ["EvalCell", "NetworkCIFAR", "NetworkImageNet", "AuxiliaryHeadCIFAR", "AuxiliaryHeadImageNet",
-           "drop_path", "count_parameters", "validate_genotype"]
+__all__ = [
+    "EvalCell",
+    "NetworkCIFAR",
+    "NetworkImageNet",
+    "AuxiliaryHeadCIFAR",
+    "AuxiliaryHeadImageNet",
+    "drop_path",
+    "count_parameters",
+    "validate_genotype",
+]
 
 
 def validate_genotype(genotype: Genotype) -> Genotype:
@@ -74,8 +82,9 @@ class EvalCell(nn.Module):
         genotype = validate_genotype(genotype)
         self.reduction = reduction
         self.reduction_prev = reduction_prev
-        self.preprocess0 = (FactorizedReduce(C_pp, C, affine=True) if reduction_prev
-                            else ReLUConvBN(C_pp, C, 1, 1, 0, affine=True))
+        self.preprocess0 = (
+            FactorizedReduce(C_pp, C, affine=True) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, affine=True)
+        )
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=True)
         pairs = genotype.reduce if reduction else genotype.normal
         concat = genotype.reduce_concat if reduction else genotype.normal_concat
@@ -180,8 +189,9 @@ class _EvalNetwork(nn.Module):
         self.layers = layers
         self.drop_path_prob = float(drop_path_prob)
 
-    def _build_cells(self, genotype: Genotype, layers: int, C_pp: int, C_p: int, C_curr: int,
-                     reduction_prev: bool) -> int:
+    def _build_cells(
+        self, genotype: Genotype, layers: int, C_pp: int, C_p: int, C_curr: int, reduction_prev: bool
+    ) -> int:
         self.cells = nn.ModuleList()
         self.aux_position = 2 * layers // 3
         self.aux_channels = None
@@ -209,8 +219,16 @@ class _EvalNetwork(nn.Module):
 class NetworkCIFAR(_EvalNetwork):
     """§5. Defaults are the paper's: C=36, 20 cells, auxiliary head, stem 3x3 conv to 3C + BN."""
 
-    def __init__(self, genotype: Genotype, C: int = 36, num_classes: int = 10, layers: int = 20,
-                 auxiliary: bool = True, drop_path_prob: float = 0.0, in_channels: int = 3):
+    def __init__(
+        self,
+        genotype: Genotype,
+        C: int = 36,
+        num_classes: int = 10,
+        layers: int = 20,
+        auxiliary: bool = True,
+        drop_path_prob: float = 0.0,
+        in_channels: int = 3,
+    ):
         super().__init__(genotype, C, num_classes, layers, drop_path_prob)
         stem_c = 3 * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_c, 3, padding=1, bias=False), nn.BatchNorm2d(stem_c))
@@ -229,8 +247,16 @@ class NetworkCIFAR(_EvalNetwork):
 class NetworkImageNet(_EvalNetwork):
     """§6 (mobile setting). Two-stage stem to 1/8 resolution; cell 0 reduces s0 with FactorizedReduce."""
 
-    def __init__(self, genotype: Genotype, C: int = 48, num_classes: int = 1000, layers: int = 14,
-                 auxiliary: bool = True, drop_path_prob: float = 0.0, in_channels: int = 3):
+    def __init__(
+        self,
+        genotype: Genotype,
+        C: int = 48,
+        num_classes: int = 1000,
+        layers: int = 14,
+        auxiliary: bool = True,
+        drop_path_prob: float = 0.0,
+        in_channels: int = 3,
+    ):
         super().__init__(genotype, C, num_classes, layers, drop_path_prob)
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),

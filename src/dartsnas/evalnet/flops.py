@@ -13,7 +13,7 @@ the paper quotes; the paper's convention is unknown, so §6 treats the figure as
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -13,14 +13,12 @@ segment at once.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
+from ..errors import GenotypeError
 from ..lm import INIT_RANGE, LMOutput, RNNLanguageModel, dropout_mask
 from ..space.genotype import RNN_OPS, RNNGenotype
-from ..errors import GenotypeError
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "identity": lambda h: h}
 
@@ -40,8 +38,9 @@ def _check_genotype(g: RNNGenotype) -> None:
         raise GenotypeError(f"expected a recurrent genotype, got {type(g).__name__}", "genotype")
     for k, (op, pred) in enumerate(g.recurrent):
         if op not in RNN_OPS:
-            raise GenotypeError(f"unknown activation {op!r}; expected one of {', '.join(RNN_OPS)}",
-                                f"recurrent[{k}].op")
+            raise GenotypeError(
+                f"unknown activation {op!r}; expected one of {', '.join(RNN_OPS)}", f"recurrent[{k}].op"
+            )
         if not 0 <= pred <= k:
             raise GenotypeError(f"{pred!r} is not an earlier node (0..{k})", f"recurrent[{k}].input")
     if not g.concat or any(not 1 <= c <= len(g.recurrent) for c in g.concat):
@@ -58,11 +57,12 @@ class RNNEvalCell(nn.Module):
         self.W0 = _uniform(2 * n, 2 * n)
         self.Ws = nn.ParameterList([_uniform(n, 2 * n) for _ in range(self.num_nodes)])  # W_1..W_N
         # children[j]: the nodes (1-based) whose predecessor is j, in order.
-        self.children_of = [[i + 1 for i, (_, p) in enumerate(genotype.recurrent) if p == j]
-                            for j in range(self.num_nodes + 1)]
+        self.children_of = [
+            [i + 1 for i, (_, p) in enumerate(genotype.recurrent) if p == j] for j in range(self.num_nodes + 1)
+        ]
         self.acts = [ACTIVATIONS[op] for op, _ in genotype.recurrent]
 
-    def sample_masks(self, batch_size: int, like: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def sample_masks(self, batch_size: int, like: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if not self.training:
             return None, None
         m_x = dropout_mask((batch_size, self.n), self.dropoutx, like) if self.dropoutx > 0 else None
@@ -75,16 +75,19 @@ class RNNEvalCell(nn.Module):
         m_x, m_h = self.sample_masks(B, x)
         xm = x if m_x is None else x * m_x
         x_proj = xm @ self.W0[:n]
-        w_cat = [torch.cat([self.Ws[i - 1] for i in ch], dim=1) if len(ch) > 1
-                 else (self.Ws[ch[0] - 1] if ch else None) for ch in self.children_of]
+        w_cat = [
+            torch.cat([self.Ws[i - 1] for i in ch], dim=1) if len(ch) > 1 else (self.Ws[ch[0] - 1] if ch else None)
+            for ch in self.children_of
+        ]
         outputs = []
         for t in range(T):
             hidden = self.step(x_proj[t], hidden, m_h, w_cat)
             outputs.append(hidden)
         return torch.stack(outputs), hidden
 
-    def step(self, x_proj: torch.Tensor, h: torch.Tensor, m_h: Optional[torch.Tensor],
-             w_cat: list[Optional[torch.Tensor]]) -> torch.Tensor:
+    def step(
+        self, x_proj: torch.Tensor, h: torch.Tensor, m_h: torch.Tensor | None, w_cat: list[torch.Tensor | None]
+    ) -> torch.Tensor:
         n = self.n
         hm = h if m_h is None else h * m_h
         c0, h0 = (x_proj + hm @ self.W0[n:]).split(n, dim=-1)
@@ -97,7 +100,7 @@ class RNNEvalCell(nn.Module):
                 s = states[j] if m_h is None else states[j] * m_h
                 proj = s @ w_cat[j]
                 for k, i in enumerate(ch):
-                    pending[i] = proj[:, 2 * n * k: 2 * n * (k + 1)]
+                    pending[i] = proj[:, 2 * n * k : 2 * n * (k + 1)]
 
         project(0)
         for i in range(1, self.num_nodes + 1):
@@ -116,14 +119,23 @@ class RNNEvalModel(RNNLanguageModel):
     DARTS_V2 at ntoken 10,000 / n 850: 22,960,000 weights; at ntoken 33,278 / n 700: 33,127,878.
     """
 
-    def __init__(self, ntoken: int, genotype: RNNGenotype, n: int = 850, dropout: float = 0.75,
-                 dropouth: float = 0.25, dropoutx: float = 0.75, dropouti: float = 0.2, dropoute: float = 0.1):
+    def __init__(
+        self,
+        ntoken: int,
+        genotype: RNNGenotype,
+        n: int = 850,
+        dropout: float = 0.75,
+        dropouth: float = 0.25,
+        dropoutx: float = 0.75,
+        dropouti: float = 0.2,
+        dropoute: float = 0.1,
+    ):
         super().__init__(ntoken, n, dropout, dropouti, dropoute)
         self.genotype = genotype
         self.cell = RNNEvalCell(n, genotype, dropouth, dropoutx)
 
     @classmethod
-    def for_corpus(cls, corpus: str, ntoken: int, genotype: RNNGenotype, **overrides) -> "RNNEvalModel":
+    def for_corpus(cls, corpus: str, ntoken: int, genotype: RNNGenotype, **overrides) -> RNNEvalModel:
         """The §7.4 settings of ``"ptb"`` or ``"wikitext2"`` (other names get the PTB ones), then overrides."""
         kw = dict(RNN_EVAL_SETTINGS.get(corpus, RNN_EVAL_SETTINGS["ptb"]))
         kw.update(overrides)

@@ -115,7 +115,7 @@ class StopRequest:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -143,8 +143,7 @@ class Interrupted(Exception):
     def __init__(self, signum: int, checkpoint: Path):
         self.signum = signum
         self.checkpoint = checkpoint
-        super().__init__(f"interrupted by signal {signum}; checkpoint saved to {checkpoint}; "
-                         "continue with --resume")
+        super().__init__(f"interrupted by signal {signum}; checkpoint saved to {checkpoint}; continue with --resume")
 
 
 def inject_fault(global_step: int) -> None:
@@ -181,12 +180,12 @@ def nan_fault(which: str, global_step: int) -> bool:
         return True
     if not fault.startswith(at + ":"):
         return False
-    times = int(fault[len(at) + 1:])
+    times = int(fault[len(at) + 1 :])
     _FAULT_FIRINGS[fault] = _FAULT_FIRINGS.get(fault, 0) + 1
     return _FAULT_FIRINGS[fault] <= times
 
 
-def poison_batch(x: "torch.Tensor", which: str, global_step: int) -> "torch.Tensor":
+def poison_batch(x: torch.Tensor, which: str, global_step: int) -> torch.Tensor:
     """Test hook: ``nan_fault(which, global_step)`` turns the batch into NaNs."""
     return torch.full_like(x, float("nan")) if nan_fault(which, global_step) else x
 

@@ -34,16 +34,27 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import CheckpointError, DartsError, NonFiniteError
-from .common import (CHECKPOINT, Interrupted, Metrics, StopRequest, check_resume_config, default_run_dir,
-                     inject_fault, prepare_run_dir, reset_faults, write_json)
+from .common import (
+    CHECKPOINT,
+    Interrupted,
+    Metrics,
+    StopRequest,
+    check_resume_config,
+    default_run_dir,
+    inject_fault,
+    prepare_run_dir,
+    reset_faults,
+    write_json,
+)
 from .logs import Log, TensorBoardHook, emitter
 from .progress import Progress, RunEstimate
 from .state import LoopState, Sums, load_state_dict, state_dict
@@ -98,8 +109,8 @@ class Task:
     state: LoopState
     sums: Sums
     device: torch.device
-    seconds_key = "epoch_seconds"   # the record's field for the epoch's duration
-    nan_retries = 0                 # reloads of the last checkpoint after a non-finite value (0: stop at once)
+    seconds_key = "epoch_seconds"  # the record's field for the epoch's duration
+    nan_retries = 0  # reloads of the last checkpoint after a non-finite value (0: stop at once)
 
     def steps_per_epoch(self) -> int:
         raise NotImplementedError
@@ -128,7 +139,7 @@ class Task:
     def new_epoch(self) -> None:
         pass
 
-    def after_epoch(self, record: dict[str, Any], run: "Run") -> None:
+    def after_epoch(self, record: dict[str, Any], run: Run) -> None:
         pass
 
     def finished(self) -> bool:
@@ -149,12 +160,21 @@ class Run:
     the task's own checks of the checkpoint) and calls ``run.start(task)`` and ``run.loop(task)``.
     """
 
-    def __init__(self, cfg: Any, kind: str, run_dir: str | Path | None, resume: bool, prefix: str,
-                 log: Log | None = None, ranks: Ranks | None = None):
+    def __init__(
+        self,
+        cfg: Any,
+        kind: str,
+        run_dir: str | Path | None,
+        resume: bool,
+        prefix: str,
+        log: Log | None = None,
+        ranks: Ranks | None = None,
+    ):
         self.cfg, self.kind, self.ranks = cfg, kind, ranks or Ranks()
         self.log = emitter(log) if self.ranks.main else (lambda *a, **k: None)
-        self.path = Path(self.ranks.on_main(lambda: prepare_run_dir(run_dir or default_run_dir(prefix), resume,
-                                                                    self.log)))
+        self.path = Path(
+            self.ranks.on_main(lambda: prepare_run_dir(run_dir or default_run_dir(prefix), resume, self.log))
+        )
         self.checkpoint_path = self.path / CHECKPOINT
         self.metrics = Metrics(self.path / "metrics.jsonl")
         self.hooks: list[Callable[[dict[str, Any]], None]] = []
@@ -178,8 +198,10 @@ class Run:
                     task.sums.zero()
                 task.load_extra(ck)
             except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
-                raise CheckpointError(f"does not match this {self.kind} run ({type(e).__name__}: {str(e)[:200]})",
-                                      str(self.checkpoint_path)) from None
+                raise CheckpointError(
+                    f"does not match this {self.kind} run ({type(e).__name__}: {str(e)[:200]})",
+                    str(self.checkpoint_path),
+                ) from None
             self.log(self.resume_message(task))
         if self.ranks.main:
             write_json(self.path / "config.json", {"kind": self.kind, **self.cfg.to_dict()})
@@ -201,8 +223,13 @@ class Run:
     def payload(self, task: Task) -> dict[str, Any]:
         """The checkpoint of ``task`` (collective under DDP: call on every rank)."""
         sums = self.ranks.all_reduce(task.sums.data.clone())
-        return {"kind": self.kind, "config": self.cfg.to_dict(), **state_dict(task.state),
-                "sums": task.sums.state_dict(sums), **task.extra_state()}
+        return {
+            "kind": self.kind,
+            "config": self.cfg.to_dict(),
+            **state_dict(task.state),
+            "sums": task.sums.state_dict(sums),
+            **task.extra_state(),
+        }
 
     def save(self, task: Task) -> None:
         task.check()  # never save a state that took a non-finite step (graph mode)
@@ -259,8 +286,7 @@ class Run:
         steps = task.steps_per_epoch()
         interval = cfg.log_interval
         task.begin_epoch()
-        bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress and self.ranks.main,
-                       interval=interval)
+        bar = Progress(steps, f"epoch {st.epoch + 1}/{cfg.epochs}", cfg.progress and self.ranks.main, interval=interval)
         for batch in task.batches():
             task.sums.add(task.step(batch))
             st.step_in_epoch += 1
@@ -306,14 +332,17 @@ class Run:
             task.sums.load_state_dict(ck["sums"])
             task.load_extra(ck)
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise CheckpointError(f"does not match this {self.kind} run ({type(e).__name__}: {str(e)[:200]})",
-                                  str(self.checkpoint_path)) from None
+            raise CheckpointError(
+                f"does not match this {self.kind} run ({type(e).__name__}: {str(e)[:200]})", str(self.checkpoint_path)
+            ) from None
         st.wall = wall
         if self.ranks.main:  # as on resume: no record of an epoch the checkpoint does not cover
             self.metrics.truncate_after(st.epoch)
         where = f"after step {st.step_in_epoch}" if st.step_in_epoch else "at its start"
-        self.log(f"{error}; reloaded {self.checkpoint_path} (epoch {st.epoch + 1}/{task.cfg.epochs}, {where}), "
-                 f"retry {attempt} of {task.nan_retries}; the random streams go on")
+        self.log(
+            f"{error}; reloaded {self.checkpoint_path} (epoch {st.epoch + 1}/{task.cfg.epochs}, {where}), "
+            f"retry {attempt} of {task.nan_retries}; the random streams go on"
+        )
 
     def _stop_requested(self, stop: StopRequest, device: torch.device) -> bool:
         requested = stop.requested

@@ -46,9 +46,11 @@ from ..errors import NonFiniteError
 
 # bits of the device flag: which check failed first
 _ARCH, _TRAIN_LOSS, _GRAD_NORM = 1, 2, 4
-_WHAT = {_ARCH: ("validation loss or architecture gradient", "architecture"),
-         _TRAIN_LOSS: ("training loss", "weights"),
-         _GRAD_NORM: ("weight gradient norm", "weights")}
+_WHAT = {
+    _ARCH: ("validation loss or architecture gradient", "architecture"),
+    _TRAIN_LOSS: ("training loss", "weights"),
+    _GRAD_NORM: ("weight gradient norm", "weights"),
+}
 
 
 class GraphedSearchStep:
@@ -59,8 +61,7 @@ class GraphedSearchStep:
     ``cache_enabled=False``), or None.
     """
 
-    def __init__(self, st, criterion, warmup: int = 3, autocast: Callable | None = None,
-                 eager: bool = False):
+    def __init__(self, st, criterion, warmup: int = 3, autocast: Callable | None = None, eager: bool = False):
         device = next(st.model.parameters()).device
         # eager=True runs the step body without capture (any device): for testing its arithmetic on CPU.
         self.eager = eager
@@ -131,8 +132,9 @@ class GraphedSearchStep:
             val_loss = vg["val_loss"]
             checks = [vs["train_loss"], val_loss]
             if arch.hvp == "finite_difference":
-                h, eps, lp, lm = finite_difference_hvp(train_fn, arch.weight_names, self.weights, self.alphas,
-                                                       vg["v"], arch.eps_scale)
+                h, eps, lp, lm = finite_difference_hvp(
+                    train_fn, arch.weight_names, self.weights, self.alphas, vg["v"], arch.eps_scale
+                )
                 checks += [lp, lm, eps.detach()]
             else:
                 h, lh = exact_hvp(train_fn, self.weights, self.alphas, vg["v"])
@@ -158,14 +160,17 @@ class GraphedSearchStep:
         torch._foreach_mul_(grads, coef)
         with torch.no_grad():
             if self.weight_decay:
-                torch._foreach_add_(grads, self.weights, alpha=self.weight_decay)   # d = g + λw
-            torch._foreach_mul_(self.bufs, self.momentum)                           # m = μm + d
+                torch._foreach_add_(grads, self.weights, alpha=self.weight_decay)  # d = g + λw
+            torch._foreach_mul_(self.bufs, self.momentum)  # m = μm + d
             torch._foreach_add_(self.bufs, grads)
             torch._foreach_add_(self.weights, torch._foreach_mul(self.bufs, -self.lr))  # w -= η m
             n = b["y_t"].numel()
-            return {"loss": loss.detach().double() * n, "correct": (logits.argmax(1) == b["y_t"]).sum().double(),
-                    "count": torch.full((), float(n), device=loss.device, dtype=torch.float64),
-                    "arch_step_val_loss": val_loss.detach().double()}
+            return {
+                "loss": loss.detach().double() * n,
+                "correct": (logits.argmax(1) == b["y_t"]).sum().double(),
+                "count": torch.full((), float(n), device=loss.device, dtype=torch.float64),
+                "arch_step_val_loss": val_loss.detach().double(),
+            }
 
     # -- public --
 
@@ -225,8 +230,15 @@ class GraphedSearchStep:
 
     def _snapshot(self):
         st = self.st
-        tensors = [*self.weights, *self.alphas, *self.bufs, *self.model.buffers(), self.flag,
-                   self.first_bad, self.counter]
+        tensors = [
+            *self.weights,
+            *self.alphas,
+            *self.bufs,
+            *self.model.buffers(),
+            self.flag,
+            self.first_bad,
+            self.counter,
+        ]
         for a in self.alphas:
             tensors += [v for v in st.a_opt.state.get(a, {}).values() if torch.is_tensor(v)]
         return [(t, t.detach().clone()) for t in tensors]
@@ -243,6 +255,9 @@ class GraphedSearchStep:
         if flag:
             bit = next(b for b in (_ARCH, _TRAIN_LOSS, _GRAD_NORM) if flag & b)
             what, phase = _WHAT[bit]
-            raise NonFiniteError(what + " (CUDA-graph mode: detected after the fact, at the next check; the "
-                                 "in-memory state has taken the bad steps, nothing was saved since)",
-                                 int(self.first_bad.item()), phase)
+            raise NonFiniteError(
+                what + " (CUDA-graph mode: detected after the fact, at the next check; the "
+                "in-memory state has taken the bad steps, nothing was saved since)",
+                int(self.first_bad.item()),
+                phase,
+            )

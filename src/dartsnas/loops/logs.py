@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -62,8 +63,9 @@ class TensorBoardHook:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError("tensorboard: needs the tensorboard package: pip install 'dartsnas[tensorboard]'") \
-                from None
+            raise ConfigError(
+                "tensorboard: needs the tensorboard package: pip install 'dartsnas[tensorboard]'"
+            ) from None
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def __call__(self, record: dict[str, Any]) -> None:
@@ -71,8 +73,12 @@ class TensorBoardHook:
             return
         step = int(record["epoch"]) + 1
         for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and math.isfinite(value):
+            if (
+                key != "epoch"
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 self.writer.add_scalar(key, value, step)
         self.writer.flush()
 

@@ -16,17 +16,24 @@ import math
 import sys
 import time
 
-TTY_REDRAW = 0.2       # seconds between redraws on a terminal
-LINE_EVERY = 30.0      # seconds between lines without a terminal
-ESTIMATE_STEPS = 3     # steps timed for the estimate (after the first, which carries one-off costs)
-ESTIMATE_MIN = 60.0    # estimates shorter than this are not worth a message
+TTY_REDRAW = 0.2  # seconds between redraws on a terminal
+LINE_EVERY = 30.0  # seconds between lines without a terminal
+ESTIMATE_STEPS = 3  # steps timed for the estimate (after the first, which carries one-off costs)
+ESTIMATE_MIN = 60.0  # estimates shorter than this are not worth a message
 
 
 class Progress:
     """A dependency-free progress bar on ``stream`` (stderr)."""
 
-    def __init__(self, total: int, desc: str, enabled: bool = True, stream=None, interval: int = 50,
-                 time_interval: float = LINE_EVERY):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        enabled: bool = True,
+        stream=None,
+        interval: int = 50,
+        time_interval: float = LINE_EVERY,
+    ):
         self.total, self.desc, self.enabled = total, desc, enabled
         self.stream = stream if stream is not None else sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -91,8 +98,10 @@ class RunEstimate:
         total = per_step * remaining_steps
         if total < ESTIMATE_MIN:
             return None
-        return (f"estimate: about {format_duration(total)} for the remaining {remaining_steps:,} steps on this CPU "
-                f"({per_step:.2f} s/step over the first steps; end-of-epoch evaluation not included)")
+        return (
+            f"estimate: about {format_duration(total)} for the remaining {remaining_steps:,} steps on this CPU "
+            f"({per_step:.2f} s/step over the first steps; end-of-epoch evaluation not included)"
+        )
 
 
 def format_duration(seconds: float) -> str:

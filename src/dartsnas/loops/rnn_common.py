@@ -13,7 +13,6 @@ other random streams and do not depend on how many dropout masks were drawn.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -40,8 +39,9 @@ def scaled_lr(lr: float, seq_len: int, bptt: int) -> float:
 
 
 @torch.no_grad()
-def evaluate_lm(model: torch.nn.Module, source: torch.Tensor, bptt: int,
-                max_rows: Optional[int] = None) -> tuple[float, float]:
+def evaluate_lm(
+    model: torch.nn.Module, source: torch.Tensor, bptt: int, max_rows: int | None = None
+) -> tuple[float, float]:
     """(mean loss, perplexity) of ``model`` on a batchified split (rows × B), eval mode, hidden zeroed (§7.6).
 
     ``max_rows`` keeps only the first rows (quick runs); the division is by the rows actually used.
@@ -55,7 +55,7 @@ def evaluate_lm(model: torch.nn.Module, source: torch.Tensor, bptt: int,
     rows = source.size(0)
     for i in range(0, rows - 1, bptt):
         ln = min(bptt, rows - 1 - i)
-        out = model(source[i:i + ln], hidden, source[i + 1:i + 1 + ln])
+        out = model(source[i : i + ln], hidden, source[i + 1 : i + 1 + ln])
         total += out.nll.double() * ln
         hidden = out.hidden
     model.train(was)

@@ -54,8 +54,8 @@ from ..space.genotype import RNNGenotype, genotype_to_dict, save_genotype
 from ..supernet.rnn import TIED_EMBEDDING, RNNSearchModel
 from .common import CHECKPOINT, nan_fault, resolve_device, set_determinism
 from .engine import Run, Task
-from .state import LoopState, Sums, saved_as, transient
 from .rnn_common import evaluate_lm, rng_devices, scaled_lr, search_seq_len
+from .state import LoopState, Sums, saved_as, transient
 
 KIND = "rnn-search"
 
@@ -64,21 +64,21 @@ KIND = "rnn-search"
 class RNNSearchConfig(ConfigBase):
     """Recurrent search with the reference's PTB defaults (spec §7.4, §7.5). emsize = nhid = ``nhid``."""
 
-    dataset: str = "ptb"                 # ptb, wikitext2 or builtin
+    dataset: str = "ptb"  # ptb, wikitext2 or builtin
     data_dir: str | None = None
-    nhid: int = 300                      # embedding and hidden size (the reference requires them equal)
+    nhid: int = 300  # embedding and hidden size (the reference requires them equal)
     num_nodes: int = 8
-    batch_size: int = 256                # training and α streams
+    batch_size: int = 256  # training and α streams
     bptt: int = 35
     lr: float = 20.0
     weight_decay: float = 5e-7
     grad_clip: float = 0.25
-    dropout: float = 0.75                # output (locked)
-    dropouth: float = 0.25               # node states (variational)
-    dropoutx: float = 0.75               # cell input (variational)
-    dropouti: float = 0.2                # embedding output (locked)
-    dropoute: float = 0.0                # embedding rows
-    tar_beta: float = 1e-3               # temporal activation regulariser
+    dropout: float = 0.75  # output (locked)
+    dropouth: float = 0.25  # node states (variational)
+    dropoutx: float = 0.75  # cell input (variational)
+    dropouti: float = 0.2  # embedding output (locked)
+    dropoute: float = 0.0  # embedding rows
+    tar_beta: float = 1e-3  # temporal activation regulariser
     epochs: int = 50
     seed: int = 3
     arch_lr: float = 3e-3
@@ -86,17 +86,17 @@ class RNNSearchConfig(ConfigBase):
     arch_beta2: float = 0.999
     arch_weight_decay: float = 1e-3
     order: Literal[1, 2] = 1
-    freeze_tied_embedding: bool = True   # §7.5 quirk: the virtual step keeps the tied embedding at w
+    freeze_tied_embedding: bool = True  # §7.5 quirk: the virtual step keeps the tied embedding at w
     same_masks_in_arch_step: bool = True  # one set of dropout masks per step for the architect's closures
     max_steps_per_epoch: int | None = None  # cap the steps of each epoch (short real-data runs)
-    eval_tokens: int | None = None       # cap the end-of-epoch validation to about this many tokens
+    eval_tokens: int | None = None  # cap the end-of-epoch validation to about this many tokens
     eval_batch_size: int = 10
     device: str = "auto"
     # GPU runs repeat bit for bit only with deterministic kernels (slower); CPU runs always do.
     deterministic: bool = False
     log_interval: int = 20
     progress: bool = True
-    tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
+    tensorboard: bool = False  # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
 
     HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "tensorboard", "deterministic"})
 
@@ -104,19 +104,44 @@ class RNNSearchConfig(ConfigBase):
         "paper": {},
         "paper-second-order": {"order": 2},
         # About a minute on a loaded 2-core CPU: the built-in corpus, a small cell, lighter dropout.
-        "quick": {"dataset": "builtin", "nhid": 48, "batch_size": 32, "bptt": 20, "epochs": 6,
-                  "max_steps_per_epoch": 25, "dropout": 0.25, "dropouth": 0.1, "dropoutx": 0.25,
-                  "dropouti": 0.1, "eval_tokens": 2000, "log_interval": 5},
+        "quick": {
+            "dataset": "builtin",
+            "nhid": 48,
+            "batch_size": 32,
+            "bptt": 20,
+            "epochs": 6,
+            "max_steps_per_epoch": 25,
+            "dropout": 0.25,
+            "dropouth": 0.1,
+            "dropoutx": 0.25,
+            "dropouti": 0.1,
+            "eval_tokens": 2000,
+            "log_interval": 5,
+        },
         # Seconds, for the tests.
-        "tiny": {"dataset": "builtin", "nhid": 8, "num_nodes": 4, "batch_size": 4, "bptt": 8, "epochs": 3,
-                 "max_steps_per_epoch": 3, "dropout": 0.2, "dropouth": 0.1, "dropoutx": 0.2, "dropouti": 0.1,
-                 "eval_tokens": 200, "eval_batch_size": 4, "log_interval": 1},
+        "tiny": {
+            "dataset": "builtin",
+            "nhid": 8,
+            "num_nodes": 4,
+            "batch_size": 4,
+            "bptt": 8,
+            "epochs": 3,
+            "max_steps_per_epoch": 3,
+            "dropout": 0.2,
+            "dropouth": 0.1,
+            "dropoutx": 0.2,
+            "dropouti": 0.1,
+            "eval_tokens": 200,
+            "eval_batch_size": 4,
+            "log_interval": 1,
+        },
     }
 
     def check(self) -> list[str]:
         p: list[str] = []
-        require(p, self.dataset in CORPORA,
-                f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(CORPORA)}")
+        require(
+            p, self.dataset in CORPORA, f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(CORPORA)}"
+        )
         for name in ("nhid", "num_nodes", "batch_size", "bptt", "epochs", "eval_batch_size", "log_interval"):
             require(p, getattr(self, name) > 0, f"{name}: must be positive, got {getattr(self, name)}")
         require(p, self.bptt >= 2, f"bptt: must be at least 2, got {self.bptt}")
@@ -154,10 +179,10 @@ class _State(LoopState):
     model: RNNSearchModel
     w_opt: torch.optim.SGD = saved_as("weight_optimizer")
     a_opt: torch.optim.Adam = saved_as("arch_optimizer")
-    len_gen: torch.Generator = saved_as("seq_len")   # segment lengths
-    pos: int = saved_as("position")                  # row of the training stream where the next segment starts
-    hidden: torch.Tensor | None = None               # training-stream hidden state (B, n), or None = zeros
-    hidden_valid: torch.Tensor | None = None         # α-stream hidden state
+    len_gen: torch.Generator = saved_as("seq_len")  # segment lengths
+    pos: int = saved_as("position")  # row of the training stream where the next segment starts
+    hidden: torch.Tensor | None = None  # training-stream hidden state (B, n), or None = zeros
+    hidden_valid: torch.Tensor | None = None  # α-stream hidden state
     cfg: RNNSearchConfig = transient()
     device: torch.device = transient()
     architect: Architect = transient()
@@ -166,15 +191,25 @@ class _State(LoopState):
         LoopState.__init__(self)
         self.cfg = cfg
         self.device = device
-        self.model = RNNSearchModel(ntoken, cfg.nhid, cfg.num_nodes, cfg.dropout, cfg.dropouth, cfg.dropoutx,
-                                    cfg.dropouti, cfg.dropoute).to(device)
+        self.model = RNNSearchModel(
+            ntoken, cfg.nhid, cfg.num_nodes, cfg.dropout, cfg.dropouth, cfg.dropoutx, cfg.dropouti, cfg.dropoute
+        ).to(device)
         self.w_opt = torch.optim.SGD(self.model.weights(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_lr,
-                                      betas=(cfg.arch_beta1, cfg.arch_beta2), weight_decay=cfg.arch_weight_decay)
+        self.a_opt = torch.optim.Adam(
+            self.model.arch_parameters(),
+            lr=cfg.arch_lr,
+            betas=(cfg.arch_beta1, cfg.arch_beta2),
+            weight_decay=cfg.arch_weight_decay,
+        )
         self.architect = Architect(
-            self.model, self.a_opt, order=cfg.order, use_momentum=False, virtual_clip=cfg.grad_clip,
+            self.model,
+            self.a_opt,
+            order=cfg.order,
+            use_momentum=False,
+            virtual_clip=cfg.grad_clip,
             weight_decay=cfg.weight_decay,
-            frozen_in_virtual_step=(TIED_EMBEDDING,) if cfg.freeze_tied_embedding else ())
+            frozen_in_virtual_step=(TIED_EMBEDDING,) if cfg.freeze_tied_embedding else (),
+        )
         self.len_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
         self.pos = 0
         self.hidden = None
@@ -201,7 +236,7 @@ class RNNSearchTask(Task):
     def __init__(self, cfg: RNNSearchConfig, corpus: Corpus, device: torch.device):
         self.cfg, self.device = cfg, device
         self.train = batchify(corpus.train, cfg.batch_size).to(device)
-        self.search = batchify(corpus.valid, cfg.batch_size).to(device)     # the α stream (§7.5)
+        self.search = batchify(corpus.valid, cfg.batch_size).to(device)  # the α stream (§7.5)
         self.valid = batchify(corpus.valid, cfg.eval_batch_size).to(device)  # the end-of-epoch check
         self.eval_rows = None if cfg.eval_tokens is None else max(2, cfg.eval_tokens // cfg.eval_batch_size)
         seed_everything(cfg.seed)
@@ -216,8 +251,9 @@ class RNNSearchTask(Task):
 
     def batches(self):
         st, cfg = self.state, self.cfg
-        while st.pos < self.train.size(0) - 2 and (cfg.max_steps_per_epoch is None
-                                                   or st.step_in_epoch < cfg.max_steps_per_epoch):
+        while st.pos < self.train.size(0) - 2 and (
+            cfg.max_steps_per_epoch is None or st.step_in_epoch < cfg.max_steps_per_epoch
+        ):
             seq_len = search_seq_len(st.len_gen, cfg.bptt)
             x, y = get_segment(self.train, st.pos, seq_len)
             xv, yv = get_segment(self.search, st.pos % (self.search.size(0) - 1), cfg.bptt)
@@ -239,16 +275,25 @@ class RNNSearchTask(Task):
         train_loss = s["nll"] / max(s["rows"], 1)
         arch_loss = s["arch_loss"] / max(s["arch_steps"], 1)
         return {
-            "epoch": st.epoch, "lr": cfg.lr, "steps": st.step_in_epoch, "tokens": int(s["rows"]) * cfg.batch_size,
-            "train_loss": train_loss, "train_ppl": _exp(train_loss),
-            "arch_loss": arch_loss, "arch_ppl": _exp(arch_loss),
-            "valid_loss": valid_loss, "valid_ppl": valid_ppl,
-            **st.model.arch_record(), "genotype": genotype_to_dict(self.genotype),
+            "epoch": st.epoch,
+            "lr": cfg.lr,
+            "steps": st.step_in_epoch,
+            "tokens": int(s["rows"]) * cfg.batch_size,
+            "train_loss": train_loss,
+            "train_ppl": _exp(train_loss),
+            "arch_loss": arch_loss,
+            "arch_ppl": _exp(arch_loss),
+            "valid_loss": valid_loss,
+            "valid_ppl": valid_ppl,
+            **st.model.arch_record(),
+            "genotype": genotype_to_dict(self.genotype),
         }
 
     def summary(self, r: dict[str, Any]) -> str:
-        return (f"epoch {r['epoch'] + 1}/{self.cfg.epochs}: {r['steps']} steps | train ppl {r['train_ppl']:.2f} "
-                f"| α-batch ppl {r['arch_ppl']:.2f} | valid ppl {r['valid_ppl']:.2f} | {r['epoch_seconds']:.1f}s")
+        return (
+            f"epoch {r['epoch'] + 1}/{self.cfg.epochs}: {r['steps']} steps | train ppl {r['train_ppl']:.2f} "
+            f"| α-batch ppl {r['arch_ppl']:.2f} | valid ppl {r['valid_ppl']:.2f} | {r['epoch_seconds']:.1f}s"
+        )
 
     def new_epoch(self) -> None:
         st = self.state
@@ -266,8 +311,13 @@ class RNNSearchTask(Task):
         return {"genotype": genotype_to_dict(self.state.model.genotype())}
 
 
-def run_rnn_search(cfg: RNNSearchConfig, run_dir: str | Path | None = None, resume: bool = False,
-                   log=None, corpus: Corpus | None = None) -> RNNSearchResult:
+def run_rnn_search(
+    cfg: RNNSearchConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    log=None,
+    corpus: Corpus | None = None,
+) -> RNNSearchResult:
     """Run (or continue) a recurrent search; writes config, metrics, checkpoints, genotype and pictures.
 
     Messages go to ``log`` (a callable taking one string), else to the ``dartsnas`` logger.
@@ -280,9 +330,11 @@ def run_rnn_search(cfg: RNNSearchConfig, run_dir: str | Path | None = None, resu
     task = RNNSearchTask(cfg, corpus, device)
     run.start(task)
     st = task.state
-    run.log(f"rnn search: {cfg.dataset}, {corpus.ntoken:,} words, train {tuple(task.train.shape)}, α stream "
-            f"{tuple(task.search.shape)}, order {cfg.order}, {sum(p.numel() for p in st.model.weights()):,} weights + "
-            f"{st.model.alphas.numel()} α, device {device}, run dir {run.path}")
+    run.log(
+        f"rnn search: {cfg.dataset}, {corpus.ntoken:,} words, train {tuple(task.train.shape)}, α stream "
+        f"{tuple(task.search.shape)}, order {cfg.order}, {sum(p.numel() for p in st.model.weights()):,} weights + "
+        f"{st.model.alphas.numel()} α, device {device}, run dir {run.path}"
+    )
     run.loop(task)
     return RNNSearchResult(run.path, st.model.genotype(), st.model.alphas.detach().cpu(), run.history())
 
@@ -295,12 +347,22 @@ def _save_curves(history: list[dict[str, Any]], run_dir: Path) -> None:
     from ..checkpoint import atomic_write_text
     from ..plot import curves_svg
 
-    atomic_write_text(run_dir / "perplexity.svg", curves_svg(
-        history, [("train_ppl", "train"), ("arch_ppl", "α batch"), ("valid_ppl", "valid")], "perplexity"))
+    atomic_write_text(
+        run_dir / "perplexity.svg",
+        curves_svg(history, [("train_ppl", "train"), ("arch_ppl", "α batch"), ("valid_ppl", "valid")], "perplexity"),
+    )
 
 
-def _closure(model: RNNSearchModel, x: torch.Tensor, y: torch.Tensor, hidden, seed: int | None,
-             devices: list, poison: bool, box: dict):
+def _closure(
+    model: RNNSearchModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hidden,
+    seed: int | None,
+    devices: list,
+    poison: bool,
+    box: dict,
+):
     """``loss_fn(overrides)`` for the architect: plain NLL of one segment from ``hidden``.
 
     With ``seed``, the forward runs in a forked RNG seeded with it, so every call draws the same dropout
@@ -338,7 +400,7 @@ def _search_step(st: _State, x, y, xv, yv, seq_len: int) -> dict[str, torch.Tens
     n_rows = x.size(0)
     devices = rng_devices(st.device)
     if cfg.same_masks_in_arch_step:
-        seeds = torch.randint(0, 2 ** 62, (2,)).tolist()  # drawn once per step from the global stream
+        seeds = torch.randint(0, 2**62, (2,)).tolist()  # drawn once per step from the global stream
     else:
         seeds = [None, None]
     box_t: dict = {}
@@ -368,10 +430,12 @@ def _search_step(st: _State, x, y, xv, yv, seq_len: int) -> dict[str, torch.Tens
         group["lr"] = cfg.lr
     st.hidden = res.hidden.detach()
     with torch.no_grad():
-        return {"nll": res.nll.detach().double() * n_rows,
-                "rows": torch.full((), float(n_rows), dtype=torch.float64, device=st.device),
-                "arch_loss": out["val_loss"].double(),
-                "arch_steps": torch.ones((), dtype=torch.float64, device=st.device)}
+        return {
+            "nll": res.nll.detach().double() * n_rows,
+            "rows": torch.full((), float(n_rows), dtype=torch.float64, device=st.device),
+            "arch_loss": out["val_loss"].double(),
+            "arch_steps": torch.ones((), dtype=torch.float64, device=st.device),
+        }
 
 
 def derive_from_run(run_dir: str | Path) -> RNNGenotype:

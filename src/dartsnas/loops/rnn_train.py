@@ -41,9 +41,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -56,9 +57,9 @@ from ..lm import tar_penalty
 from ..space.genotype import RNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
 from .common import TrainingResult, nan_fault, resolve_device, set_determinism, write_json
 from .engine import Run, Task
-from .state import LoopState, Sums, saved_as, transient
 from .rnn_common import evaluate_lm, scaled_lr, train_seq_len
 from .rnn_search import _exp, steps_estimate
+from .state import LoopState, Sums, saved_as, transient
 
 KIND = "rnn-train"
 BEST_KIND = "rnn-train-best"
@@ -69,13 +70,13 @@ BEST = "best.pt"
 class RNNTrainConfig(ConfigBase):
     """Recurrent training from scratch with the PTB settings as defaults (§7.4); preset paper-wt2 for WikiText-2."""
 
-    genotype: str = "DARTS"              # a published name (DARTS, DARTS_V1, ENAS), a genotype.json or a search run
-    dataset: str = "ptb"                 # ptb, wikitext2, builtin
+    genotype: str = "DARTS"  # a published name (DARTS, DARTS_V1, ENAS), a genotype.json or a search run
+    dataset: str = "ptb"  # ptb, wikitext2, builtin
     data_dir: str | None = None
-    nhid: int = 850                      # emsize = nhid
+    nhid: int = 850  # emsize = nhid
     batch_size: int = 64
     bptt: int = 35
-    max_seq_len_delta: int = 20          # segments are at most bptt + 20 rows
+    max_seq_len_delta: int = 20  # segments are at most bptt + 20 rows
     lr: float = 20.0
     weight_decay: float = 8e-7
     grad_clip: float = 0.25
@@ -85,14 +86,14 @@ class RNNTrainConfig(ConfigBase):
     dropouti: float = 0.2
     dropoute: float = 0.1
     tar_beta: float = 1e-3
-    asgd: bool = True                    # switch to averaged SGD by the non-monotone rule
+    asgd: bool = True  # switch to averaged SGD by the non-monotone rule
     nonmono: int = 5
-    epochs: int = 8000                   # the cap of "until convergence"
+    epochs: int = 8000  # the cap of "until convergence"
     early_stop_patience: int | None = None  # stop after this many epochs without a better validation loss
     seed: int = 1267
     max_steps_per_epoch: int | None = None
-    eval_tokens: int | None = None       # cap the per-epoch validation (quick runs)
-    test_tokens: int | None = None       # cap the final test (quick runs)
+    eval_tokens: int | None = None  # cap the per-epoch validation (quick runs)
+    test_tokens: int | None = None  # cap the final test (quick runs)
     eval_batch_size: int = 10
     test_batch_size: int = 1
     device: str = "auto"
@@ -103,34 +104,73 @@ class RNNTrainConfig(ConfigBase):
     # Evaluate the test set at the end (§7.6). Selection and random-baseline trainings set it false: the
     # protocol never reads a test set before the final evaluation (spec §9).
     eval_test: bool = True
-    tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
+    tensorboard: bool = False  # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
     # After a non-finite loss or gradient norm, reload the last checkpoint and continue (§7.6), at most this
     # many times per checkpoint; then stop with exit 6. Harmless on resume: a run without NaNs is unchanged.
     nan_retries: int = 3
 
-    HARMLESS = ConfigBase.HARMLESS | frozenset({"data_dir", "test_batch_size", "test_tokens", "eval_test",
-                                                "tensorboard", "deterministic", "nan_retries"})
+    HARMLESS = ConfigBase.HARMLESS | frozenset(
+        {"data_dir", "test_batch_size", "test_tokens", "eval_test", "tensorboard", "deterministic", "nan_retries"}
+    )
 
     PRESETS = {
         "paper-ptb": {},
         "paper-wt2": {"dataset": "wikitext2", "nhid": 700, "dropouth": 0.15, "weight_decay": 5e-7},
         # About a minute on a loaded 2-core CPU: the built-in corpus, a small model, lighter dropout.
-        "quick": {"dataset": "builtin", "nhid": 96, "batch_size": 32, "bptt": 20, "max_seq_len_delta": 10,
-                  "epochs": 16, "max_steps_per_epoch": 60, "dropout": 0.25, "dropouth": 0.1, "dropoutx": 0.25,
-                  "dropouti": 0.1, "dropoute": 0.05, "nonmono": 3, "eval_tokens": 2000, "test_tokens": 1000,
-                  "log_interval": 10},
-        "tiny": {"dataset": "builtin", "nhid": 8, "batch_size": 4, "bptt": 8, "max_seq_len_delta": 4,
-                 "epochs": 4, "max_steps_per_epoch": 3, "dropout": 0.2, "dropouth": 0.1, "dropoutx": 0.2,
-                 "dropouti": 0.1, "dropoute": 0.05, "nonmono": 1, "eval_tokens": 200, "test_tokens": 60,
-                 "eval_batch_size": 4, "log_interval": 1},
+        "quick": {
+            "dataset": "builtin",
+            "nhid": 96,
+            "batch_size": 32,
+            "bptt": 20,
+            "max_seq_len_delta": 10,
+            "epochs": 16,
+            "max_steps_per_epoch": 60,
+            "dropout": 0.25,
+            "dropouth": 0.1,
+            "dropoutx": 0.25,
+            "dropouti": 0.1,
+            "dropoute": 0.05,
+            "nonmono": 3,
+            "eval_tokens": 2000,
+            "test_tokens": 1000,
+            "log_interval": 10,
+        },
+        "tiny": {
+            "dataset": "builtin",
+            "nhid": 8,
+            "batch_size": 4,
+            "bptt": 8,
+            "max_seq_len_delta": 4,
+            "epochs": 4,
+            "max_steps_per_epoch": 3,
+            "dropout": 0.2,
+            "dropouth": 0.1,
+            "dropoutx": 0.2,
+            "dropouti": 0.1,
+            "dropoute": 0.05,
+            "nonmono": 1,
+            "eval_tokens": 200,
+            "test_tokens": 60,
+            "eval_batch_size": 4,
+            "log_interval": 1,
+        },
     }
 
     def check(self) -> list[str]:
         p: list[str] = []
-        require(p, self.dataset in CORPORA,
-                f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(CORPORA)}")
-        for name in ("nhid", "batch_size", "bptt", "epochs", "eval_batch_size", "test_batch_size", "log_interval",
-                     "nonmono"):
+        require(
+            p, self.dataset in CORPORA, f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(CORPORA)}"
+        )
+        for name in (
+            "nhid",
+            "batch_size",
+            "bptt",
+            "epochs",
+            "eval_batch_size",
+            "test_batch_size",
+            "log_interval",
+            "nonmono",
+        ):
             require(p, getattr(self, name) > 0, f"{name}: must be positive, got {getattr(self, name)}")
         require(p, self.bptt >= 2, f"bptt: must be at least 2, got {self.bptt}")
         for name in ("max_steps_per_epoch", "eval_tokens", "test_tokens", "early_stop_patience"):
@@ -163,8 +203,16 @@ def resolve_rnn_genotype(spec: str) -> RNNGenotype:
 
 
 def build_model(cfg: RNNTrainConfig, ntoken: int, genotype: RNNGenotype) -> RNNEvalModel:
-    return RNNEvalModel(ntoken, genotype, n=cfg.nhid, dropout=cfg.dropout, dropouth=cfg.dropouth,
-                        dropoutx=cfg.dropoutx, dropouti=cfg.dropouti, dropoute=cfg.dropoute)
+    return RNNEvalModel(
+        ntoken,
+        genotype,
+        n=cfg.nhid,
+        dropout=cfg.dropout,
+        dropouth=cfg.dropouth,
+        dropoutx=cfg.dropoutx,
+        dropouti=cfg.dropouti,
+        dropoute=cfg.dropoute,
+    )
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -178,17 +226,17 @@ class _State(LoopState):
     model: RNNEvalModel
     opt: torch.optim.SGD = saved_as("optimizer")
     len_gen: torch.Generator = saved_as("seq_len")
-    pos: int = saved_as("position")                   # row of the training stream where the next segment starts
+    pos: int = saved_as("position")  # row of the training stream where the next segment starts
     hidden: torch.Tensor | None
-    asgd: bool                                       # averaged SGD switched on
-    switch_epoch: int | None                         # 0-based index of the first averaged-SGD epoch
+    asgd: bool  # averaged SGD switched on
+    switch_epoch: int | None  # 0-based index of the first averaged-SGD epoch
     avg: list[torch.Tensor] | None = saved_as("average")  # running average of the weights since the switch
     avg_count: int = saved_as("average_count")
-    sgd_val_losses: list[float]                      # the history the switch rule looks at
+    sgd_val_losses: list[float]  # the history the switch rule looks at
     best_val: float
-    best_epoch: int                                  # 0-based index of the best epoch so far
+    best_epoch: int  # 0-based index of the best epoch so far
     stopped_early: bool
-    final_valid_loss: float | None                   # the last epoch's validation loss (the selection score)
+    final_valid_loss: float | None  # the last epoch's validation loss (the selection score)
     cfg: RNNTrainConfig = transient()
     device: torch.device = transient()
     genotype: RNNGenotype = transient()
@@ -266,8 +314,9 @@ class RNNTrainTask(Task):
 
     def batches(self):
         st, cfg = self.state, self.cfg
-        while st.pos < self.train.size(0) - 2 and (cfg.max_steps_per_epoch is None
-                                                   or st.step_in_epoch < cfg.max_steps_per_epoch):
+        while st.pos < self.train.size(0) - 2 and (
+            cfg.max_steps_per_epoch is None or st.step_in_epoch < cfg.max_steps_per_epoch
+        ):
             seq_len = train_seq_len(st.len_gen, cfg.bptt, cfg.max_seq_len_delta)
             x, y = get_segment(self.train, st.pos, seq_len)
             yield x, y, seq_len
@@ -288,9 +337,16 @@ class RNNTrainTask(Task):
         if not math.isfinite(valid_loss):
             raise NonFiniteError("validation loss", st.global_step, "validation")
         st.final_valid_loss = valid_loss
-        record = {"epoch": st.epoch, "lr": cfg.lr, "optimizer": "asgd" if st.asgd else "sgd",
-                  "steps": st.step_in_epoch, "train_loss": s["nll"] / max(s["rows"], 1),
-                  "train_ppl": _exp(s["nll"] / max(s["rows"], 1)), "valid_loss": valid_loss, "valid_ppl": valid_ppl}
+        record = {
+            "epoch": st.epoch,
+            "lr": cfg.lr,
+            "optimizer": "asgd" if st.asgd else "sgd",
+            "steps": st.step_in_epoch,
+            "train_loss": s["nll"] / max(s["rows"], 1),
+            "train_ppl": _exp(s["nll"] / max(s["rows"], 1)),
+            "valid_loss": valid_loss,
+            "valid_ppl": valid_ppl,
+        }
         if valid_loss < st.best_val:
             st.best_val, st.best_epoch = valid_loss, st.epoch
             with st.averaged():
@@ -307,9 +363,11 @@ class RNNTrainTask(Task):
         return record
 
     def summary(self, r: dict[str, Any]) -> str:
-        return (f"epoch {r['epoch'] + 1}/{self.cfg.epochs} ({r['optimizer']}): {r['steps']} steps | train ppl "
-                f"{r['train_ppl']:.2f} | valid ppl {r['valid_ppl']:.2f}{' *' if r.get('best') else ''} | "
-                f"{r['epoch_seconds']:.1f}s{'; switching to averaged SGD' if r.get('switch_to_asgd') else ''}")
+        return (
+            f"epoch {r['epoch'] + 1}/{self.cfg.epochs} ({r['optimizer']}): {r['steps']} steps | train ppl "
+            f"{r['train_ppl']:.2f} | valid ppl {r['valid_ppl']:.2f}{' *' if r.get('best') else ''} | "
+            f"{r['epoch_seconds']:.1f}s{'; switching to averaged SGD' if r.get('switch_to_asgd') else ''}"
+        )
 
     def new_epoch(self) -> None:
         st = self.state
@@ -331,9 +389,16 @@ class RNNTrainTask(Task):
 
 
 def _best_payload(st: _State, valid_loss: float) -> dict[str, Any]:
-    return {"kind": BEST_KIND, "config": st.cfg.to_dict(), "genotype": genotype_to_dict(st.genotype),
-            "ntoken": st.ntoken, "model": st.model.state_dict(), "epoch": st.epoch, "valid_loss": valid_loss,
-            "averaged": st.avg is not None}
+    return {
+        "kind": BEST_KIND,
+        "config": st.cfg.to_dict(),
+        "genotype": genotype_to_dict(st.genotype),
+        "ntoken": st.ntoken,
+        "model": st.model.state_dict(),
+        "epoch": st.epoch,
+        "valid_loss": valid_loss,
+        "averaged": st.avg is not None,
+    }
 
 
 def _data(cfg: RNNTrainConfig, corpus: Corpus | None) -> Corpus:
@@ -344,8 +409,9 @@ def _rows(tokens: int | None, batch: int) -> int | None:
     return None if tokens is None else max(2, tokens // batch)
 
 
-def run_rnn_train(cfg: RNNTrainConfig, run_dir: str | Path | None = None, resume: bool = False,
-                  log=None, corpus: Corpus | None = None) -> RNNTrainResult:
+def run_rnn_train(
+    cfg: RNNTrainConfig, run_dir: str | Path | None = None, resume: bool = False, log=None, corpus: Corpus | None = None
+) -> RNNTrainResult:
     """Train (or continue training) a recurrent genotype; writes config, metrics, checkpoints, results, pictures.
 
     Messages go to ``log`` (a callable taking one string), else to the ``dartsnas`` logger.
@@ -367,14 +433,22 @@ def run_rnn_train(cfg: RNNTrainConfig, run_dir: str | Path | None = None, resume
     task = RNNTrainTask(cfg, corpus, genotype, device)
     task.best_path = run.path / BEST
     if ck is not None and int(ck.get("ntoken", -1)) != corpus.ntoken:
-        raise CheckpointError(f"vocabulary size: checkpoint={ck.get('ntoken')}, corpus={corpus.ntoken}",
-                              str(run.checkpoint_path))
+        raise CheckpointError(
+            f"vocabulary size: checkpoint={ck.get('ntoken')}, corpus={corpus.ntoken}", str(run.checkpoint_path)
+        )
     st = task.state
     n_params = count_parameters(st.model)
-    run.start(task, files=[("genotype.json", lambda folder: save_genotype(genotype, folder / "genotype.json")),
-                           ("cell pictures", lambda folder: save_cell_pictures(genotype, folder))])
-    run.log(f"rnn train: {cfg.genotype} on {cfg.dataset}, {corpus.ntoken:,} words, train {tuple(task.train.shape)}, "
-            f"{n_params:,} weights, device {device}, run dir {run.path}")
+    run.start(
+        task,
+        files=[
+            ("genotype.json", lambda folder: save_genotype(genotype, folder / "genotype.json")),
+            ("cell pictures", lambda folder: save_cell_pictures(genotype, folder)),
+        ],
+    )
+    run.log(
+        f"rnn train: {cfg.genotype} on {cfg.dataset}, {corpus.ntoken:,} words, train {tuple(task.train.shape)}, "
+        f"{n_params:,} weights, device {device}, run dir {run.path}"
+    )
     run.loop(task)
 
     history = run.history()
@@ -388,18 +462,29 @@ def run_rnn_train(cfg: RNNTrainConfig, run_dir: str | Path | None = None, resume
     cuda = device.type == "cuda"
     final = st.final_valid_loss
     results = {
-        "genotype": cfg.genotype, "dataset": cfg.dataset, "epochs_run": st.epoch, "epochs": cfg.epochs,
+        "genotype": cfg.genotype,
+        "dataset": cfg.dataset,
+        "epochs_run": st.epoch,
+        "epochs": cfg.epochs,
         # epoch numbers count from 1, as in every message (the metrics records keep the 0-based index)
-        "best_epoch": int(best["epoch"]) + 1, "valid_loss": float(best["valid_loss"]),
+        "best_epoch": int(best["epoch"]) + 1,
+        "valid_loss": float(best["valid_loss"]),
         "valid_ppl": _exp(float(best["valid_loss"])),
         # the selection score (same rule as CNN selection: the final epoch's validation score)
-        "final_valid_loss": final, "final_valid_ppl": _exp(final) if final is not None else None,
-        "test_loss": test_loss, "test_ppl": test_ppl,
-        "test_batch_size": cfg.test_batch_size, "test_tokens": cfg.test_tokens, "eval_test": cfg.eval_test,
+        "final_valid_loss": final,
+        "final_valid_ppl": _exp(final) if final is not None else None,
+        "test_loss": test_loss,
+        "test_ppl": test_ppl,
+        "test_batch_size": cfg.test_batch_size,
+        "test_tokens": cfg.test_tokens,
+        "eval_test": cfg.eval_test,
         "asgd_from_epoch": st.switch_epoch + 1 if st.switch_epoch is not None else None,
         "stopped_early": st.stopped_early,
-        "params": n_params, "wall_seconds": st.wall, "gpu_hours": st.wall / 3600 if cuda else 0.0,
-        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
+        "params": n_params,
+        "wall_seconds": st.wall,
+        "gpu_hours": st.wall / 3600 if cuda else 0.0,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "torch": torch.__version__,
     }
     write_json(run.path / "results.json", results)
     run.record({"event": "final", **results})
@@ -434,22 +519,31 @@ def _train_step(st: _State, x: torch.Tensor, y: torch.Tensor, seq_len: int) -> d
     st.hidden = res.hidden.detach()
     with torch.no_grad():
         n = x.size(0)
-        return {"nll": res.nll.detach().double() * n,
-                "rows": torch.full((), float(n), dtype=torch.float64, device=st.device)}
+        return {
+            "nll": res.nll.detach().double() * n,
+            "rows": torch.full((), float(n), dtype=torch.float64, device=st.device),
+        }
 
 
 def _save_curves(history: list[dict[str, Any]], run_dir: Path) -> None:
     from ..checkpoint import atomic_write_text
     from ..plot import curves_svg
 
-    atomic_write_text(run_dir / "perplexity.svg", curves_svg(
-        history, [("train_ppl", "train"), ("valid_ppl", "valid")], "perplexity"))
+    atomic_write_text(
+        run_dir / "perplexity.svg", curves_svg(history, [("train_ppl", "train"), ("valid_ppl", "valid")], "perplexity")
+    )
 
 
 # ------------------------------------------------------------------------------------------- evaluation
 
-def eval_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
-             batch_size: int | None = None, full: bool = False) -> dict[str, Any]:
+
+def eval_run(
+    run_dir: str | Path,
+    data_dir: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    full: bool = False,
+) -> dict[str, Any]:
     """Valid (B = eval_batch_size) and test (B = 1, or ``batch_size``) perplexity of a run's best weights.
 
     Reads ``best.pt`` beside the checkpoint (``dartsnas eval RUN``); the token caps of the run's config
@@ -485,13 +579,22 @@ def eval_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     test = batchify(corpus.test, tb).to(dev)
     t_rows = None if full else _rows(cfg.test_tokens, tb)
     tl, tp = evaluate_lm(model, test, cfg.bptt, t_rows)
-    return {"run": str(folder), "epoch": int(ck["epoch"]), "dataset": cfg.dataset, "valid_loss": vl,
-            "valid_ppl": vp, "test_loss": tl, "test_ppl": tp, "test_batch_size": tb,
-            "params": count_parameters(model), **_coverage("valid", valid, v_rows), **_coverage("test", test, t_rows)}
+    return {
+        "run": str(folder),
+        "epoch": int(ck["epoch"]),
+        "dataset": cfg.dataset,
+        "valid_loss": vl,
+        "valid_ppl": vp,
+        "test_loss": tl,
+        "test_ppl": tp,
+        "test_batch_size": tb,
+        "params": count_parameters(model),
+        **_coverage("valid", valid, v_rows),
+        **_coverage("test", test, t_rows),
+    }
 
 
 def _coverage(split: str, data: torch.Tensor, rows: int | None) -> dict[str, int]:
     """Tokens an evaluation read (``evaluate_lm`` keeps the first ``rows`` rows) and the split's total."""
     used = data.size(0) if rows is None else min(data.size(0), max(2, rows))
     return {f"{split}_tokens": used * data.size(1), f"{split}_tokens_total": data.numel()}
-

@@ -19,9 +19,9 @@ running statistics are averaged over the ranks at every epoch end and checkpoint
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -53,7 +53,7 @@ class SearchConfig(ConfigBase):
     data_dir: str | None = None
     download: bool = False
     train_portion: float = 0.5
-    subset: int | None = None            # use only the first N images of each half (quick real-data runs)
+    subset: int | None = None  # use only the first N images of each half (quick real-data runs)
     init_channels: int = 16
     layers: int = 8
     num_nodes: int = 4
@@ -89,7 +89,7 @@ class SearchConfig(ConfigBase):
     # edges and keep the last cell within the limit (an early-stopping rule in the spirit of DARTS+; off by
     # default, as in the paper).
     max_skip_normal: int | None = None
-    tensorboard: bool = False            # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
+    tensorboard: bool = False  # also write the metrics records as TensorBoard scalars (RUN/tensorboard)
     # Search space (darts: 8 ops; darts-7: no none; nb201) and collapse diagnostics (ROBUST-SPEC §1, §2, §5;
     # loops/search_hooks.py). nb201_cells is N, the
     # search cells per stage of the NB201 supernet; image_size downsamples the images (the CPU proxy);
@@ -115,35 +115,64 @@ class SearchConfig(ConfigBase):
         "paper": {},
         "paper-second-order": {"order": 2},
         # A few minutes on a laptop CPU: the built-in dataset and a small supernet.
-        "quick": {"dataset": "builtin", "init_channels": 8, "layers": 3, "epochs": 8, "batch_size": 32,
-                  "arch_lr": 3e-3, "log_interval": 4, "subset": 256},
-        "tiny": {"dataset": "builtin", "init_channels": 4, "layers": 3, "num_nodes": 2, "epochs": 2,
-                 "batch_size": 16, "subset": 64, "log_interval": 2},
+        "quick": {
+            "dataset": "builtin",
+            "init_channels": 8,
+            "layers": 3,
+            "epochs": 8,
+            "batch_size": 32,
+            "arch_lr": 3e-3,
+            "log_interval": 4,
+            "subset": 256,
+        },
+        "tiny": {
+            "dataset": "builtin",
+            "init_channels": 4,
+            "layers": 3,
+            "num_nodes": 2,
+            "epochs": 2,
+            "batch_size": 16,
+            "subset": 64,
+            "log_interval": 2,
+        },
         **NB201_PRESETS,
         **NB201_METHOD_PRESETS,
     }
 
     def check(self) -> list[str]:
         p: list[str] = []
-        require(p, self.dataset in DATASETS,
-                f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
+        require(
+            p, self.dataset in DATASETS, f"dataset: unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}"
+        )
         require(p, 0.0 < self.train_portion < 1.0, f"train_portion: must be in (0, 1), got {self.train_portion}")
         require(p, self.subset is None or self.subset > 0, f"subset: must be positive, got {self.subset}")
-        for name in ("init_channels", "layers", "num_nodes", "stem_multiplier", "epochs", "batch_size",
-                     "log_interval", "eval_batch_size"):
+        for name in (
+            "init_channels",
+            "layers",
+            "num_nodes",
+            "stem_multiplier",
+            "epochs",
+            "batch_size",
+            "log_interval",
+            "eval_batch_size",
+        ):
             require(p, getattr(self, name) > 0, f"{name}: must be positive, got {getattr(self, name)}")
         require(p, self.layers >= 3, f"layers: must be at least 3 (two reduction cells), got {self.layers}")
         for name in ("lr", "arch_lr"):
             require(p, getattr(self, name) > 0, f"{name}: must be positive, got {getattr(self, name)}")
         for name in ("lr_min", "weight_decay", "arch_weight_decay", "grad_clip"):
             require(p, getattr(self, name) >= 0, f"{name}: must be non-negative, got {getattr(self, name)}")
-        require(p, self.max_skip_normal is None or 0 <= self.max_skip_normal <= 2 * self.num_nodes,
-                f"max_skip_normal: must be in 0..{2 * self.num_nodes}, got {self.max_skip_normal}")
+        require(
+            p,
+            self.max_skip_normal is None or 0 <= self.max_skip_normal <= 2 * self.num_nodes,
+            f"max_skip_normal: must be in 0..{2 * self.num_nodes}, got {self.max_skip_normal}",
+        )
         require(p, self.lr_min <= self.lr, f"lr_min: {self.lr_min} exceeds lr {self.lr}")
         p += search_hooks.check_config(self)
         try:
-            p += search_hooks.build_method_for(self).check_config(self.init_channels, self.layers, self.num_nodes,
-                                                                  self.epochs)
+            p += search_hooks.build_method_for(self).check_config(
+                self.init_channels, self.layers, self.num_nodes, self.epochs
+            )
         except ConfigError as e:
             p += e.problems
         for name in ("momentum", "arch_beta1", "arch_beta2"):
@@ -207,8 +236,7 @@ class _State(LoopState):
     w_idx: torch.Tensor = transient()
     a_idx: torch.Tensor = transient()
 
-    def __init__(self, cfg: SearchConfig, data: ImageData, device: torch.device,
-                 model: torch.nn.Module | None = None):
+    def __init__(self, cfg: SearchConfig, data: ImageData, device: torch.device, model: torch.nn.Module | None = None):
         LoopState.__init__(self)
         self.cfg = cfg
         n_train = data.train_x.shape[0]
@@ -217,7 +245,7 @@ class _State(LoopState):
         a_idx = torch.arange(split, n_train)
         w_idx, a_idx = search_hooks.search_split(cfg, n_train) or (w_idx, a_idx)
         if cfg.subset is not None:
-            w_idx, a_idx = w_idx[:cfg.subset], a_idx[:cfg.subset]
+            w_idx, a_idx = w_idx[: cfg.subset], a_idx[: cfg.subset]
         self.w_idx, self.a_idx = w_idx.to(device), a_idx.to(device)
         self.method = search_hooks.build_method_for(cfg)
         if model is None:
@@ -225,13 +253,24 @@ class _State(LoopState):
         self.model = model.to(device)
         self.method.attach(self.model)
         self.method_state = _MethodCheckpoint(self.method, self.model)
-        self.w_opt = torch.optim.SGD(self.model.weights(), lr=cfg.lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        self.w_opt = torch.optim.SGD(
+            self.model.weights(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
         self.method_state.weight_optimizer = self.w_opt
-        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_lr,
-                                      betas=(cfg.arch_beta1, cfg.arch_beta2), weight_decay=cfg.arch_weight_decay)
-        self.architect = Architect(self.model, self.a_opt, order=cfg.order, weight_momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay, hvp=cfg.hvp)
+        self.a_opt = torch.optim.Adam(
+            self.model.arch_parameters(),
+            lr=cfg.arch_lr,
+            betas=(cfg.arch_beta1, cfg.arch_beta2),
+            weight_decay=cfg.arch_weight_decay,
+        )
+        self.architect = Architect(
+            self.model,
+            self.a_opt,
+            order=cfg.order,
+            weight_momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            hvp=cfg.hvp,
+        )
         self.train_stream = BatchStream(len(w_idx), cfg.batch_size, cfg.seed * 1000 + 1, epoch_mode=True)
         self.val_stream = BatchStream(len(a_idx), cfg.batch_size, cfg.seed * 1000 + 2, epoch_mode=False)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3)
@@ -259,8 +298,15 @@ class SearchTask(Task):
 
     kind = KIND
 
-    def __init__(self, cfg: SearchConfig, data: ImageData, device: torch.device, log,
-                 model: torch.nn.Module | None = None, ranks: Ranks | None = None):
+    def __init__(
+        self,
+        cfg: SearchConfig,
+        data: ImageData,
+        device: torch.device,
+        log,
+        model: torch.nn.Module | None = None,
+        ranks: Ranks | None = None,
+    ):
         self.cfg, self.data, self.device = cfg, data, device
         self.ranks = ranks or Ranks()
         self.state = _State(cfg, data, device, model)
@@ -270,9 +316,11 @@ class SearchTask(Task):
             self.state.architect.reduce = average_
             short = len(self.state.w_idx) % cfg.batch_size  # the epoch's last weight batch
             if 0 < short < self.ranks.world or len(self.state.a_idx) < self.ranks.world:
-                raise ConfigError(f"batch_size: the last batch of an epoch ({short} images) or the α half "
-                                  f"({len(self.state.a_idx)}) leaves a rank of {self.ranks.world} without images; "
-                                  "choose batch_size or subset so that every rank gets a share")
+                raise ConfigError(
+                    f"batch_size: the last batch of an epoch ({short} images) or the α half "
+                    f"({len(self.state.a_idx)}) leaves a rank of {self.ranks.world} without images; "
+                    "choose batch_size or subset so that every rank gets a share"
+                )
         self.sums = Sums(SUMS, device)
         self.criterion = torch.nn.CrossEntropyLoss()
         self.lr = cfg.lr
@@ -288,8 +336,10 @@ class SearchTask(Task):
 
                 self.graphed = GraphedSearchStep(self.state, self.criterion)
             else:
-                log(f"note: cuda_graph needs a CUDA device and plain DARTS; device {device}, method {cfg.method} "
-                    "runs the eager step")
+                log(
+                    f"note: cuda_graph needs a CUDA device and plain DARTS; device {device}, method {cfg.method} "
+                    "runs the eager step"
+                )
 
     def steps_per_epoch(self) -> int:
         return self.state.train_stream.steps_per_epoch()
@@ -298,8 +348,13 @@ class SearchTask(Task):
         st, cfg, d = self.state, self.cfg, self.data
         # Method epoch hook (ROBUST-SPEC §5): schedules, warm-up, pruning, DARTS-PT projections; it may shorten
         # the cosine's horizon (ctx.epochs) or set the epoch's learning rate (ctx.lr).
-        ctx = EpochContext(cfg.epochs, st.w_opt, accuracy=lambda: supernet_accuracy(
-            st.model, d.train_x, d.train_y, st.a_idx, d.mean, d.std, cfg.eval_batch_size))
+        ctx = EpochContext(
+            cfg.epochs,
+            st.w_opt,
+            accuracy=lambda: supernet_accuracy(
+                st.model, d.train_x, d.train_y, st.a_idx, d.mean, d.std, cfg.eval_batch_size
+            ),
+        )
         st.method.on_epoch_start(st.model, st.epoch, ctx)
         self.lr = ctx.lr if ctx.lr is not None else cosine_lr(st.epoch, ctx.epochs, cfg.lr, cfg.lr_min)
         for group in st.w_opt.param_groups:
@@ -324,8 +379,12 @@ class SearchTask(Task):
         while st.step_in_epoch < steps:
             x_t, y_t, s_t = self._batch(st.w_idx, st.train_stream)
             x_v, y_v, s_v = self._batch(st.a_idx, st.val_stream)
-            batch = (poison_batch(x_t, "train", st.global_step + 1), y_t,
-                     poison_batch(x_v, "val", st.global_step + 1), y_v)
+            batch = (
+                poison_batch(x_t, "train", st.global_step + 1),
+                y_t,
+                poison_batch(x_v, "val", st.global_step + 1),
+                y_v,
+            )
             yield (*batch, _Share(s_t, s_v, self.ranks.world)) if self.ranks.distributed else batch
 
     def step(self, batch) -> dict[str, torch.Tensor]:
@@ -341,8 +400,11 @@ class SearchTask(Task):
 
     def stats(self, s: dict[str, float]) -> dict[str, float]:
         n = max(s["count"], 1)
-        return {"loss": s["loss"] / n, "acc": s["correct"] / n,
-                "val_loss": s["arch_step_val_loss"] / max(self.state.step_in_epoch, 1)}
+        return {
+            "loss": s["loss"] / n,
+            "acc": s["correct"] / n,
+            "val_loss": s["arch_step_val_loss"] / max(self.state.step_in_epoch, 1),
+        }
 
     def end_of_epoch(self, s: dict[str, float]) -> dict[str, Any]:
         st, cfg, d = self.state, self.cfg, self.data
@@ -352,10 +414,16 @@ class SearchTask(Task):
         _same_on_every_rank(self.ranks, genotype_to_dict(self.genotype))
         n = max(s["count"], 1)
         record = {
-            "epoch": st.epoch, "lr": self.lr, "train_loss": s["loss"] / n, "train_acc": s["correct"] / n,
+            "epoch": st.epoch,
+            "lr": self.lr,
+            "train_loss": s["loss"] / n,
+            "train_acc": s["correct"] / n,
             "arch_step_val_loss": s["arch_step_val_loss"] / max(self.steps_per_epoch(), 1),
-            "valid_loss": val_loss, "valid_acc": val_acc,
-            **st.model.arch_record(), "genotype": genotype_to_dict(self.genotype), **st.method.log(),
+            "valid_loss": val_loss,
+            "valid_acc": val_acc,
+            **st.model.arch_record(),
+            "genotype": genotype_to_dict(self.genotype),
+            **st.method.log(),
         }
         record.update(self.monitor.epoch_record(st.model, self.genotype))
         self.collapsed = too_many_skips(self.genotype, cfg.max_skip_normal)
@@ -366,12 +434,16 @@ class SearchTask(Task):
         return record
 
     def summary(self, r: dict[str, Any]) -> str:
-        line = (f"epoch {r['epoch'] + 1}/{self.cfg.epochs}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.3f} "
-                f"| valid loss {r['valid_loss']:.4f} acc {r['valid_acc']:.3f} | lr {r['lr']:.5f}")
+        line = (
+            f"epoch {r['epoch'] + 1}/{self.cfg.epochs}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.3f} "
+            f"| valid loss {r['valid_loss']:.4f} acc {r['valid_acc']:.3f} | lr {r['lr']:.5f}"
+        )
         if self.collapsed:
-            line += (f"\nstopping early: the normal cell has {skip_count(self.genotype)} skip connections, more "
-                     f"than max_skip_normal={self.cfg.max_skip_normal}; genotype.json keeps the last cell within "
-                     "the limit")
+            line += (
+                f"\nstopping early: the normal cell has {skip_count(self.genotype)} skip connections, more "
+                f"than max_skip_normal={self.cfg.max_skip_normal}; genotype.json keeps the last cell within "
+                "the limit"
+            )
         return line
 
     def new_epoch(self) -> None:
@@ -389,6 +461,7 @@ class SearchTask(Task):
         """The space's per-epoch files: genotype.json and the cell pictures (unless the cell collapsed and an
         earlier one is kept), the loss curves and the alpha picture."""
         from ..plot import save_cell_pictures, save_search_pictures
+
         if keep_cell or not (folder / "genotype.json").exists():
             save_genotype(genotype, folder / "genotype.json")
             save_cell_pictures(genotype, folder)
@@ -415,8 +488,9 @@ def load_for_resume(run_dir: Path) -> dict[str, Any]:
     return load_checkpoint(run_dir / CHECKPOINT, expect_kind=KIND)
 
 
-def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: bool = False,
-               log=None, data: ImageData | None = None) -> SearchResult:
+def run_search(
+    cfg: SearchConfig, run_dir: str | Path | None = None, resume: bool = False, log=None, data: ImageData | None = None
+) -> SearchResult:
     """Run (or continue) a search; writes config, metrics, checkpoints, genotype and pictures to ``run_dir``.
 
     Messages go to ``log`` (a callable taking one string), else to the ``dartsnas`` logger.
@@ -431,8 +505,16 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
     if data is None:
         data = load_images(cfg.dataset, cfg.data_dir, device, cfg.download)
     else:
-        data = ImageData(data.name, data.train_x.to(device), data.train_y.to(device), data.test_x.to(device),
-                         data.test_y.to(device), data.mean, data.std, data.num_classes)
+        data = ImageData(
+            data.name,
+            data.train_x.to(device),
+            data.train_y.to(device),
+            data.test_x.to(device),
+            data.test_y.to(device),
+            data.mean,
+            data.std,
+            data.num_classes,
+        )
     data = search_hooks.prepare_images(cfg, data)
     set_determinism(device, cfg.deterministic)
     seed_everything(cfg.seed)
@@ -440,9 +522,11 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, resume: boo
     task.past = run.history
     run.start(task)
     st = task.state
-    run.log(f"search: {cfg.dataset}, {len(st.w_idx)}+{len(st.a_idx)} images, order {cfg.order}, "
-            f"{sum(p.numel() for p in st.model.weights()):,} weights, device {device}"
-            f"{f' x{world}' if world > 1 else ''}, run dir {run.path}")
+    run.log(
+        f"search: {cfg.dataset}, {len(st.w_idx)}+{len(st.a_idx)} images, order {cfg.order}, "
+        f"{sum(p.numel() for p in st.model.weights()):,} weights, device {device}"
+        f"{f' x{world}' if world > 1 else ''}, run dir {run.path}"
+    )
     run.loop(task)
     from ..space.genotype import load_genotype
 
@@ -457,8 +541,11 @@ def _check_distributed(cfg: SearchConfig, world: int) -> None:
     """What a data-parallel search supports: plain DARTS (the methods' extra randomness and state are
     not made rank-consistent), the global batch split evenly over the ranks."""
     p: list[str] = []
-    require(p, cfg.batch_size % world == 0,
-            f"batch_size: the global batch {cfg.batch_size} must be divisible by the {world} processes")
+    require(
+        p,
+        cfg.batch_size % world == 0,
+        f"batch_size: the global batch {cfg.batch_size} must be divisible by the {world} processes",
+    )
     require(p, cfg.method == "darts", f"method: {cfg.method} does not run data-parallel; only darts does")
     if p:
         raise ConfigError(p)
@@ -484,8 +571,9 @@ def too_many_skips(genotype: Genotype, limit: int | None) -> bool:
     return limit is not None and skip_count(genotype) > limit
 
 
-def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float,
-                 share: _Share | None = None) -> dict[str, torch.Tensor]:
+def _search_step(
+    st: _State, criterion, x_t, y_t, x_v, y_v, lr: float, share: _Share | None = None
+) -> dict[str, torch.Tensor]:
     """One bilevel step (spec §3.3): the alpha step first, then the weight step with the updated alphas.
 
     Returns the step's sums (device scalars, no host sync): ``loss`` = L_train·n and ``correct`` of the
@@ -507,9 +595,13 @@ def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float,
         crit_t, crit_v = _scaled(criterion, share.train), _scaled(criterion, share.val)
     # (1) alpha step on the validation batch; method hooks (ROBUST-SPEC §5): warm-up, extra α-loss terms
     if st.method.updates_alpha(st.epoch):
-        out = st.architect.step(make_loss_fn(model, x_t, y_t, crit_t),
-                                st.method.alpha_loss_fn(model, make_loss_fn(model, x_v, y_v, crit_v)),
-                                lr, st.w_opt, st.global_step)
+        out = st.architect.step(
+            make_loss_fn(model, x_t, y_t, crit_t),
+            st.method.alpha_loss_fn(model, make_loss_fn(model, x_v, y_v, crit_v)),
+            lr,
+            st.w_opt,
+            st.global_step,
+        )
     # (2) weight step on the training batch, with the alphas just updated; method hook: α transform (SDARTS)
     st.w_opt.zero_grad(set_to_none=True)
     with st.method.weight_step(model, x_t, y_t, criterion):
@@ -535,9 +627,12 @@ def _search_step(st: _State, criterion, x_t, y_t, x_v, y_v, lr: float,
         if val_loss is not None and share is not None:  # the driver sums the ranks' values
             val_loss = val_loss / share.world
         zero = torch.zeros((), device=loss.device, dtype=torch.float64)
-        return {"loss": loss.detach().double() * n, "correct": (logits.argmax(1) == y_t).sum().double(),
-                "count": torch.full((), float(n), device=loss.device, dtype=torch.float64),
-                "arch_step_val_loss": val_loss.detach().double() if val_loss is not None else zero}
+        return {
+            "loss": loss.detach().double() * n,
+            "correct": (logits.argmax(1) == y_t).sum().double(),
+            "count": torch.full((), float(n), device=loss.device, dtype=torch.float64),
+            "arch_step_val_loss": val_loss.detach().double() if val_loss is not None else zero,
+        }
 
 
 def _scaled(criterion, factor: float):
@@ -548,8 +643,9 @@ def _scaled(criterion, factor: float):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
-             mean, std, batch_size: int) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, mean, std, batch_size: int
+) -> tuple[float, float]:
     """The search's end-of-epoch monitoring pass over ``images[index]`` (D_alpha): eval mode (running BN
     statistics), the images normalised only (no crop, flip or cutout), plain cross-entropy; returns (mean
     loss, accuracy). It reads D_alpha, which the alpha steps train on, so it is not a held-out score; it
@@ -560,7 +656,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
     correct = torch.zeros((), dtype=torch.float64, device=images.device)
     for start in range(0, len(index), batch_size):
-        idx = index[start:start + batch_size]
+        idx = index[start : start + batch_size]
         x = augment(images[idx], None, mean, std, train=False)
         out = model(x)
         out = out[0] if isinstance(out, tuple) else out

@@ -32,9 +32,23 @@ from ..space.genotype import genotype_from_dict
 
 SPLIT_FILE = Path("nasbench201") / "cifar10-split.json"
 
-_NB201 = {"space": "nb201", "init_channels": 16, "nb201_cells": 5, "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
-          "momentum": 0.9, "grad_clip": 5.0, "arch_lr": 3e-4, "arch_beta1": 0.5, "arch_beta2": 0.999,
-          "arch_weight_decay": 1e-3, "order": 1, "dataset": "cifar10", "hessian": True}
+_NB201 = {
+    "space": "nb201",
+    "init_channels": 16,
+    "nb201_cells": 5,
+    "batch_size": 64,
+    "lr": 0.025,
+    "lr_min": 0.001,
+    "momentum": 0.9,
+    "grad_clip": 5.0,
+    "arch_lr": 3e-4,
+    "arch_beta1": 0.5,
+    "arch_beta2": 0.999,
+    "arch_weight_decay": 1e-3,
+    "order": 1,
+    "dataset": "cifar10",
+    "hessian": True,
+}
 NB201_PRESETS: dict[str, dict[str, Any]] = {
     # ROBUST-SPEC §1.6, SDARTS / DrNAS / β-DARTS / DARTS-PT column: w on images 0–24,999, α on 25,000–49,999,
     # first-order α step then w step (the loop's order).
@@ -43,12 +57,21 @@ NB201_PRESETS: dict[str, dict[str, Any]] = {
     "nb201-autodl": {**_NB201, "epochs": 50, "weight_decay": 5e-4, "nesterov": True, "split": "nb201"},
     # The CPU proxy (notes/nb201.md): C = 8, N = 1, 16×16 images, the 6,000 + 6,000 images of subset-15k.npz
     # (the first 6,000 of each half of the full training set).
-    "nb201-proxy": {**_NB201, "epochs": 20, "weight_decay": 3e-4, "init_channels": 8, "nb201_cells": 1,
-                    "image_size": 16, "subset": 6000, "log_interval": 20},
+    "nb201-proxy": {
+        **_NB201,
+        "epochs": 20,
+        "weight_decay": 3e-4,
+        "init_channels": 8,
+        "nb201_cells": 1,
+        "image_size": 16,
+        "subset": 6000,
+        "log_interval": 20,
+    },
 }
 # One preset per method on NB201, ``nb201-<method>`` (notes/nbmethods.md): the method's NB201 protocol.
 NB201_METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    f"nb201-{name}": {**NB201_PRESETS[base], **over, "method": name} for name, (base, over) in NB201_PROTOCOLS.items()}
+    f"nb201-{name}": {**NB201_PRESETS[base], **over, "method": name} for name, (base, over) in NB201_PROTOCOLS.items()
+}
 # The supernet options a method may ask for that the NB201 supernet builds (ROBUST-SPEC §3.1, §3.2).
 NB201_OPTIONS = frozenset({"primitives", "partial_channels", "edge_norm", "aux_skip"})
 
@@ -86,8 +109,15 @@ def build_search_model(cfg: Any, num_classes: int, method: Method) -> nn.Module:
         return NB201SearchNetwork(cfg.init_channels, cfg.nb201_cells, num_classes, **opts)
     from ..supernet.network import SearchNetwork
 
-    return SearchNetwork(cfg.init_channels, num_classes, cfg.layers, cfg.num_nodes,
-                         stem_multiplier=cfg.stem_multiplier, fused=cfg.fused_ops, **method.network_options())
+    return SearchNetwork(
+        cfg.init_channels,
+        num_classes,
+        cfg.layers,
+        cfg.num_nodes,
+        stem_multiplier=cfg.stem_multiplier,
+        fused=cfg.fused_ops,
+        **method.network_options(),
+    )
 
 
 def prepare_images(cfg: Any, data: ImageData) -> ImageData:
@@ -99,12 +129,20 @@ def prepare_images(cfg: Any, data: ImageData) -> ImageData:
     def shrink(x: torch.Tensor) -> torch.Tensor:
         out = []
         for start in range(0, len(x), 4096):  # bounded float memory
-            part = F.interpolate(x[start:start + 4096].float(), size=(size, size), mode="area")
+            part = F.interpolate(x[start : start + 4096].float(), size=(size, size), mode="area")
             out.append(part.round_().clamp_(0, 255).to(torch.uint8))
         return torch.cat(out) if out else x
 
-    return ImageData(data.name, shrink(data.train_x), data.train_y, shrink(data.test_x), data.test_y,
-                     data.mean, data.std, data.num_classes)
+    return ImageData(
+        data.name,
+        shrink(data.train_x),
+        data.train_y,
+        shrink(data.test_x),
+        data.test_y,
+        data.mean,
+        data.std,
+        data.num_classes,
+    )
 
 
 def augment_padding(cfg: Any) -> int:
@@ -123,8 +161,9 @@ def _find_split_file(data_dir: str | None) -> Path:
     for root in roots:
         if (root / SPLIT_FILE).is_file():
             return root / SPLIT_FILE
-    raise DataError(f"cannot find {SPLIT_FILE} (split=nb201); looked beside {', '.join(map(str, roots)) or 'nothing'}",
-                    "split")
+    raise DataError(
+        f"cannot find {SPLIT_FILE} (split=nb201); looked beside {', '.join(map(str, roots)) or 'nothing'}", "split"
+    )
 
 
 def search_split(cfg: Any, n_train: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -139,8 +178,11 @@ def search_split(cfg: Any, n_train: int) -> tuple[torch.Tensor, torch.Tensor] | 
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"not a split file ({type(e).__name__}: {e})", str(path)) from None
     if not w or not a or max(w + a) >= n_train or min(w + a) < 0 or set(w) & set(a):
-        raise DataError(f"indices must be disjoint and within the {n_train:,} training images "
-                        "(split=nb201 needs the full CIFAR-10 training set)", str(path))
+        raise DataError(
+            f"indices must be disjoint and within the {n_train:,} training images "
+            "(split=nb201 needs the full CIFAR-10 training set)",
+            str(path),
+        )
     return torch.tensor(w), torch.tensor(a)
 
 
@@ -154,8 +196,9 @@ class SearchMonitor:
         self.batch = None
         if cfg.hessian or cfg.early_stop == "hessian":
             # A fixed, seeded batch of the α half (§2.1), the same tensor every epoch.
-            self.batch = fixed_batch(data.train_x, data.train_y, a_idx, cfg.hessian_batch, cfg.seed * 1000 + 4,
-                                     data.mean, data.std)
+            self.batch = fixed_batch(
+                data.train_x, data.train_y, a_idx, cfg.hessian_batch, cfg.seed * 1000 + 4, data.mean, data.std
+            )
         self.table = None
         if cfg.space == "nb201":
             from ..space.lookup import load_table, resolve_table
@@ -168,8 +211,11 @@ class SearchMonitor:
     def epoch_record(self, model: nn.Module, genotype: Any) -> dict[str, Any]:
         # A sampling method's forward (DrNAS, GDAS) draws from the global generators: fork them, so that the
         # diagnostics leave the search's random stream (and so its numbers) as they were.
-        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and self.batch is not None \
-            and self.batch[0].is_cuda else []
+        cuda = (
+            [torch.cuda.current_device()]
+            if torch.cuda.is_available() and self.batch is not None and self.batch[0].is_cuda
+            else []
+        )
         with torch.random.fork_rng(devices=cuda):
             rec = epoch_diagnostics(model, genotype, self.batch, self.cfg.arch_weight_decay, self.cfg.seed)
         if self.table is not None:
@@ -180,8 +226,12 @@ class SearchMonitor:
         from ..space.lookup import lookup
 
         row = lookup(genotype, self.table)
-        return {"table_row": row.index, "table_cifar10": row.cifar10, "table_cifar100": row.cifar100,
-                "table_imagenet16": row.imagenet16}
+        return {
+            "table_row": row.index,
+            "table_cifar10": row.cifar10,
+            "table_cifar100": row.cifar100,
+            "table_imagenet16": row.imagenet16,
+        }
 
     def early_stop(self, history: list[dict[str, Any]]) -> Any:
         """With ``early_stop=hessian``: the genotype DARTS-ES returns (§2.1) when it fires on this epoch."""
@@ -193,8 +243,10 @@ class SearchMonitor:
         before = darts_es(lambdas)
         if before is None:
             return None
-        self.log(f"stopping early (DARTS-ES): λ_max local average {sum(lambdas[-5:]) / 5:.4g} exceeds 1.3 × that of "
-                 f"epoch {before + 1}; genotype.json keeps epoch {before + 1}'s cell")
+        self.log(
+            f"stopping early (DARTS-ES): λ_max local average {sum(lambdas[-5:]) / 5:.4g} exceeds 1.3 × that of "
+            f"epoch {before + 1}; genotype.json keeps epoch {before + 1}'s cell"
+        )
         return genotype_from_dict(history[before]["genotype"])
 
     def finish(self, run_dir: Path, genotype: Any, wall_seconds: float) -> dict[str, Any]:
@@ -202,8 +254,12 @@ class SearchMonitor:
         table row and accuracies (logged too)."""
         from ..checkpoint import atomic_write_text
 
-        res: dict[str, Any] = {"space": self.cfg.space, "method": self.cfg.method, "searched_on": self.cfg.dataset,
-                               **search_cost(self.device, wall_seconds)}
+        res: dict[str, Any] = {
+            "space": self.cfg.space,
+            "method": self.cfg.method,
+            "searched_on": self.cfg.dataset,
+            **search_cost(self.device, wall_seconds),
+        }
         if self.cfg.space != "nb201":
             from ..space.genotype import genotype_to_dict
 
@@ -216,8 +272,10 @@ class SearchMonitor:
 
             row = lookup(genotype, self.table)
             res["table"] = {**row.to_dict(), "path": str(self.table.path)}
-            self.log(f"NB201 cell {row.arch_str}: table row {row.index}, test accuracy CIFAR-10 {row.cifar10:.2f} %, "
-                     f"CIFAR-100 {row.cifar100:.2f} %, ImageNet16-120 {row.imagenet16:.2f} %")
+            self.log(
+                f"NB201 cell {row.arch_str}: table row {row.index}, test accuracy CIFAR-10 {row.cifar10:.2f} %, "
+                f"CIFAR-100 {row.cifar100:.2f} %, ImageNet16-120 {row.imagenet16:.2f} %"
+            )
         atomic_write_text(run_dir / "results.json", json.dumps(res, indent=2) + "\n")
         return res
 
@@ -230,13 +288,23 @@ def search_cost(device: torch.device, wall_seconds: float) -> dict[str, Any]:
     resume the peak is the last process's."""
     hours = wall_seconds / 3600.0
     if device.type == "cuda":
-        return {"wall_seconds": wall_seconds, "device": torch.cuda.get_device_name(device), "gpu_hours": hours,
-                "cpu_hours": 0.0, "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
-                "peak_memory_source": "cuda_max_memory_allocated"}
+        return {
+            "wall_seconds": wall_seconds,
+            "device": torch.cuda.get_device_name(device),
+            "gpu_hours": hours,
+            "cpu_hours": 0.0,
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
+            "peak_memory_source": "cuda_max_memory_allocated",
+        }
     import resource
     import sys
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return {"wall_seconds": wall_seconds, "device": "cpu", "gpu_hours": 0.0, "cpu_hours": hours,
-            "peak_memory_bytes": int(rss if sys.platform == "darwin" else rss * 1024),
-            "peak_memory_source": "cpu_peak_rss"}
+    return {
+        "wall_seconds": wall_seconds,
+        "device": "cpu",
+        "gpu_hours": 0.0,
+        "cpu_hours": hours,
+        "peak_memory_bytes": int(rss if sys.platform == "darwin" else rss * 1024),
+        "peak_memory_source": "cpu_peak_rss",
+    }

@@ -17,7 +17,8 @@ format, e.g. ``weight_optimizer`` for the field ``w_opt``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

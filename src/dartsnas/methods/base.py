@@ -67,8 +67,13 @@ class EpochContext:
     no gradients; the loop supplies it.
     """
 
-    def __init__(self, epochs: int, weight_optimizer: torch.optim.Optimizer | None = None,
-                 accuracy: Callable[[], float] | None = None, lr: float | None = None):
+    def __init__(
+        self,
+        epochs: int,
+        weight_optimizer: torch.optim.Optimizer | None = None,
+        accuracy: Callable[[], float] | None = None,
+        lr: float | None = None,
+    ):
         self.epochs = epochs
         self.total_epochs = epochs
         self.weight_optimizer = weight_optimizer
@@ -164,16 +169,19 @@ class Method:
             opts["primitives"] = self.primitives
         return opts
 
-    def check_config(self, init_channels: int, layers: int = 8, num_nodes: int = 4,
-                     epochs: int | None = None) -> list[str]:
+    def check_config(
+        self, init_channels: int, layers: int = 8, num_nodes: int = 4, epochs: int | None = None
+    ) -> list[str]:
         """Config problems of a DARTS-space search with this method: partial channels (K must split every
         cell's C, and C/K must be even for the stride-2 FactorizedReduce); extra phases (DARTS-PT's tuning
         must leave at least one supernet epoch)."""
         problems = self._check_channels(init_channels, layers)
         extra = sum(c.planned_extra_epochs(num_nodes) for c in self.components)
         if epochs is not None and extra >= epochs:
-            problems.append(f"epochs: {self.name} adds {extra} epochs after the supernet phase (at {num_nodes} "
-                            f"nodes), so epochs must exceed {extra}, got {epochs}")
+            problems.append(
+                f"epochs: {self.name} adds {extra} epochs after the supernet phase (at {num_nodes} "
+                f"nodes), so epochs must exceed {extra}, got {epochs}"
+            )
         return problems
 
     def _check_channels(self, init_channels: int, layers: int) -> list[str]:
@@ -186,8 +194,10 @@ class Method:
         for K in sorted(ks):
             bad = sorted(c for c in sizes if c % K or (even and K > 1 and (c // K) % 2))
             if bad:
-                problems.append(f"init_channels: {init_channels} does not split into K={K} partial-channel groups "
-                                f"{'of an even size ' if even else ''}in every cell (C = {', '.join(map(str, bad))})")
+                problems.append(
+                    f"init_channels: {init_channels} does not split into K={K} partial-channel groups "
+                    f"{'of an even size ' if even else ''}in every cell (C = {', '.join(map(str, bad))})"
+                )
         return problems
 
     def attach(self, model) -> None:
@@ -197,11 +207,13 @@ class Method:
         if base is None and not transforms:
             model.mixing = None
         else:
+
             def mixing(alphas: Sequence[Tensor]) -> list[Tensor]:
                 w = base(alphas) if base is not None else [torch.softmax(a, dim=-1) for a in alphas]
                 for c in transforms:
                     w = c.transform_weights(w)
                 return w
+
             model.mixing = mixing
         for c in self.components:
             c.attach(model)
@@ -211,8 +223,10 @@ class Method:
         ctx.total_epochs = ctx.epochs
         ctx.epochs = ctx.total_epochs - sum(c.extra_epochs() for c in self.components)
         if ctx.epochs < 1:
-            raise ConfigError(f"epochs: {self.name} needs more than {ctx.total_epochs - ctx.epochs} epochs "
-                              f"(its extra phase), got {ctx.total_epochs}")
+            raise ConfigError(
+                f"epochs: {self.name} needs more than {ctx.total_epochs - ctx.epochs} epochs "
+                f"(its extra phase), got {ctx.total_epochs}"
+            )
         for c in self.components:
             c.on_epoch_start(model, epoch, ctx)
 
@@ -231,6 +245,7 @@ class Method:
                 if term is not None:
                     loss = loss + term
             return loss
+
         return wrapped
 
     @contextlib.contextmanager

@@ -40,8 +40,9 @@ def default_tune_epochs(n_projections: int, interval: int = 5) -> int:
     return interval * (n_projections - 1) + 1
 
 
-def tuning_lr(tune_epoch: int, tune_epochs: int, lr: float = 0.0025, lr_min: float = 0.001,
-              cosine: bool = True) -> float:
+def tuning_lr(
+    tune_epoch: int, tune_epochs: int, lr: float = 0.0025, lr_min: float = 0.001, cosine: bool = True
+) -> float:
     """0.0025 (= 0.025/10); cosine to 0.001 over the tuning epochs in the DARTS space, constant on NB201."""
     if not cosine:
         return lr
@@ -60,15 +61,23 @@ def _node_edges(num_nodes: int) -> list[list[int]]:
 class PerturbationSelection(Component):
     """The DARTS-PT projection schedule and masks. ``topology=True`` in the DARTS space (two inputs per node)."""
 
-    def __init__(self, tune_epochs: int | None = None, interval: int = 5, tune_lr: float = 0.0025,
-                 tune_lr_min: float = 0.001, cosine: bool = True, topology: bool = True, seed: int | None = None):
+    def __init__(
+        self,
+        tune_epochs: int | None = None,
+        interval: int = 5,
+        tune_lr: float = 0.0025,
+        tune_lr_min: float = 0.001,
+        cosine: bool = True,
+        topology: bool = True,
+        seed: int | None = None,
+    ):
         self.tune_epochs_arg = tune_epochs
         self.interval, self.tune_lr, self.tune_lr_min, self.cosine = interval, tune_lr, tune_lr_min, cosine
         self.topology = topology
         self.seed = seed
         self.gen = torch.Generator().manual_seed(seed or 0)
-        self.decided: list[dict[int, int]] = []      # per α tensor: edge row -> op column
-        self.removed: list[set[int]] = []            # per α tensor: edge rows cut by the topology step
+        self.decided: list[dict[int, int]] = []  # per α tensor: edge row -> op column
+        self.removed: list[set[int]] = []  # per α tensor: edge rows cut by the topology step
         self.probe: tuple[int, int, int | None] | None = None  # (tensor, row, column or None = whole edge)
         self.done = 0
         self.tuning_started = False
@@ -223,7 +232,7 @@ class PerturbationSelection(Component):
         cells = []
         for t in range(len(self.shape)):
             pairs = []
-            for node, rows in enumerate(_node_edges(self.num_nodes)):
+            for _node, rows in enumerate(_node_edges(self.num_nodes)):
                 kept = [r for r in rows if r not in self.removed[t]]
                 pairs += [(model.primitives[self.decided[t][r]], r - rows[0]) for r in kept]
             cells.append(tuple(pairs))
@@ -234,9 +243,14 @@ class PerturbationSelection(Component):
         return {"pt_projections": self.done}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decided": [dict(d) for d in self.decided], "removed": [sorted(r) for r in self.removed],
-                "done": self.done, "tuning_started": self.tuning_started, "gen": self.gen.get_state(),
-                "orders": self.orders}
+        return {
+            "decided": [dict(d) for d in self.decided],
+            "removed": [sorted(r) for r in self.removed],
+            "done": self.done,
+            "tuning_started": self.tuning_started,
+            "gen": self.gen.get_state(),
+            "orders": self.orders,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decided = [{int(k): int(v) for k, v in d.items()} for d in state["decided"]]
@@ -261,7 +275,7 @@ def supernet_accuracy(model, images: Tensor, labels: Tensor, index: Tensor, mean
     correct = torch.zeros((), dtype=torch.float64, device=images.device)
     try:
         for start in range(0, len(index), batch_size):
-            idx = index[start:start + batch_size]
+            idx = index[start : start + batch_size]
             out = model(augment(images[idx], None, mean, std, train=False))
             out = out[0] if isinstance(out, tuple) else out
             correct += (out.argmax(1) == labels[idx]).sum().double()

@@ -57,8 +57,8 @@ class DartsParams(MethodParams):
 
 @dataclass(kw_only=True)
 class PCDartsParams(MethodParams):
-    K: int = 4                   # CIFAR-10 (ImageNet: 2)
-    warmup_epochs: int = 15      # no α/β step in epochs 0-14 (ImageNet: 35)
+    K: int = 4  # CIFAR-10 (ImageNet: 2)
+    warmup_epochs: int = 15  # no α/β step in epochs 0-14 (ImageNet: 35)
     edge_norm: bool = True
 
     def check(self) -> list[str]:
@@ -68,8 +68,11 @@ class PCDartsParams(MethodParams):
         return p
 
     def check_epochs(self, epochs: int) -> list[str]:
-        return [] if self.warmup_epochs < epochs else [
-            f"warmup_epochs: {self.warmup_epochs} leaves no α step in {epochs} epochs (set method_args)"]
+        return (
+            []
+            if self.warmup_epochs < epochs
+            else [f"warmup_epochs: {self.warmup_epochs} leaves no α step in {epochs} epochs (set method_args)"]
+        )
 
 
 @dataclass(kw_only=True)
@@ -84,9 +87,9 @@ class DartsMinusParams(MethodParams):
 
 @dataclass(kw_only=True)
 class BetaDartsParams(MethodParams):
-    default_space: ClassVar[str] = "darts-7"   # the SDARTS family searches without `none`
+    default_space: ClassVar[str] = "darts-7"  # the SDARTS family searches without `none`
     lam_max: float = 50.0
-    horizon: int = 100                         # hard-coded in the release (§3.3)
+    horizon: int = 100  # hard-coded in the release (§3.3)
 
     def check(self) -> list[str]:
         p: list[str] = []
@@ -100,7 +103,7 @@ class SDartsParams(MethodParams):
     default_space: ClassVar[str] = "darts-7"
     eps_min: float = 0.03
     eps_max: float = 0.3
-    attack_steps: int = 7        # ADV only
+    attack_steps: int = 7  # ADV only
 
     def check(self) -> list[str]:
         p: list[str] = []
@@ -112,7 +115,7 @@ class SDartsParams(MethodParams):
 @dataclass(kw_only=True)
 class DrNASParams(MethodParams):
     default_space: ClassVar[str] = "darts-7"
-    reg: str = "l2"              # "l2": Adam weight decay 1e-3 on α; "kl": + reg_scale·KL, weight decay 0
+    reg: str = "l2"  # "l2": Adam weight decay 1e-3 on α; "kl": + reg_scale·KL, weight decay 0
     reg_scale: float = 1e-3
     partial_channels: int = 1
     prune_epoch: int | None = None
@@ -125,15 +128,20 @@ class DrNASParams(MethodParams):
         require(p, self.reg_scale >= 0, f"reg_scale: must be non-negative, got {self.reg_scale}")
         require(p, self.partial_channels >= 1, f"partial_channels: must be positive, got {self.partial_channels}")
         require(p, self.prune_keep >= 1, f"prune_keep: must be positive, got {self.prune_keep}")
-        require(p, self.widen_to is None
-                or (self.prune_epoch is not None and 1 <= self.widen_to < self.partial_channels),
-                f"widen_to: needs prune_epoch and 1 <= widen_to < partial_channels ({self.partial_channels}), "
-                f"got {self.widen_to}")
+        require(
+            p,
+            self.widen_to is None or (self.prune_epoch is not None and 1 <= self.widen_to < self.partial_channels),
+            f"widen_to: needs prune_epoch and 1 <= widen_to < partial_channels ({self.partial_channels}), "
+            f"got {self.widen_to}",
+        )
         return p
 
     def check_space(self, space: str) -> list[str]:
-        return [f"widen_to: the progressive widening is wired for the DARTS spaces only, not {space}"] \
-            if space == "nb201" and self.widen_to is not None else []
+        return (
+            [f"widen_to: the progressive widening is wired for the DARTS spaces only, not {space}"]
+            if space == "nb201" and self.widen_to is not None
+            else []
+        )
 
 
 @dataclass(kw_only=True)
@@ -152,27 +160,37 @@ class PTParams(MethodParams):
     default_space: ClassVar[str] = "darts-7"
     # §3.6 on NB201: 25 tuning epochs (projections at 0, 5, 10, 15, 20, 24), constant lr, no topology step
     space_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "nb201": {"tune_epochs": 25, "cosine": False, "topology": False}}
-    tune_epochs: int | None = None   # None: 5 per projection + 1 (86 in the DARTS space); NB201 default: 25
+        "nb201": {"tune_epochs": 25, "cosine": False, "topology": False}
+    }
+    tune_epochs: int | None = None  # None: 5 per projection + 1 (86 in the DARTS space); NB201 default: 25
     interval: int = 5
     tune_lr: float = 0.0025
     tune_lr_min: float = 0.001
-    cosine: bool = True              # NB201: constant
-    topology: bool = True            # DARTS space: two inputs per node; NB201: none
-    seed: int | None = None          # edge/node order; None: drawn from the run's seed
+    cosine: bool = True  # NB201: constant
+    topology: bool = True  # DARTS space: two inputs per node; NB201: none
+    seed: int | None = None  # edge/node order; None: drawn from the run's seed
 
     def check(self) -> list[str]:
         p: list[str] = []
-        require(p, self.tune_epochs is None or self.tune_epochs >= 1,
-                f"tune_epochs: must be positive, got {self.tune_epochs}")
+        require(
+            p,
+            self.tune_epochs is None or self.tune_epochs >= 1,
+            f"tune_epochs: must be positive, got {self.tune_epochs}",
+        )
         require(p, self.interval >= 1, f"interval: must be positive, got {self.interval}")
-        require(p, 0 < self.tune_lr_min <= self.tune_lr,
-                f"tune_lr_min/tune_lr: need 0 < {self.tune_lr_min} <= {self.tune_lr}")
+        require(
+            p,
+            0 < self.tune_lr_min <= self.tune_lr,
+            f"tune_lr_min/tune_lr: need 0 < {self.tune_lr_min} <= {self.tune_lr}",
+        )
         return p
 
     def check_space(self, space: str) -> list[str]:
-        return ["topology: NB201 keeps every edge, so DARTS-PT has no topology step there (topology=false)"] \
-            if space == "nb201" and self.topology else []
+        return (
+            ["topology: NB201 keeps every edge, so DARTS-PT has no topology step there (topology=false)"]
+            if space == "nb201" and self.topology
+            else []
+        )
 
 
 @dataclass
@@ -188,13 +206,21 @@ REGISTRY: dict[str, Entry] = {
     "beta-darts": Entry(BetaDartsParams, lambda p: [BetaDecay(p.lam_max, p.horizon)]),
     "sdarts-rs": Entry(SDartsParams, lambda p: [Perturb(False, p.eps_min, p.eps_max, p.attack_steps)]),
     "sdarts-adv": Entry(SDartsParams, lambda p: [Perturb(True, p.eps_min, p.eps_max, p.attack_steps)]),
-    "drnas": Entry(DrNASParams, lambda p: ([PartialChannels(p.partial_channels, 0, False)]
-                                           if p.partial_channels > 1 else [])
-                   + [DirichletMixing(p.reg, p.reg_scale, p.prune_epoch, p.prune_keep, p.widen_to)]),
+    "drnas": Entry(
+        DrNASParams,
+        lambda p: (
+            ([PartialChannels(p.partial_channels, 0, False)] if p.partial_channels > 1 else [])
+            + [DirichletMixing(p.reg, p.reg_scale, p.prune_epoch, p.prune_keep, p.widen_to)]
+        ),
+    ),
     "gdas": Entry(GDASParams, lambda p: [GumbelHard(p.tau_max, p.tau_min)]),
     "blank": Entry(DartsParams, lambda p: [Blank()]),
-    "darts-pt": Entry(PTParams, lambda p: [PerturbationSelection(p.tune_epochs, p.interval, p.tune_lr, p.tune_lr_min,
-                                                                 p.cosine, p.topology, p.seed)]),
+    "darts-pt": Entry(
+        PTParams,
+        lambda p: [
+            PerturbationSelection(p.tune_epochs, p.interval, p.tune_lr, p.tune_lr_min, p.cosine, p.topology, p.seed)
+        ],
+    ),
 }
 
 # Search protocols in the DARTS space (ROBUST-SPEC §3), as SearchConfig overrides.
@@ -215,14 +241,14 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 # The method's NB201 hyper-parameters come from ``space_defaults``. Where no paper ran the method on NB201
 # (PC-DARTS: DrNAS quotes it; DARTS-: no release) the column is this project's choice [SPEC].
 NB201_PROTOCOLS: dict[str, tuple[str, dict[str, Any]]] = {
-    "pc-darts": ("nb201", {}),                       # K = 4, warm-up 15, edge β; the SDARTS-family column [SPEC]
-    "darts-minus": ("nb201-autodl", {}),             # the DARTS-V1 column it is compared with: E = 50 [SPEC]
+    "pc-darts": ("nb201", {}),  # K = 4, warm-up 15, edge β; the SDARTS-family column [SPEC]
+    "darts-minus": ("nb201-autodl", {}),  # the DARTS-V1 column it is compared with: E = 50 [SPEC]
     "beta-darts": ("nb201", {}),
     "sdarts-rs": ("nb201", {}),
     "sdarts-adv": ("nb201", {}),
-    "drnas": ("nb201", {}),                          # K = 1 (§3.5)
-    "gdas": ("nb201-autodl", {"epochs": 250}),       # AutoDL GDAS column (§1.6)
-    "darts-pt": ("nb201", {"epochs": 100 + 25}),     # 100 supernet epochs, then 25 tuning epochs (§3.6)
+    "drnas": ("nb201", {}),  # K = 1 (§3.5)
+    "gdas": ("nb201-autodl", {"epochs": 250}),  # AutoDL GDAS column (§1.6)
+    "darts-pt": ("nb201", {"epochs": 100 + 25}),  # 100 supernet epochs, then 25 tuning epochs (§3.6)
 }
 
 
@@ -240,8 +266,9 @@ def parse_args(args: str | dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def build_method(name: str, space: str | None = None, args: str | dict[str, Any] | None = None,
-                 epochs: int | None = None) -> Method:
+def build_method(
+    name: str, space: str | None = None, args: str | dict[str, Any] | None = None, epochs: int | None = None
+) -> Method:
     """The method ``name`` (``a+b`` composes) in ``space`` (None: the first part's default space)."""
     parts = [n.strip() for n in name.split("+")]
     unknown = [n for n in parts if n not in REGISTRY]

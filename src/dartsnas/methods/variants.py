@@ -19,6 +19,7 @@ from .base import Component, EpochContext
 
 # ----------------------------------------------------------------------------------------- PC-DARTS §3.1
 
+
 class PartialChannels(Component):
     """K partial channels + shuffle, edge normalisation β, and no α/β step during the warm-up epochs."""
 
@@ -40,6 +41,7 @@ class PartialChannels(Component):
 
 
 # ----------------------------------------------------------------------------------------- DARTS- §3.2
+
 
 def darts_minus_beta(epoch: int, epochs: int, schedule: str = "linear") -> float:
     """β_e = (E − e)/E (linear, the release's default): 1.00, 0.98, 0.50, 0.02 at 0, 1, 25, 49 of 50."""
@@ -71,6 +73,7 @@ class AuxSkip(Component):
 
 # ----------------------------------------------------------------------------------------- β-DARTS §3.3
 
+
 def beta_decay_regulariser(alphas: Sequence[Tensor]) -> Tensor:
     """R(α) = mean over every edge (row of every α tensor) of log Σ_k exp α_{e,k}."""
     return torch.cat([torch.logsumexp(a, dim=-1) for a in alphas]).mean()
@@ -97,6 +100,7 @@ class BetaDecay(Component):
 
 
 # ----------------------------------------------------------------------------------------- SDARTS §3.4
+
 
 def project_simplex(w: Tensor) -> Tensor:
     """Π: clamp rows to [0, 1]; an all-zero row gets 1 at its pre-clamp argmax; divide by the row sum."""
@@ -167,6 +171,7 @@ class Perturb(Component):
         def loss_at(w: list[Tensor]) -> Tensor:
             with _override(model, w):
                 return criterion(model(x), y)
+
         try:
             with torch.no_grad():
                 loss0 = loss_at(base)
@@ -175,8 +180,10 @@ class Perturb(Component):
                 bar = [w.detach().requires_grad_(True) for w in bar]
                 grads = torch.autograd.grad(loss_at(bar), bar)
                 with torch.no_grad():
-                    bar = [project_simplex(b0 + (w + step * g.sign() - b0).clamp(-self.eps, self.eps))
-                           for w, g, b0 in zip(bar, grads, base)]
+                    bar = [
+                        project_simplex(b0 + (w + step * g.sign() - b0).clamp(-self.eps, self.eps))
+                        for w, g, b0 in zip(bar, grads, base)
+                    ]
             with torch.no_grad():
                 final = loss_at(bar)
         finally:
@@ -192,6 +199,7 @@ class Perturb(Component):
 
 # ----------------------------------------------------------------------------------------- DrNAS §3.5
 
+
 def dirichlet_concentration(alpha: Tensor) -> Tensor:
     return F.elu(alpha) + 1.0
 
@@ -206,8 +214,9 @@ def dirichlet_kl(alphas: Sequence[Tensor]) -> Tensor:
     total = None
     for a in alphas:
         conc = dirichlet_concentration(a)
-        kl = torch.distributions.kl_divergence(torch.distributions.Dirichlet(conc),
-                                               torch.distributions.Dirichlet(torch.ones_like(conc))).sum()
+        kl = torch.distributions.kl_divergence(
+            torch.distributions.Dirichlet(conc), torch.distributions.Dirichlet(torch.ones_like(conc))
+        ).sum()
         total = kl if total is None else total + kl
     return total
 
@@ -223,8 +232,13 @@ def _widen(t: Tensor, dims: Sequence[int], maps: dict[int, Tensor]) -> Tensor:
     return t
 
 
-def widen_mixed_op(op, new_K: int, primitives: tuple[str, ...], generator: torch.Generator | None = None,
-                   momentum: dict[Tensor, Tensor] | None = None):
+def widen_mixed_op(
+    op,
+    new_K: int,
+    primitives: tuple[str, ...],
+    generator: torch.Generator | None = None,
+    momentum: dict[Tensor, Tensor] | None = None,
+):
     """A ``PartialMixedOp`` rebuilt for C/new_K channels, each new channel a copy of an existing one.
 
     Conv weights are copied along their output channels and, unless depthwise, their input channels; BN
@@ -259,16 +273,20 @@ def widen_mixed_op(op, new_K: int, primitives: tuple[str, ...], generator: torch
     return new_op, maps, new_momentum
 
 
-def widen_partial_channels(model, optimizer: torch.optim.Optimizer | None, new_K: int,
-                           generator: torch.Generator | None = None) -> None:
+def widen_partial_channels(
+    model, optimizer: torch.optim.Optimizer | None, new_K: int, generator: torch.Generator | None = None
+) -> None:
     """Progressive DrNAS: every partial mixed op of ``model`` goes to K = ``new_K``; the weight optimiser keeps
     its state (momentum buffers copied channel by channel) and its learning rate."""
     for cell in model.cells:
         for e, op in enumerate(cell._ops):
             momentum = None
             if optimizer is not None:
-                momentum = {p: optimizer.state[p]["momentum_buffer"] for p in op.parameters()
-                            if p in optimizer.state and optimizer.state[p].get("momentum_buffer") is not None}
+                momentum = {
+                    p: optimizer.state[p]["momentum_buffer"]
+                    for p in op.parameters()
+                    if p in optimizer.state and optimizer.state[p].get("momentum_buffer") is not None
+                }
             new_op, _, new_momentum = widen_mixed_op(op, new_K, model.primitives, generator, momentum)
             if optimizer is not None:
                 swap = dict(zip(map(id, op.parameters()), new_op.parameters()))
@@ -291,8 +309,14 @@ class DirichletMixing(Component):
 
     base_mixing = staticmethod(dirichlet_mixing)
 
-    def __init__(self, reg: str = "l2", reg_scale: float = 1e-3, prune_epoch: int | None = None,
-                 prune_keep: int = 4, widen_to: int | None = None):
+    def __init__(
+        self,
+        reg: str = "l2",
+        reg_scale: float = 1e-3,
+        prune_epoch: int | None = None,
+        prune_keep: int = 4,
+        widen_to: int | None = None,
+    ):
         self.reg, self.reg_scale = reg, reg_scale
         self.prune_epoch, self.prune_keep, self.widen_to = prune_epoch, prune_keep, widen_to
         self.masks: list[Tensor] | None = None
@@ -341,6 +365,7 @@ class DirichletMixing(Component):
         if hasattr(model, "derive_from_alphas"):  # NB201: argmax per edge
             return model.derive_from_alphas(masked)
         from ..supernet.network import derive_scaled_genotype
+
         return derive_scaled_genotype(*masked, model.num_nodes, model.primitives)
 
     def state_dict(self) -> dict[str, Any]:
@@ -353,6 +378,7 @@ class DirichletMixing(Component):
 
 
 # ----------------------------------------------------------------------------------------- GDAS §3.7
+
 
 def gdas_tau(epoch: int, epochs: int, tau_max: float = 10.0, tau_min: float = 0.1) -> float:
     """τ_e = τ_max − (τ_max − τ_min)·e/(E − 1): 10 at the first epoch, 0.1 at the last."""
@@ -390,6 +416,7 @@ class GumbelHard(Component):
 
 
 # ----------------------------------------------------------------------------------------- blank (§3.6)
+
 
 class Blank(Component):
     """α fixed at 0 during supernet training (the "blank" of blank+PT)."""

@@ -37,5 +37,16 @@ from .experiment import EXPERIMENT_FILE, SUMMARY_FILE, Experiment, ExperimentRes
 from .stages import evaluate_final, random_baseline, select
 from .summary import load_summary, summarize
 
-__all__ = ["ProtocolConfig", "loop_configs", "Experiment", "ExperimentResult", "EXPERIMENT_FILE", "SUMMARY_FILE",
-           "select", "random_baseline", "evaluate_final", "summarize", "load_summary"]
+__all__ = [
+    "ProtocolConfig",
+    "loop_configs",
+    "Experiment",
+    "ExperimentResult",
+    "EXPERIMENT_FILE",
+    "SUMMARY_FILE",
+    "select",
+    "random_baseline",
+    "evaluate_final",
+    "summarize",
+    "load_summary",
+]

@@ -50,23 +50,23 @@ DEFAULT_PRESET = {"nb201": "nb201-proxy", "cnn": "paper", "darts-7": "paper"}
 class CompareConfig(ConfigBase):
     """One comparison: every method of ``methods`` searched once per seed of ``seeds`` with the same settings."""
 
-    space: Literal["nb201", "cnn", "darts-7"] = "nb201"   # the search's --space (cnn = the DARTS space)
-    methods: str = "darts"               # comma-separated method names (a+b compositions allowed)
-    seeds: str = "1,2,3"                 # comma-separated search seeds, the same for every method
-    preset: str | None = None            # the searches' preset; None: nb201-proxy (NB201), paper (DARTS space)
+    space: Literal["nb201", "cnn", "darts-7"] = "nb201"  # the search's --space (cnn = the DARTS space)
+    methods: str = "darts"  # comma-separated method names (a+b compositions allowed)
+    seeds: str = "1,2,3"  # comma-separated search seeds, the same for every method
+    preset: str | None = None  # the searches' preset; None: nb201-proxy (NB201), paper (DARTS space)
     dataset: str | None = None
     data_dir: str | None = None
-    order: int | None = None             # None: the preset's
-    search_epochs: int | None = None     # None: the preset's
-    search_set: list = field(default_factory=list)   # key=value overrides of every search
+    order: int | None = None  # None: the preset's
+    search_epochs: int | None = None  # None: the preset's
+    search_set: list = field(default_factory=list)  # key=value overrides of every search
     method_args: list = field(default_factory=list)  # "METHOD=key=value,..." per method
-    random_samples: int = 0              # NB201: random cells looked up per seed (0: no random baseline)
+    random_samples: int = 0  # NB201: random cells looked up per seed (0: no random baseline)
     # DARTS space: one training of each search's derived cell (final-<method>-seed<N>), for test error mean ± std
     final: bool = False
     train_preset: str = "paper"
-    final_epochs: int | None = None      # None: the train preset's (paper 600)
-    final_seed: int = 0                  # the training seed of every final run (the same for every cell)
-    train_set: list = field(default_factory=list)    # key=value overrides of every final training
+    final_epochs: int | None = None  # None: the train preset's (paper 600)
+    final_seed: int = 0  # the training seed of every final run (the same for every cell)
+    train_set: list = field(default_factory=list)  # key=value overrides of every final training
     # The Runner's fields, as in ProtocolConfig (the runs go to local processes or SLURM jobs alike).
     jobs: int = 1
     devices: str | None = None
@@ -80,14 +80,32 @@ class CompareConfig(ConfigBase):
     slurm_account: str | None = None
     slurm_setup: list = field(default_factory=list)
 
-    HARMLESS = ConfigBase.HARMLESS | frozenset({"jobs", "devices", "data_dir", "threads", "launcher",
-                                               "slurm_partition", "slurm_gpus", "slurm_cpus", "slurm_time",
-                                               "slurm_mem", "slurm_account", "slurm_setup"})
+    HARMLESS = ConfigBase.HARMLESS | frozenset(
+        {
+            "jobs",
+            "devices",
+            "data_dir",
+            "threads",
+            "launcher",
+            "slurm_partition",
+            "slurm_gpus",
+            "slurm_cpus",
+            "slurm_time",
+            "slurm_mem",
+            "slurm_account",
+            "slurm_setup",
+        }
+    )
 
     PRESETS = {
         # Seconds per run (tests, smoke checks): the tiny settings of each space.
-        "tiny-nb201": {"space": "nb201", "preset": "nb201-proxy", "seeds": "1,2", "search_epochs": 1,
-                       "search_set": ["subset=64", "batch_size=32", "hessian_batch=16"]},
+        "tiny-nb201": {
+            "space": "nb201",
+            "preset": "nb201-proxy",
+            "seeds": "1,2",
+            "search_epochs": 1,
+            "search_set": ["subset=64", "batch_size=32", "hessian_batch=16"],
+        },
         "tiny": {"space": "cnn", "preset": "tiny", "seeds": "1,2", "search_epochs": 1},
     }
 
@@ -109,19 +127,28 @@ class CompareConfig(ConfigBase):
             require(p, getattr(self, name) > 0, f"{name}: must be positive, got {getattr(self, name)}")
         require(p, self.slurm_gpus >= 0, f"slurm_gpus: must be non-negative, got {self.slurm_gpus}")
         require(p, self.random_samples >= 0, f"random_samples: must be non-negative, got {self.random_samples}")
-        require(p, self.random_samples == 0 or self.space == "nb201",
-                "random_samples: the table-lookup random baseline exists for NB201 only (the DARTS space has no "
-                "table; use `dartsnas random` for its trained baseline)")
-        require(p, not self.final or self.space != "nb201",
-                "final: NB201 cells are looked up in the table, not trained (final trainings are for the DARTS space)")
+        require(
+            p,
+            self.random_samples == 0 or self.space == "nb201",
+            "random_samples: the table-lookup random baseline exists for NB201 only (the DARTS space has no "
+            "table; use `dartsnas random` for its trained baseline)",
+        )
+        require(
+            p,
+            not self.final or self.space != "nb201",
+            "final: NB201 cells are looked up in the table, not trained (final trainings are for the DARTS space)",
+        )
         require(p, self.order in (None, 1, 2), f"order: must be 1 or 2, got {self.order}")
         for name in ("search_epochs", "final_epochs", "threads", "slurm_mem"):
             v = getattr(self, name)
             require(p, v is None or v > 0, f"{name}: must be positive, got {v}")
         for name in ("search_set", "train_set", "slurm_setup"):
             v = getattr(self, name)
-            require(p, isinstance(v, list) and all(isinstance(s, str) for s in v),
-                    f"{name}: expected a list of strings, got {v!r}")
+            require(
+                p,
+                isinstance(v, list) and all(isinstance(s, str) for s in v),
+                f"{name}: expected a list of strings, got {v!r}",
+            )
         for name in ("search_set", "train_set"):
             v = getattr(self, name)
             require(p, all("=" in s for s in v if isinstance(s, str)), f"{name}: expected key=value strings, got {v!r}")
@@ -208,8 +235,20 @@ def final_name(method: str, seed: int) -> str:
 
 
 def _train_argv(cfg: CompareConfig, genotype: Path, run_dir: Path) -> tuple[list[str], list[str]]:
-    argv = ["train", "--space", "cnn", "--preset", cfg.train_preset, "--genotype", str(genotype),
-            "--seed", str(cfg.final_seed), "--run-dir", str(run_dir), "--no-progress"]
+    argv = [
+        "train",
+        "--space",
+        "cnn",
+        "--preset",
+        cfg.train_preset,
+        "--genotype",
+        str(genotype),
+        "--seed",
+        str(cfg.final_seed),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
     argv += [a for kv in cfg.train_overrides() for a in ("--set", kv)]
     return argv, ["train", "--space", "cnn", "--resume", str(run_dir), "--no-progress"]
 
@@ -253,8 +292,10 @@ def _create(exp: Experiment, cfg: CompareConfig, resume: bool) -> None:
 
     if exp.exists():
         if not resume:
-            raise RunDirError("already holds an experiment; pass --resume to continue it or choose another "
-                              "--experiment", str(exp.path))
+            raise RunDirError(
+                "already holds an experiment; pass --resume to continue it or choose another --experiment",
+                str(exp.path),
+            )
         data = exp.read()
         if data.get("kind") != KIND:
             raise RunDirError(f"holds a {data.get('kind')!r} experiment, not {KIND!r}", str(exp.path))
@@ -264,8 +305,12 @@ def _create(exp: Experiment, cfg: CompareConfig, resume: bool) -> None:
             raise RunDirError(f"holds an unreadable compare config ({e})", str(exp.path)) from None
         bad, _ = cfg.diff(old)
         if bad:
-            raise ConfigError(["the experiment was started with another config (resume keeps it): "
-                               + "; ".join(bad).replace("checkpoint=", "experiment=")])
+            raise ConfigError(
+                [
+                    "the experiment was started with another config (resume keeps it): "
+                    + "; ".join(bad).replace("checkpoint=", "experiment=")
+                ]
+            )
         data["config"] = cfg.to_dict()
         exp.write(data)
         return
@@ -276,12 +321,26 @@ def _create(exp: Experiment, cfg: CompareConfig, resume: bool) -> None:
             (exp.path / sub).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunDirError(f"cannot create ({e.strerror or e})", str(exp.path)) from None
-    exp.write({"kind": KIND, "space": cfg.space, "methods": cfg.method_list(), "seeds": cfg.seed_list(),
-               "created": _now(), "dartsnas_version": __version__, "config": cfg.to_dict()})
+    exp.write(
+        {
+            "kind": KIND,
+            "space": cfg.space,
+            "methods": cfg.method_list(),
+            "seeds": cfg.seed_list(),
+            "created": _now(),
+            "dartsnas_version": __version__,
+            "config": cfg.to_dict(),
+        }
+    )
 
 
-def compare(cfg: CompareConfig, experiment: str | Path | None = None, resume: bool = False,
-            retry_failed: bool = False, log=print) -> ExperimentResult:
+def compare(
+    cfg: CompareConfig,
+    experiment: str | Path | None = None,
+    resume: bool = False,
+    retry_failed: bool = False,
+    log=print,
+) -> ExperimentResult:
     """Search every method with every seed (one run each, ``cfg.jobs`` at a time), add the NB201 random
     baseline when asked, and summarize per method (``summary.json``)."""
     exp = Experiment(experiment or Path("experiments") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -321,6 +380,7 @@ def _method_line(m: dict[str, Any], space: str) -> str:
 
 # ============================================================================================ random baseline
 
+
 def random_baseline_nb201(cfg: CompareConfig) -> dict[str, Any]:
     """``random_samples`` uniformly drawn NB201 cells per seed, looked up in the table (no training)."""
     from ..space.lookup import load_table, lookup, resolve_table
@@ -338,12 +398,17 @@ def random_baseline_nb201(cfg: CompareConfig) -> dict[str, Any]:
             cells.append(row.to_dict())
         acc = {k: sum(x[k] for x in cells) / len(cells) for k in ("cifar10", "cifar100", "imagenet16_120")}
         per_seed.append({"seed": seed, "cells": cells, "mean": acc})
-    return {"samples": cfg.random_samples, "table": str(table.path), "per_seed": per_seed,
-            "selection": "none (the table has test accuracies only): the mean of the drawn cells",
-            "cost_hours": 0.0}
+    return {
+        "samples": cfg.random_samples,
+        "table": str(table.path),
+        "per_seed": per_seed,
+        "selection": "none (the table has test accuracies only): the mean of the drawn cells",
+        "cost_hours": 0.0,
+    }
 
 
 # ============================================================================================ summary
+
 
 def mean_std(values: list[float]) -> dict[str, Any] | None:
     """Mean and sample standard deviation (n − 1; 0 for one value) of finite values; None when there are none."""
@@ -407,18 +472,33 @@ def summarize_compare(path: str | Path) -> dict[str, Any]:
             if status == "done" and not res:
                 status, st = "failed", {**st, "error": "finished without results.json"}
             hist = _history(run_dir)
-            row = {"name": name, "method": m, "seed": seed, "status": status, "error": st.get("error"),
-                   "device": res.get("device") or st.get("device"), "wall_seconds": res.get("wall_seconds"),
-                   "gpu_hours": res.get("gpu_hours"), "cpu_hours": res.get("cpu_hours"),
-                   "peak_memory_bytes": res.get("peak_memory_bytes"),
-                   "peak_memory_source": res.get("peak_memory_source"),
-                   "lambda_max": [r.get("hessian_eig") for r in hist],
-                   "skip_count": [r.get("skip_count") for r in hist], "epochs": len(hist)}
+            row = {
+                "name": name,
+                "method": m,
+                "seed": seed,
+                "status": status,
+                "error": st.get("error"),
+                "device": res.get("device") or st.get("device"),
+                "wall_seconds": res.get("wall_seconds"),
+                "gpu_hours": res.get("gpu_hours"),
+                "cpu_hours": res.get("cpu_hours"),
+                "peak_memory_bytes": res.get("peak_memory_bytes"),
+                "peak_memory_source": res.get("peak_memory_source"),
+                "lambda_max": [r.get("hessian_eig") for r in hist],
+                "skip_count": [r.get("skip_count") for r in hist],
+                "epochs": len(hist),
+            }
             if space == "nb201":
                 table = res.get("table") or {}
-                row.update({"arch_str": res.get("arch_str"), "table_row": table.get("row"),
-                            "cifar10": table.get("cifar10"), "cifar100": table.get("cifar100"),
-                            "imagenet16_120": table.get("imagenet16_120")})
+                row.update(
+                    {
+                        "arch_str": res.get("arch_str"),
+                        "table_row": table.get("row"),
+                        "cifar10": table.get("cifar10"),
+                        "cifar100": table.get("cifar100"),
+                        "imagenet16_120": table.get("imagenet16_120"),
+                    }
+                )
             else:
                 gdict = res.get("genotype") or (_read_json(run_dir / "genotype.json") if status == "done" else None)
                 row.update({"genotype": gdict, "params": _eval_params(gdict) if status == "done" else None})
@@ -429,8 +509,13 @@ def summarize_compare(path: str | Path) -> dict[str, Any]:
         per_method.append(_method_stats(m, rows, space))
     random_base = _read_json(exp.path / RANDOM_FILE)
     summary = {
-        "experiment": str(exp.path), "kind": KIND, "space": space, "methods": per_method, "seeds": seeds,
-        "config": data.get("config", {}), "runs": runs,
+        "experiment": str(exp.path),
+        "kind": KIND,
+        "space": space,
+        "methods": per_method,
+        "seeds": seeds,
+        "config": data.get("config", {}),
+        "runs": runs,
         "random": _random_stats(random_base) if isinstance(random_base, dict) else None,
         "complete": all(r["status"] in ("done", "failed") for r in runs)
         and all(r["final"]["status"] in ("done", "failed") for r in runs if r.get("final") and r["status"] == "done"),
@@ -451,25 +536,37 @@ def _final_row(exp: Experiment, name: str) -> dict[str, Any]:
     err = res.get("test_error_percent")
     if status == "done" and not (isinstance(err, (int, float)) and math.isfinite(err)):
         status, st = "failed", {**st, "error": "finished without a test error"}
-    return {"name": name, "status": status, "error": st.get("error"), "test_error_percent": err,
-            "params": res.get("params"), "gpu_hours": res.get("gpu_hours"), "cpu_hours": res.get("cpu_hours")}
+    return {
+        "name": name,
+        "status": status,
+        "error": st.get("error"),
+        "test_error_percent": err,
+        "params": res.get("params"),
+        "gpu_hours": res.get("gpu_hours"),
+        "cpu_hours": res.get("cpu_hours"),
+    }
 
 
 def _method_stats(method: str, rows: list[dict[str, Any]], space: str) -> dict[str, Any]:
     done = [r for r in rows if r["status"] == "done"]
-    out: dict[str, Any] = {"method": method, "runs": len(rows), "n": len(done),
-                           "failed": [r["name"] for r in rows if r["status"] == "failed"],
-                           "gpu_hours": mean_std([r["gpu_hours"] for r in done if r.get("gpu_hours")]),
-                           "cpu_hours": mean_std([r["cpu_hours"] for r in done if r.get("cpu_hours")]),
-                           "peak_memory_bytes": max((r["peak_memory_bytes"] for r in done
-                                                     if isinstance(r.get("peak_memory_bytes"), int)), default=None),
-                           "peak_memory_source": sorted({r["peak_memory_source"] for r in done
-                                                         if r.get("peak_memory_source")})}
+    out: dict[str, Any] = {
+        "method": method,
+        "runs": len(rows),
+        "n": len(done),
+        "failed": [r["name"] for r in rows if r["status"] == "failed"],
+        "gpu_hours": mean_std([r["gpu_hours"] for r in done if r.get("gpu_hours")]),
+        "cpu_hours": mean_std([r["cpu_hours"] for r in done if r.get("cpu_hours")]),
+        "peak_memory_bytes": max(
+            (r["peak_memory_bytes"] for r in done if isinstance(r.get("peak_memory_bytes"), int)), default=None
+        ),
+        "peak_memory_source": sorted({r["peak_memory_source"] for r in done if r.get("peak_memory_source")}),
+    }
     if space == "nb201":
         for key in ("cifar10", "cifar100", "imagenet16_120"):
             out[key] = mean_std([r.get(key) for r in done])
-        out["cells"] = [{"seed": r["seed"], "arch_str": r.get("arch_str"), "table_row": r.get("table_row")}
-                        for r in done]
+        out["cells"] = [
+            {"seed": r["seed"], "arch_str": r.get("arch_str"), "table_row": r.get("table_row")} for r in done
+        ]
     else:
         out["cells"] = [{"seed": r["seed"], "genotype": r.get("genotype"), "params": r.get("params")} for r in done]
         out["params"] = mean_std([r["params"] for r in done if r.get("params")])

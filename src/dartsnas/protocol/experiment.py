@@ -18,10 +18,10 @@ SUMMARY_FILE = "summary.json"
 
 @dataclass
 class Task:
-    name: str                  # search-seed1, select-seed1, random-0, final-seed0
-    stage: str                 # search | select | random | final
-    argv: list[str]            # the fresh command (after "python -m dartsnas")
-    resume_argv: list[str]     # the command that continues it from its checkpoint
+    name: str  # search-seed1, select-seed1, random-0, final-seed0
+    stage: str  # search | select | random | final
+    argv: list[str]  # the fresh command (after "python -m dartsnas")
+    resume_argv: list[str]  # the command that continues it from its checkpoint
     deps: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -83,8 +83,10 @@ class Experiment:
 
         if self.exists():
             if not resume:
-                raise RunDirError("already holds an experiment; pass --resume to continue it or choose another "
-                                  "--experiment", str(self.path))
+                raise RunDirError(
+                    "already holds an experiment; pass --resume to continue it or choose another --experiment",
+                    str(self.path),
+                )
             data = self.read()
             if data.get("kind") != kind:
                 raise RunDirError(f"holds a {data.get('kind')!r} experiment, not {kind!r}", str(self.path))
@@ -94,8 +96,12 @@ class Experiment:
                 raise RunDirError(f"holds an unreadable protocol config ({e})", str(self.path)) from None
             bad, _ = cfg.diff(old)
             if bad:
-                raise ConfigError(["the experiment was started with another config (resume keeps it): "
-                                   + "; ".join(bad).replace("checkpoint=", "experiment=")])
+                raise ConfigError(
+                    [
+                        "the experiment was started with another config (resume keeps it): "
+                        + "; ".join(bad).replace("checkpoint=", "experiment=")
+                    ]
+                )
             data["config"] = cfg.to_dict()  # harmless changes (jobs, devices) take effect
             self.write(data)
             return data
@@ -106,8 +112,15 @@ class Experiment:
                 (self.path / sub).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunDirError(f"cannot create ({e.strerror or e})", str(self.path)) from None
-        data = {"kind": kind, "space": cfg.space, "method": "random" if kind == "random" else "darts",
-                "created": _now(), "dartsnas_version": __version__, "config": cfg.to_dict(), **(extra or {})}
+        data = {
+            "kind": kind,
+            "space": cfg.space,
+            "method": "random" if kind == "random" else "darts",
+            "created": _now(),
+            "dartsnas_version": __version__,
+            "config": cfg.to_dict(),
+            **(extra or {}),
+        }
         self.write(data)
         return data
 
@@ -116,4 +129,3 @@ class Experiment:
         from ..lock import locked
 
         return locked(self.path)
-

@@ -25,7 +25,7 @@ from .config import ProtocolConfig
 from .experiment import Experiment, Task, _now
 
 _ANNOUNCED: set[str] = set()
-FAULT_ENV = "DARTSNAS_PROTOCOL_FAULT"              # tests: "run-name=<DARTSNAS_FAULT value>[;...]"
+FAULT_ENV = "DARTSNAS_PROTOCOL_FAULT"  # tests: "run-name=<DARTSNAS_FAULT value>[;...]"
 
 
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
@@ -81,7 +81,7 @@ def _last_error(log: Path) -> str:
         return "no log"
     for ln in reversed(lines):
         if ln.startswith("dartsnas:"):
-            return ln[len("dartsnas:"):].strip()
+            return ln[len("dartsnas:") :].strip()
     return " | ".join(lines[-3:])[-500:] if lines else "no output"
 
 
@@ -155,8 +155,13 @@ class RunJob:
         with open(self.log_path, "a") as log:
             log.write(f"=== {_now()} in job: dartsnas {' '.join(argv)}\n")
             log.flush()
-            child = subprocess.Popen([sys.executable, "-m", "dartsnas", *argv], stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
+            child = subprocess.Popen(
+                [sys.executable, "-m", "dartsnas", *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
             pid_file = Path(self.log_path).with_suffix(".pid")
             pid_file.write_text(str(child.pid))  # so an experiment process that lost this job can stop the run
             try:
@@ -191,8 +196,14 @@ def make_executor(cfg: ProtocolConfig, folder: Path):
     setup = [f"export PYTHONPATH={shlex.quote(_src_dir())}${{PYTHONPATH:+:$PYTHONPATH}}", *cfg.slurm_setup]
     if cfg.launcher == "slurm":
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        params = {"timeout_min": cfg.slurm_time, "gpus_per_node": cfg.slurm_gpus, "cpus_per_task": cfg.slurm_cpus,
-                  "nodes": 1, "tasks_per_node": 1, "slurm_setup": setup}
+        params = {
+            "timeout_min": cfg.slurm_time,
+            "gpus_per_node": cfg.slurm_gpus,
+            "cpus_per_task": cfg.slurm_cpus,
+            "nodes": 1,
+            "tasks_per_node": 1,
+            "slurm_setup": setup,
+        }
         if cfg.slurm_mem is not None:
             params["mem_gb"] = cfg.slurm_mem
         if cfg.slurm_partition:
@@ -219,8 +230,16 @@ def _run_pid(pid_file: Path) -> int | None:
 class Runner:
     """Runs tasks, ``len(slots)`` at a time, in dependency order; records every outcome."""
 
-    def __init__(self, exp: Experiment, cfg: ProtocolConfig, resume: bool, retry_failed: bool, log,
-                 small: bool = False, on_change=None):
+    def __init__(
+        self,
+        exp: Experiment,
+        cfg: ProtocolConfig,
+        resume: bool,
+        retry_failed: bool,
+        log,
+        small: bool = False,
+        on_change=None,
+    ):
         self.exp, self.cfg, self.resume, self.retry_failed, self.log = exp, cfg, resume, retry_failed, log
         self.jobs = cfg.launcher != "local"
         self.slots = ["job"] * cfg.jobs if self.jobs else _device_slots(cfg)
@@ -240,9 +259,10 @@ class Runner:
 
     def _env(self, task: Task, slot: str) -> dict[str, str]:
         """The variables a run gets on top of the inherited environment."""
-        env = {"PYTHONPATH": _src_dir() + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH")
-                                           else ""),
-               "DARTSNAS_FAULT": _child_fault(task.name) or ""}
+        env = {
+            "PYTHONPATH": _src_dir() + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+            "DARTSNAS_FAULT": _child_fault(task.name) or "",
+        }
         if self.threads is not None:
             env["OMP_NUM_THREADS"] = str(self.threads)
         if slot == "cpu":
@@ -297,20 +317,34 @@ class Runner:
         env = self._env(task, slot)
         if self.jobs:
             self.executor.update_parameters(name=f"dartsnas-{task.name}")
-            handle = _Job(self.executor.submit(RunJob(task.argv, task.resume_argv, str(run_dir), str(log_path),
-                                                      env)))
+            handle = _Job(self.executor.submit(RunJob(task.argv, task.resume_argv, str(run_dir), str(log_path), env)))
             extra = {"job_id": handle.job_id, "launcher": self.cfg.launcher}
         else:
             with open(log_path, "a") as logf:
-                proc = subprocess.Popen([sys.executable, "-m", "dartsnas", *argv], stdout=logf,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env={**os.environ, **env},
-                                        preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "dartsnas", *argv],
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, **env},
+                    preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+                )
             handle = _Local(proc)
             extra = {"job_id": None, "launcher": "local"}
-        self.exp.set_status(task.name, stage=task.stage, status="running", attempts=st.get("attempts", 0) + 1,
-                            started=_now(), device=self._device(slot), command=["dartsnas", *argv],
-                            continued=continuing, run_dir=f"runs/{task.name}", pid=handle.pid, **extra, **task.meta)
+        self.exp.set_status(
+            task.name,
+            stage=task.stage,
+            status="running",
+            attempts=st.get("attempts", 0) + 1,
+            started=_now(),
+            device=self._device(slot),
+            command=["dartsnas", *argv],
+            continued=continuing,
+            run_dir=f"runs/{task.name}",
+            pid=handle.pid,
+            **extra,
+            **task.meta,
+        )
         place = {"cpu": "CPU", "job": f"{self.cfg.launcher} job {handle.job_id}"}.get(slot, f"GPU {slot}")
         self.log(f"[{task.name}] {'continuing' if continuing else 'starting'} on {place} (log: {log_path})")
         return handle
@@ -322,8 +356,10 @@ class Runner:
             if st == "done":
                 continue
             if st == "failed" and not self.retry_failed:
-                self.log(f"[{t.name}] failed before ({self.exp.status(t.name).get('error')}); kept as failed "
-                         "(--retry-failed runs it again)")
+                self.log(
+                    f"[{t.name}] failed before ({self.exp.status(t.name).get('error')}); kept as failed "
+                    "(--retry-failed runs it again)"
+                )
                 continue
             if st == "failed":
                 shutil.rmtree(self.exp.run_dir(t.name), ignore_errors=True)
@@ -355,8 +391,15 @@ class Runner:
                     dep_state = [self.exp.status(d).get("status") for d in t.deps]
                     if any(s == "failed" for s in dep_state):
                         bad = next(d for d in t.deps if self.exp.status(d).get("status") == "failed")
-                        self.exp.set_status(t.name, stage=t.stage, status="failed", returncode=None,
-                                            error=f"not run: {bad} failed", finished=_now(), **t.meta)
+                        self.exp.set_status(
+                            t.name,
+                            stage=t.stage,
+                            status="failed",
+                            returncode=None,
+                            error=f"not run: {bad} failed",
+                            finished=_now(),
+                            **t.meta,
+                        )
                         self.log(f"[{t.name}] not run: {bad} failed")
                         todo.remove(t)
                         progressed = True
@@ -369,8 +412,9 @@ class Runner:
                         todo.remove(t)
                         progressed = True
                 if not running and todo and not progressed:
-                    raise RuntimeError("protocol: tasks wait on runs that are not scheduled: "
-                                       + ", ".join(t.name for t in todo))
+                    raise RuntimeError(
+                        "protocol: tasks wait on runs that are not scheduled: " + ", ".join(t.name for t in todo)
+                    )
                 for name, (proc, slot_i, t0, t) in list(running.items()):
                     rc = proc.poll()
                     if rc is None:
@@ -389,8 +433,9 @@ class Runner:
         st = self.exp.status(task.name)
         spent = float(st.get("process_seconds", 0.0)) + seconds
         if rc == 0:
-            self.exp.set_status(task.name, status="done", returncode=0, error=None, finished=_now(),
-                                process_seconds=spent, pid=None)
+            self.exp.set_status(
+                task.name, status="done", returncode=0, error=None, finished=_now(), process_seconds=spent, pid=None
+            )
             self.log(f"[{task.name}] done in {seconds:.1f}s")
             return
         interrupted = rc < 0 or rc in (128 + signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGKILL)
@@ -399,8 +444,15 @@ class Runner:
             error = f"{job_error}; {error}"
         elif rc < 0:
             error = f"killed by signal {-rc}" + (f" ({error})" if error else "")
-        self.exp.set_status(task.name, status="interrupted" if interrupted else "failed", returncode=rc,
-                            error=error, finished=_now(), process_seconds=spent, pid=None)
+        self.exp.set_status(
+            task.name,
+            status="interrupted" if interrupted else "failed",
+            returncode=rc,
+            error=error,
+            finished=_now(),
+            process_seconds=spent,
+            pid=None,
+        )
         self.log(f"[{task.name}] {'interrupted' if interrupted else 'FAILED'} (exit {rc}): {error}")
 
     def _stop_all(self, running: dict) -> None:
@@ -408,22 +460,25 @@ class Runner:
         for proc, *_ in running.values():
             proc.stop()
         deadline = time.monotonic() + 120
-        for name, (proc, slot_i, t0, t) in running.items():
+        for name, (proc, _slot_i, t0, _t) in running.items():
             rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             st = self.exp.status(name)
-            self.exp.set_status(name, status="interrupted", returncode=rc, finished=_now(),
-                                process_seconds=float(st.get("process_seconds", 0.0)) + time.perf_counter() - t0,
-                                error="stopped with the experiment; continue with --resume", pid=None)
+            self.exp.set_status(
+                name,
+                status="interrupted",
+                returncode=rc,
+                finished=_now(),
+                process_seconds=float(st.get("process_seconds", 0.0)) + time.perf_counter() - t0,
+                error="stopped with the experiment; continue with --resume",
+                pid=None,
+            )
         running.clear()
 
 
 class ExperimentInterrupted(Interrupted):
     def __init__(self, signum: int, path: Path):
         super().__init__(signum, path)
-        self.args = (f"interrupted by signal {signum}; finished runs are kept in {path}; "
-                     "continue with --resume",)
+        self.args = (f"interrupted by signal {signum}; finished runs are kept in {path}; continue with --resume",)
 
     def __str__(self) -> str:
         return self.args[0]
-
-

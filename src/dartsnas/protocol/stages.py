@@ -19,8 +19,20 @@ from .summary import summarize
 
 
 def _search_argv(cfg: ProtocolConfig, seed: int, run_dir: Path) -> tuple[list[str], list[str]]:
-    argv = ["search", "--space", cfg.space, "--preset", cfg.search_preset, "--seed", str(seed),
-            "--order", str(cfg.order), "--run-dir", str(run_dir), "--no-progress"]
+    argv = [
+        "search",
+        "--space",
+        cfg.space,
+        "--preset",
+        cfg.search_preset,
+        "--seed",
+        str(seed),
+        "--order",
+        str(cfg.order),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
     argv += [a for kv in cfg._common_overrides() for a in ("--set", kv)]
     if cfg.search_epochs is not None:
         argv += ["--epochs", str(cfg.search_epochs)]
@@ -28,10 +40,29 @@ def _search_argv(cfg: ProtocolConfig, seed: int, run_dir: Path) -> tuple[list[st
     return argv, ["search", "--space", cfg.space, "--resume", str(run_dir), "--no-progress"]
 
 
-def _train_argv(cfg: ProtocolConfig, genotype: Path, seed: int, run_dir: Path, epochs: int | None,
-                selection: bool, extra: list[str] = ()) -> tuple[list[str], list[str]]:
-    argv = ["train", "--space", cfg.space, "--preset", cfg.resolved_train_preset(), "--genotype", str(genotype),
-            "--seed", str(seed), "--run-dir", str(run_dir), "--no-progress"]
+def _train_argv(
+    cfg: ProtocolConfig,
+    genotype: Path,
+    seed: int,
+    run_dir: Path,
+    epochs: int | None,
+    selection: bool,
+    extra: list[str] = (),
+) -> tuple[list[str], list[str]]:
+    argv = [
+        "train",
+        "--space",
+        cfg.space,
+        "--preset",
+        cfg.resolved_train_preset(),
+        "--genotype",
+        str(genotype),
+        "--seed",
+        str(seed),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
     argv += [a for kv in cfg._common_overrides() for a in ("--set", kv)]
     if epochs is not None:
         argv += ["--epochs", str(epochs)]
@@ -84,8 +115,14 @@ def _check_data(space: str, dataset: str, data_dir: str | None) -> None:
         load_images(dataset, data_dir)
 
 
-def select(cfg: ProtocolConfig, experiment: str | Path | None = None, resume: bool = False,
-           retry_failed: bool = False, run_final: bool = False, log=print) -> ExperimentResult:
+def select(
+    cfg: ProtocolConfig,
+    experiment: str | Path | None = None,
+    resume: bool = False,
+    retry_failed: bool = False,
+    run_final: bool = False,
+    log=print,
+) -> ExperimentResult:
     """DARTS with selection (spec §9): S searches, a short training of each derived cell, the best by
     validation performance; optionally (``run_final``) the full evaluation of the pick."""
     exp = Experiment(experiment or _default_path("select"))
@@ -97,8 +134,14 @@ def select(cfg: ProtocolConfig, experiment: str | Path | None = None, resume: bo
             s_name, t_name = f"search-seed{seed}", f"select-seed{seed}"
             s_argv, s_res = _search_argv(cfg, seed, exp.run_dir(s_name))
             searches.append(Task(s_name, "search", s_argv, s_res, meta={"seed": seed}))
-            t_argv, t_res = _train_argv(cfg, exp.run_dir(s_name) / "genotype.json", cfg.select_seed,
-                                        exp.run_dir(t_name), cfg.resolved_select_epochs(), selection=True)
+            t_argv, t_res = _train_argv(
+                cfg,
+                exp.run_dir(s_name) / "genotype.json",
+                cfg.select_seed,
+                exp.run_dir(t_name),
+                cfg.resolved_select_epochs(),
+                selection=True,
+            )
             trainings.append(Task(t_name, "select", t_argv, t_res, deps=[s_name], meta={"seed": seed}))
         tasks = searches + trainings
         runner = Runner(exp, cfg, resume, retry_failed, log, small, on_change=lambda: summarize(exp.path))
@@ -110,8 +153,14 @@ def select(cfg: ProtocolConfig, experiment: str | Path | None = None, resume: bo
     return ExperimentResult(exp.path, summary)
 
 
-def random_baseline(cfg: ProtocolConfig, experiment: str | Path | None = None, resume: bool = False,
-                    retry_failed: bool = False, run_final: bool = False, log=print) -> ExperimentResult:
+def random_baseline(
+    cfg: ProtocolConfig,
+    experiment: str | Path | None = None,
+    resume: bool = False,
+    retry_failed: bool = False,
+    run_final: bool = False,
+    log=print,
+) -> ExperimentResult:
     """The random-search baseline (spec §9): N uniformly sampled cells, the same short training, the same pick."""
     exp = Experiment(experiment or _default_path("random"))
     small = _check_loop_configs(cfg, "random")
@@ -124,8 +173,9 @@ def random_baseline(cfg: ProtocolConfig, experiment: str | Path | None = None, r
             if not path.exists():
                 save_genotype(g, path)
             name = f"random-{k}"
-            argv, res = _train_argv(cfg, path, cfg.select_seed, exp.run_dir(name), cfg.resolved_select_epochs(),
-                                    selection=True)
+            argv, res = _train_argv(
+                cfg, path, cfg.select_seed, exp.run_dir(name), cfg.resolved_select_epochs(), selection=True
+            )
             tasks.append(Task(name, "random", argv, res, meta={"index": k}))
         Runner(exp, cfg, resume, retry_failed, log, small, on_change=lambda: summarize(exp.path)).run(tasks)
         summary = summarize(exp.path)
@@ -135,8 +185,14 @@ def random_baseline(cfg: ProtocolConfig, experiment: str | Path | None = None, r
     return ExperimentResult(exp.path, summary)
 
 
-def evaluate_final(cfg: ProtocolConfig, experiment: str | Path | None = None, genotype: str | None = None,
-                   resume: bool = False, retry_failed: bool = False, log=print) -> ExperimentResult:
+def evaluate_final(
+    cfg: ProtocolConfig,
+    experiment: str | Path | None = None,
+    genotype: str | None = None,
+    resume: bool = False,
+    retry_failed: bool = False,
+    log=print,
+) -> ExperimentResult:
     """R full trainings of one cell with seeds final_seed.. (spec §5/§7.6); mean ± std of the test metric.
 
     In an existing select/random experiment the cell defaults to its pick and the runs join that experiment;
@@ -149,15 +205,24 @@ def evaluate_final(cfg: ProtocolConfig, experiment: str | Path | None = None, ge
         data = exp.read()
         stored = ProtocolConfig.from_dict(data["config"])
         # The final stage may bring its own settings; everything else is the experiment's.
-        final_fields = {"final_runs", "final_seed", "final_epochs", "final_set", "jobs", "devices", "threads",
-                        "launcher"}
+        final_fields = {
+            "final_runs",
+            "final_seed",
+            "final_epochs",
+            "final_set",
+            "jobs",
+            "devices",
+            "threads",
+            "launcher",
+        }
         mine = {k: v for k, v in cfg.to_dict().items() if k in final_fields or k.startswith("slurm_")}
         cfg = stored.replace(**mine)
         if genotype is None:
             chosen = summarize(exp.path).get("chosen")
             if not chosen:
-                raise RunDirError("has no chosen cell yet (finish the selection first, or pass --genotype)",
-                                  str(exp.path))
+                raise RunDirError(
+                    "has no chosen cell yet (finish the selection first, or pass --genotype)", str(exp.path)
+                )
             g = genotype_from_dict(chosen["genotype"])
             source = chosen["run"]
         else:
@@ -166,24 +231,42 @@ def evaluate_final(cfg: ProtocolConfig, experiment: str | Path | None = None, ge
         prev = data.get("final")
         if prev:
             if prev.get("genotype") != genotype_to_dict(g):
-                raise ConfigError("the experiment's final evaluation uses another genotype "
-                                  f"({prev.get('source')}); use a new --experiment for this one")
-            bad = [f"{k}: experiment={prev.get(k)!r}, now={getattr(cfg, k)!r}"
-                   for k in ("final_seed", "final_epochs", "final_set") if prev.get(k) != getattr(cfg, k)]
+                raise ConfigError(
+                    "the experiment's final evaluation uses another genotype "
+                    f"({prev.get('source')}); use a new --experiment for this one"
+                )
+            bad = [
+                f"{k}: experiment={prev.get(k)!r}, now={getattr(cfg, k)!r}"
+                for k in ("final_seed", "final_epochs", "final_set")
+                if prev.get(k) != getattr(cfg, k)
+            ]
             if bad:
                 raise ConfigError(["the final evaluation was started with other settings: " + "; ".join(bad)])
         small = _check_loop_configs(cfg, "final")
-        data["final"] = {"genotype": genotype_to_dict(g), "source": source, "final_runs": cfg.final_runs,
-                         "final_seed": cfg.final_seed, "final_epochs": cfg.final_epochs, "final_set": cfg.final_set}
+        data["final"] = {
+            "genotype": genotype_to_dict(g),
+            "source": source,
+            "final_runs": cfg.final_runs,
+            "final_seed": cfg.final_seed,
+            "final_epochs": cfg.final_epochs,
+            "final_set": cfg.final_set,
+        }
         exp.write(data)
     else:
         if genotype is None:
             raise ConfigError("evaluate-final: give --genotype (or --experiment of a finished select/random run)")
         g = load_genotype(genotype, kind=cfg.space)
         small = _check_loop_configs(cfg, "final")
-        extra = {"final": {"genotype": genotype_to_dict(g), "source": str(genotype), "final_runs": cfg.final_runs,
-                           "final_seed": cfg.final_seed, "final_epochs": cfg.final_epochs,
-                           "final_set": cfg.final_set}}
+        extra = {
+            "final": {
+                "genotype": genotype_to_dict(g),
+                "source": str(genotype),
+                "final_runs": cfg.final_runs,
+                "final_seed": cfg.final_seed,
+                "final_epochs": cfg.final_epochs,
+                "final_set": cfg.final_set,
+            }
+        }
         exp.create("final", cfg, resume, extra)
         if resume:
             data = exp.read()
@@ -199,8 +282,9 @@ def evaluate_final(cfg: ProtocolConfig, experiment: str | Path | None = None, ge
         for r in range(cfg.final_runs):
             seed = cfg.final_seed + r
             name = f"final-seed{seed}"
-            argv, res = _train_argv(cfg, path, seed, exp.run_dir(name), cfg.final_epochs, selection=False,
-                                    extra=cfg.final_set)
+            argv, res = _train_argv(
+                cfg, path, seed, exp.run_dir(name), cfg.final_epochs, selection=False, extra=cfg.final_set
+            )
             tasks.append(Task(name, "final", argv, res, meta={"seed": seed}))
         # ``resume`` for the runs: a final stage added to an experiment continues its own runs.
         Runner(exp, cfg, True, retry_failed, log, small, on_change=lambda: summarize(exp.path)).run(tasks)
@@ -208,8 +292,10 @@ def evaluate_final(cfg: ProtocolConfig, experiment: str | Path | None = None, ge
     fin = summary.get("final") or {}
     if fin.get("n"):
         m = fin["metric"]
-        log(f"final: {m} {fin['mean']:.3f} ± {fin['std']:.3f} over {fin['n']} run(s)"
-            + (f"; {len(fin['failed'])} failed" if fin.get("failed") else ""))
+        log(
+            f"final: {m} {fin['mean']:.3f} ± {fin['std']:.3f} over {fin['n']} run(s)"
+            + (f"; {len(fin['failed'])} failed" if fin.get("failed") else "")
+        )
     return ExperimentResult(exp.path, summary)
 
 
@@ -222,13 +308,13 @@ def _log_pick(summary: dict[str, Any], log) -> None:
     failed = [r["name"] for r in summary.get("runs", []) if r.get("status") == "failed"]
     pending = [r["name"] for r in summary.get("runs", []) if r.get("status") not in ("done", "failed")]
     if chosen:
-        log(f"chosen: {chosen['run']} ({chosen['metric']} {chosen['score']:.4g}); genotype in "
-            f"{summary['experiment']}/genotypes/chosen.json")
+        log(
+            f"chosen: {chosen['run']} ({chosen['metric']} {chosen['score']:.4g}); genotype in "
+            f"{summary['experiment']}/genotypes/chosen.json"
+        )
     else:
         log("no cell chosen: no selection run finished")
     if failed:
         log(f"failed (excluded from the pick): {', '.join(failed)}")
     if pending:
         log(f"unfinished (continue with --resume): {', '.join(pending)}")
-
-

@@ -62,8 +62,21 @@ def summarize(path: str | Path) -> dict[str, Any]:
         st = exp.status(name)
         run_dir = exp.run_dir(name)
         stage = st.get("stage", name.split("-")[0])
-        row = {k: st.get(k) for k in ("name", "stage", "seed", "index", "status", "attempts", "returncode",
-                                      "error", "device", "process_seconds")}
+        row = {
+            k: st.get(k)
+            for k in (
+                "name",
+                "stage",
+                "seed",
+                "index",
+                "status",
+                "attempts",
+                "returncode",
+                "error",
+                "device",
+                "process_seconds",
+            )
+        }
         row["stage"] = stage
         hours = _run_hours(run_dir)
         if hours is None and st.get("process_seconds"):
@@ -95,13 +108,21 @@ def summarize(path: str | Path) -> dict[str, Any]:
         candidates.sort(key=lambda c: (-c[0], c[1]))
         _, _, name, (metric, value, _) = candidates[0]
         st = exp.status(name)
-        gpath = (exp.run_dir(f"search-seed{st.get('seed')}") / "genotype.json" if name.startswith("select-")
-                 else exp.path / "genotypes" / f"{name}.json")
+        gpath = (
+            exp.run_dir(f"search-seed{st.get('seed')}") / "genotype.json"
+            if name.startswith("select-")
+            else exp.path / "genotypes" / f"{name}.json"
+        )
         gdict = _read_json(gpath)
         res = _read_json(exp.run_dir(name) / "results.json") or {}
-        chosen = {"run": name, "metric": metric, "score": value, "genotype": gdict,
-                  "search_run": f"search-seed{st.get('seed')}" if name.startswith("select-") else None,
-                  "params": res.get("params")}
+        chosen = {
+            "run": name,
+            "metric": metric,
+            "score": value,
+            "genotype": gdict,
+            "search_run": f"search-seed{st.get('seed')}" if name.startswith("select-") else None,
+            "params": res.get("params"),
+        }
         if gdict is not None:
             from ..checkpoint import atomic_write_text
 
@@ -110,9 +131,15 @@ def summarize(path: str | Path) -> dict[str, Any]:
     method = data.get("method", "darts")
     search_cost = cost["selection"] if method == "random" else cost["search"]  # spec §9 cost accounting
     summary = {
-        "experiment": str(exp.path), "kind": kind, "space": space, "method": method,
-        "order": cfg.get("order"), "config": cfg,
-        "runs": runs, "chosen": chosen, "final": final,
+        "experiment": str(exp.path),
+        "kind": kind,
+        "space": space,
+        "method": method,
+        "order": cfg.get("order"),
+        "config": cfg,
+        "runs": runs,
+        "chosen": chosen,
+        "final": final,
         "final_genotype": (data.get("final") or {}).get("genotype"),
         "final_source": (data.get("final") or {}).get("source"),
         "cost": cost,
@@ -131,15 +158,25 @@ def _final_stats(space: str, rows: list[dict[str, Any]]) -> dict[str, Any] | Non
     if not rows:
         return None
     metric = "test_ppl" if space == "rnn" else "test_error_percent"
-    done = [r for r in rows if r["status"] == "done" and isinstance(r.get(metric), (int, float))
-            and math.isfinite(r[metric])]
+    done = [
+        r
+        for r in rows
+        if r["status"] == "done" and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])
+    ]
     vals = [float(r[metric]) for r in done]
     n = len(vals)
     mean = sum(vals) / n if n else float("nan")
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else (0.0 if n == 1 else float("nan"))
-    out = {"metric": metric, "n": n, "mean": mean, "std": std, "values": vals,
-           "runs": [r["name"] for r in done], "failed": [r["name"] for r in rows if r["status"] == "failed"],
-           "params": next((r.get("params") for r in done if r.get("params")), None)}
+    out = {
+        "metric": metric,
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "values": vals,
+        "runs": [r["name"] for r in done],
+        "failed": [r["name"] for r in rows if r["status"] == "failed"],
+        "params": next((r.get("params") for r in done if r.get("params")), None),
+    }
     if space == "rnn":
         vv = [float(r["valid_ppl"]) for r in done if isinstance(r.get("valid_ppl"), (int, float))]
         out["valid_mean"] = sum(vv) / len(vv) if vv else float("nan")

@@ -23,8 +23,9 @@ def _best_op(row: list[float], primitives: tuple[str, ...]) -> tuple[float, int]
     return best_p, best_k
 
 
-def derive_cell(probs: torch.Tensor, num_nodes: int, k: int = 2,
-                primitives: tuple[str, ...] = PRIMITIVES, first_node: int = 2) -> list[tuple[str, int]]:
+def derive_cell(
+    probs: torch.Tensor, num_nodes: int, k: int = 2, primitives: tuple[str, ...] = PRIMITIVES, first_node: int = 2
+) -> list[tuple[str, int]]:
     """Return the (op, input) pairs of one cell; ``probs`` has one row per edge, edges grouped by node."""
     rows = probs.detach().double().cpu().tolist()
     pairs: list[tuple[str, int]] = []

@@ -21,7 +21,7 @@ import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from ..errors import GenotypeError
 from .nb201 import NB201Genotype, nb201_from_dict, nb201_to_dict
@@ -67,7 +67,7 @@ class RNNGenotype:
         return len(self.recurrent)
 
 
-AnyGenotype = Union[Genotype, RNNGenotype, NB201Genotype]
+AnyGenotype = Genotype | RNNGenotype | NB201Genotype
 
 
 def _cnn(normal, normal_concat, reduce, reduce_concat) -> Genotype:
@@ -77,38 +77,142 @@ def _cnn(normal, normal_concat, reduce, reduce_concat) -> Genotype:
 # Published and reference genotypes (spec §4.3, §7.6).
 PUBLISHED: dict[str, AnyGenotype] = {
     "DARTS_V1": _cnn(
-        [("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
-         ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)], [2, 3, 4, 5],
-        [("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
-         ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)], [2, 3, 4, 5]),
+        [
+            ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 0),
+            ("skip_connect", 0),
+            ("sep_conv_3x3", 1),
+            ("skip_connect", 0),
+            ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 0),
+            ("skip_connect", 2),
+        ],
+        [2, 3, 4, 5],
+        [
+            ("max_pool_3x3", 0),
+            ("max_pool_3x3", 1),
+            ("skip_connect", 2),
+            ("max_pool_3x3", 0),
+            ("max_pool_3x3", 0),
+            ("skip_connect", 2),
+            ("skip_connect", 2),
+            ("avg_pool_3x3", 0),
+        ],
+        [2, 3, 4, 5],
+    ),
     "DARTS_V2": _cnn(
-        [("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-         ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)], [2, 3, 4, 5],
-        [("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
-         ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)], [2, 3, 4, 5]),
+        [
+            ("sep_conv_3x3", 0),
+            ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 0),
+            ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1),
+            ("skip_connect", 0),
+            ("skip_connect", 0),
+            ("dil_conv_3x3", 2),
+        ],
+        [2, 3, 4, 5],
+        [
+            ("max_pool_3x3", 0),
+            ("max_pool_3x3", 1),
+            ("skip_connect", 2),
+            ("max_pool_3x3", 1),
+            ("max_pool_3x3", 0),
+            ("skip_connect", 2),
+            ("skip_connect", 2),
+            ("max_pool_3x3", 1),
+        ],
+        [2, 3, 4, 5],
+    ),
     "NASNet": _cnn(
-        [("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 0), ("sep_conv_3x3", 0),
-         ("avg_pool_3x3", 1), ("skip_connect", 0), ("avg_pool_3x3", 0), ("avg_pool_3x3", 0),
-         ("sep_conv_3x3", 1), ("skip_connect", 1)], [2, 3, 4, 5, 6],
-        [("sep_conv_5x5", 1), ("sep_conv_7x7", 0), ("max_pool_3x3", 1), ("sep_conv_7x7", 0),
-         ("avg_pool_3x3", 1), ("sep_conv_5x5", 0), ("skip_connect", 3), ("avg_pool_3x3", 2),
-         ("sep_conv_3x3", 2), ("max_pool_3x3", 1)], [4, 5, 6]),
+        [
+            ("sep_conv_5x5", 1),
+            ("sep_conv_3x3", 0),
+            ("sep_conv_5x5", 0),
+            ("sep_conv_3x3", 0),
+            ("avg_pool_3x3", 1),
+            ("skip_connect", 0),
+            ("avg_pool_3x3", 0),
+            ("avg_pool_3x3", 0),
+            ("sep_conv_3x3", 1),
+            ("skip_connect", 1),
+        ],
+        [2, 3, 4, 5, 6],
+        [
+            ("sep_conv_5x5", 1),
+            ("sep_conv_7x7", 0),
+            ("max_pool_3x3", 1),
+            ("sep_conv_7x7", 0),
+            ("avg_pool_3x3", 1),
+            ("sep_conv_5x5", 0),
+            ("skip_connect", 3),
+            ("avg_pool_3x3", 2),
+            ("sep_conv_3x3", 2),
+            ("max_pool_3x3", 1),
+        ],
+        [4, 5, 6],
+    ),
     "AmoebaNet": _cnn(
-        [("avg_pool_3x3", 0), ("max_pool_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 2),
-         ("sep_conv_3x3", 0), ("avg_pool_3x3", 3), ("sep_conv_3x3", 1), ("skip_connect", 1),
-         ("skip_connect", 0), ("avg_pool_3x3", 1)], [4, 5, 6],
-        [("avg_pool_3x3", 0), ("sep_conv_3x3", 1), ("max_pool_3x3", 0), ("sep_conv_7x7", 2),
-         ("sep_conv_7x7", 0), ("avg_pool_3x3", 1), ("max_pool_3x3", 0), ("max_pool_3x3", 1),
-         ("conv_7x1_1x7", 0), ("sep_conv_3x3", 5)], [3, 4, 6]),
+        [
+            ("avg_pool_3x3", 0),
+            ("max_pool_3x3", 1),
+            ("sep_conv_3x3", 0),
+            ("sep_conv_5x5", 2),
+            ("sep_conv_3x3", 0),
+            ("avg_pool_3x3", 3),
+            ("sep_conv_3x3", 1),
+            ("skip_connect", 1),
+            ("skip_connect", 0),
+            ("avg_pool_3x3", 1),
+        ],
+        [4, 5, 6],
+        [
+            ("avg_pool_3x3", 0),
+            ("sep_conv_3x3", 1),
+            ("max_pool_3x3", 0),
+            ("sep_conv_7x7", 2),
+            ("sep_conv_7x7", 0),
+            ("avg_pool_3x3", 1),
+            ("max_pool_3x3", 0),
+            ("max_pool_3x3", 1),
+            ("conv_7x1_1x7", 0),
+            ("sep_conv_3x3", 5),
+        ],
+        [3, 4, 6],
+    ),
     "RNN_DARTS_V2": RNNGenotype(
-        (("sigmoid", 0), ("relu", 1), ("relu", 1), ("identity", 1), ("tanh", 2), ("sigmoid", 5),
-         ("tanh", 3), ("relu", 5)), tuple(range(1, 9))),
+        (
+            ("sigmoid", 0),
+            ("relu", 1),
+            ("relu", 1),
+            ("identity", 1),
+            ("tanh", 2),
+            ("sigmoid", 5),
+            ("tanh", 3),
+            ("relu", 5),
+        ),
+        tuple(range(1, 9)),
+    ),
     "RNN_DARTS_V1": RNNGenotype(
-        (("relu", 0), ("relu", 1), ("tanh", 2), ("relu", 3), ("relu", 4), ("identity", 1), ("relu", 5),
-         ("relu", 1)), tuple(range(1, 9))),
+        (("relu", 0), ("relu", 1), ("tanh", 2), ("relu", 3), ("relu", 4), ("identity", 1), ("relu", 5), ("relu", 1)),
+        tuple(range(1, 9)),
+    ),
     "RNN_ENAS": RNNGenotype(
-        (("tanh", 0), ("tanh", 1), ("relu", 1), ("tanh", 3), ("tanh", 3), ("relu", 3), ("relu", 4),
-         ("relu", 7), ("relu", 8), ("relu", 8), ("relu", 8)), (2, 5, 6, 9, 10, 11)),
+        (
+            ("tanh", 0),
+            ("tanh", 1),
+            ("relu", 1),
+            ("tanh", 3),
+            ("tanh", 3),
+            ("relu", 3),
+            ("relu", 4),
+            ("relu", 7),
+            ("relu", 8),
+            ("relu", 8),
+            ("relu", 8),
+        ),
+        (2, 5, 6, 9, 10, 11),
+    ),
 }
 PUBLISHED["DARTS"] = PUBLISHED["DARTS_V2"]
 PUBLISHED["RNN_DARTS"] = PUBLISHED["RNN_DARTS_V2"]
@@ -116,17 +220,25 @@ PUBLISHED["RNN_DARTS"] = PUBLISHED["RNN_DARTS_V2"]
 
 # ---------------------------------------------------------------------------------------------- JSON
 
+
 def genotype_to_dict(g: AnyGenotype) -> dict[str, Any]:
     if isinstance(g, NB201Genotype):
         return {"schema_version": SCHEMA_VERSION, "kind": "nb201", **nb201_to_dict(g)}
     if isinstance(g, Genotype):
         return {
-            "schema_version": SCHEMA_VERSION, "kind": "cnn",
-            "normal": [{"op": op, "input": i} for op, i in g.normal], "normal_concat": list(g.normal_concat),
-            "reduce": [{"op": op, "input": i} for op, i in g.reduce], "reduce_concat": list(g.reduce_concat),
+            "schema_version": SCHEMA_VERSION,
+            "kind": "cnn",
+            "normal": [{"op": op, "input": i} for op, i in g.normal],
+            "normal_concat": list(g.normal_concat),
+            "reduce": [{"op": op, "input": i} for op, i in g.reduce],
+            "reduce_concat": list(g.reduce_concat),
         }
-    return {"schema_version": SCHEMA_VERSION, "kind": "rnn",
-            "recurrent": [{"op": op, "input": i} for op, i in g.recurrent], "concat": list(g.concat)}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "rnn",
+        "recurrent": [{"op": op, "input": i} for op, i in g.recurrent],
+        "concat": list(g.concat),
+    }
 
 
 def genotype_to_json(g: AnyGenotype) -> str:
@@ -143,22 +255,24 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _parse_pairs(data: Any, field: str, allowed_ops: tuple[str, ...], first_node: int, per_node: int,
-                 num_nodes: int | None) -> tuple[tuple[str, int], ...]:
+def _parse_pairs(
+    data: Any, field: str, allowed_ops: tuple[str, ...], first_node: int, per_node: int, num_nodes: int | None
+) -> tuple[tuple[str, int], ...]:
     if not isinstance(data, list):
         raise GenotypeError(f"expected a list of {{op, input}} pairs, got {type(data).__name__}", field)
     if num_nodes is not None and len(data) != num_nodes * per_node:
         raise GenotypeError(f"expected {num_nodes * per_node} edges ({per_node} per node), got {len(data)}", field)
     if len(data) == 0 or len(data) % per_node:
-        raise GenotypeError(f"expected a positive multiple of {per_node} edges ({per_node} per node), got {len(data)}",
-                            field)
+        raise GenotypeError(
+            f"expected a positive multiple of {per_node} edges ({per_node} per node), got {len(data)}", field
+        )
     pairs = []
     for k, item in enumerate(data):
         path = f"{field}[{k}]"
         if isinstance(item, list) and len(item) == 2:  # also accept [op, input]
             item = {"op": item[0], "input": item[1]}
         if not isinstance(item, dict):
-            raise GenotypeError("expected an object {\"op\": ..., \"input\": ...}", path)
+            raise GenotypeError('expected an object {"op": ..., "input": ...}', path)
         extra = set(item) - {"op", "input"}
         if extra:
             raise GenotypeError(f"unknown key(s) {sorted(extra)}", path)
@@ -189,8 +303,9 @@ def genotype_from_dict(data: Any, num_nodes: int | None = None) -> AnyGenotype:
         raise GenotypeError(f"expected a JSON object, got {type(data).__name__}", "genotype")
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
-        raise GenotypeError(f"unsupported schema version {version!r} (this dartsnas reads {SCHEMA_VERSION})",
-                            "schema_version")
+        raise GenotypeError(
+            f"unsupported schema version {version!r} (this dartsnas reads {SCHEMA_VERSION})", "schema_version"
+        )
     kind = data.get("kind", "rnn" if "recurrent" in data else "cnn")
     if kind == "cnn":
         allowed = {"schema_version", "kind", "normal", "normal_concat", "reduce", "reduce_concat"}
@@ -203,8 +318,12 @@ def genotype_from_dict(data: Any, num_nodes: int | None = None) -> AnyGenotype:
         normal = _parse_pairs(data["normal"], "normal", CNN_OPS, 2, 2, num_nodes)
         n = len(normal) // 2
         reduce = _parse_pairs(data["reduce"], "reduce", CNN_OPS, 2, 2, n)
-        return Genotype(normal, _parse_concat(data["normal_concat"], "normal_concat", 2, n + 1),
-                        reduce, _parse_concat(data["reduce_concat"], "reduce_concat", 2, n + 1))
+        return Genotype(
+            normal,
+            _parse_concat(data["normal_concat"], "normal_concat", 2, n + 1),
+            reduce,
+            _parse_concat(data["reduce_concat"], "reduce_concat", 2, n + 1),
+        )
     if kind == "rnn":
         extra = set(data) - {"schema_version", "kind", "recurrent", "concat"}
         if extra:
@@ -239,19 +358,31 @@ def _literal(node: ast.AST, where: str) -> Any:
     """
     if isinstance(node, ast.Constant) and (isinstance(node.value, str) or _is_int(node.value)):
         return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant) \
-            and _is_int(node.operand.value):
+    if (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, ast.USub)
+        and isinstance(node.operand, ast.Constant)
+        and _is_int(node.operand.value)
+    ):
         return -node.operand.value
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_literal(e, f"{where}[{k}]") for k, e in enumerate(node.elts)]
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range" \
-            and not node.keywords and 1 <= len(node.args) <= 3:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "range"
+        and not node.keywords
+        and 1 <= len(node.args) <= 3
+    ):
         bounds = [_literal(a, f"{where}: range argument") for a in node.args]
         if not all(_is_int(b) for b in bounds) or any(abs(b) > 10_000 for b in bounds):
             raise GenotypeError("range() takes small integers only", where)
         return list(range(*bounds))
-    raise GenotypeError(f"only strings, integers, lists, tuples and range(a, b) are allowed here, found "
-                        f"{_describe(node)} (line {getattr(node, 'lineno', '?')})", where)
+    raise GenotypeError(
+        f"only strings, integers, lists, tuples and range(a, b) are allowed here, found "
+        f"{_describe(node)} (line {getattr(node, 'lineno', '?')})",
+        where,
+    )
 
 
 def _describe(node: ast.AST) -> str:
@@ -272,8 +403,11 @@ def _genotype_call(tree: ast.Module) -> ast.Call:
     for stmt in tree.body:
         value = stmt.value if isinstance(stmt, (ast.Expr, ast.Assign)) else None
         if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "Genotype":
-            name = stmt.targets[0].id if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name) \
+            name = (
+                stmt.targets[0].id
+                if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)
                 else "<expression>"
+            )
             calls.append((name, value))
         elif isinstance(stmt, ast.Expr):
             raise GenotypeError(f"expected Genotype(...), found {_describe(stmt.value)}", "genotype")
@@ -296,8 +430,9 @@ def parse_genotype_text(text: str, num_nodes: int | None = None) -> AnyGenotype:
     try:
         tree = ast.parse(text, mode="exec")
     except SyntaxError as e:
-        raise GenotypeError(f"not a Genotype(...) expression ({e.msg} at line {e.lineno} column {e.offset})",
-                            "genotype") from None
+        raise GenotypeError(
+            f"not a Genotype(...) expression ({e.msg} at line {e.lineno} column {e.offset})", "genotype"
+        ) from None
     except (ValueError, RecursionError, MemoryError) as e:  # null bytes, nesting beyond the parser's limit
         raise GenotypeError(f"not a Genotype(...) expression ({type(e).__name__})", "genotype") from None
     call = _genotype_call(tree)
@@ -323,6 +458,7 @@ def parse_genotype_text(text: str, num_nodes: int | None = None) -> AnyGenotype:
 
 def genotype_to_text(g: AnyGenotype) -> str:
     """The original code's text form of ``g`` (what its ``print(genotype)`` shows)."""
+
     def pairs(ps):
         return "[" + ", ".join(f"({op!r}, {i})" for op, i in ps) + "]"
 
@@ -331,8 +467,10 @@ def genotype_to_text(g: AnyGenotype) -> str:
         return f"range({c[0]}, {c[-1] + 1})" if c == list(range(c[0], c[-1] + 1)) else repr(c)
 
     if isinstance(g, Genotype):
-        return (f"Genotype(normal={pairs(g.normal)}, normal_concat={concat(g.normal_concat)}, "
-                f"reduce={pairs(g.reduce)}, reduce_concat={concat(g.reduce_concat)})")
+        return (
+            f"Genotype(normal={pairs(g.normal)}, normal_concat={concat(g.normal_concat)}, "
+            f"reduce={pairs(g.reduce)}, reduce_concat={concat(g.reduce_concat)})"
+        )
     return f"Genotype(recurrent={pairs(g.recurrent)}, concat={concat(g.concat)})"
 
 
@@ -369,8 +507,10 @@ def load_genotype(spec: str | Path, kind: str | None = None) -> AnyGenotype:
             path = path / "genotype.json"
         if not _is_file(path):
             names = ", ".join(k for k in PUBLISHED)
-            raise GenotypeError(f"no such file, not a Genotype(...) or JSON text, and not a published genotype name "
-                                f"({names})", _shown(str(path)))
+            raise GenotypeError(
+                f"no such file, not a Genotype(...) or JSON text, and not a published genotype name ({names})",
+                _shown(str(path)),
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:

@@ -33,6 +33,7 @@ PARAMETER_FREE = ("none", "skip_connect", "avg_pool_3x3")
 
 # ---------------------------------------------------------------------------------------------- ops
 
+
 class ReLUConvBN(nn.Sequential):
     """ReLU (out of place) → conv → BN. The conv has a bias exactly when the BN is affine-free (§1.1)."""
 
@@ -71,6 +72,7 @@ def make_op(name: str, C: int, affine: bool = False, track_running_stats: bool =
 
 # ---------------------------------------------------------------------------------------------- genotype
 
+
 @dataclass(frozen=True, slots=True)
 class NB201Genotype:
     """One NB201 cell: ``edges[r] = (op, input)`` for edge r of ``EDGES`` (input = the edge's source node)."""
@@ -89,8 +91,7 @@ class NB201Genotype:
         """The benchmark's architecture string (§1.4)."""
         nodes = []
         for node in range(1, NUM_NODES):
-            nodes.append("|" + "|".join(f"{op}~{j}" for (i, _), (op, j) in zip(EDGES, self.edges) if i == node)
-                         + "|")
+            nodes.append("|" + "|".join(f"{op}~{j}" for (i, _), (op, j) in zip(EDGES, self.edges) if i == node) + "|")
         return "+".join(nodes)
 
     def __str__(self) -> str:
@@ -105,8 +106,9 @@ def _check_edges(edges: tuple[tuple[str, int], ...], where: str) -> NB201Genotyp
         raise GenotypeError(f"expected {NUM_EDGES} edges, got {len(edges)}", where)
     for r, ((node, src), (op, j)) in enumerate(zip(EDGES, edges)):
         if op not in NB201_PRIMITIVES:
-            raise GenotypeError(f"unknown operation {op!r}; expected one of {', '.join(NB201_PRIMITIVES)}",
-                                f"{where}[{r}].op")
+            raise GenotypeError(
+                f"unknown operation {op!r}; expected one of {', '.join(NB201_PRIMITIVES)}", f"{where}[{r}].op"
+            )
         if j != src:
             raise GenotypeError(f"edge {r} of node {node} must read node {src}, got {j!r}", f"{where}[{r}].input")
     return NB201Genotype(tuple(edges))
@@ -129,8 +131,9 @@ def parse_arch_str(text: Any) -> NB201Genotype:
             if not sep:
                 raise GenotypeError(f"{piece!r} is not op~input", f"arch_str: node {i}")
             if op not in NB201_PRIMITIVES:
-                raise GenotypeError(f"unknown operation {op!r}; expected one of {', '.join(NB201_PRIMITIVES)}",
-                                    f"arch_str: node {i}")
+                raise GenotypeError(
+                    f"unknown operation {op!r}; expected one of {', '.join(NB201_PRIMITIVES)}", f"arch_str: node {i}"
+                )
             if src != str(j):
                 raise GenotypeError(f"edge {j} of node {i} must read node {j}, got {src!r}", f"arch_str: node {i}")
             edges.append((op, j))
@@ -159,7 +162,7 @@ def nb201_from_dict(data: dict[str, Any]) -> NB201Genotype:
         if isinstance(item, list) and len(item) == 2:
             item = {"op": item[0], "input": item[1]}
         if not isinstance(item, dict) or set(item) != {"op", "input"}:
-            raise GenotypeError("expected an object {\"op\": ..., \"input\": ...}", f"edges[{k}]")
+            raise GenotypeError('expected an object {"op": ..., "input": ...}', f"edges[{k}]")
         if not isinstance(item["input"], int) or isinstance(item["input"], bool):
             raise GenotypeError(f"{item['input']!r} is not a node index", f"edges[{k}].input")
         edges.append((item["op"], item["input"]))
@@ -170,6 +173,7 @@ def nb201_from_dict(data: dict[str, Any]) -> NB201Genotype:
 
 
 # ---------------------------------------------------------------------------------------------- derivation
+
 
 def derive_nb201(alphas: torch.Tensor) -> NB201Genotype:
     """§1.4: argmax of each α row over all five columns (``none`` included); ties go to the lower column."""

@@ -7,8 +7,8 @@ import random
 from .genotype import RNN_OPS, AnyGenotype, Genotype, RNNGenotype
 from .ops import PRIMITIVES
 
-CNN_SEARCH_OPS: tuple[str, ...] = tuple(p for p in PRIMITIVES if p != "none")   # 7 (spec §9)
-RNN_SEARCH_OPS: tuple[str, ...] = tuple(RNN_OPS)                                # 4
+CNN_SEARCH_OPS: tuple[str, ...] = tuple(p for p in PRIMITIVES if p != "none")  # 7 (spec §9)
+RNN_SEARCH_OPS: tuple[str, ...] = tuple(RNN_OPS)  # 4
 
 
 def sample_cnn_genotype(rng: random.Random, num_nodes: int = 4) -> Genotype:
@@ -42,4 +42,3 @@ def sample_genotypes(space: str, n: int, seed: int, num_nodes: int | None = None
     if space == "rnn":
         return [sample_rnn_genotype(rng, num_nodes or 8) for _ in range(n)]
     return [sample_cnn_genotype(rng, num_nodes or 4) for _ in range(n)]
-

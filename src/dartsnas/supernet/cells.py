@@ -16,25 +16,40 @@ from .mixed import MixedOp, PartialMixedOp
 
 
 class SearchCell(nn.Module):
-    def __init__(self, num_nodes: int, multiplier: int, C_pp: int, C_p: int, C: int,
-                 reduction: bool, reduction_prev: bool, primitives: tuple[str, ...] = PRIMITIVES,
-                 partial_channels: int = 1, aux_skip: bool = False):
+    def __init__(
+        self,
+        num_nodes: int,
+        multiplier: int,
+        C_pp: int,
+        C_p: int,
+        C: int,
+        reduction: bool,
+        reduction_prev: bool,
+        primitives: tuple[str, ...] = PRIMITIVES,
+        partial_channels: int = 1,
+        aux_skip: bool = False,
+    ):
         super().__init__()
         self.reduction = reduction
         self.num_nodes = num_nodes
         self.multiplier = multiplier
-        self.preprocess0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
-                            else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False))
+        self.preprocess0 = (
+            FactorizedReduce(C_pp, C, affine=False) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
+        )
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
         self._ops = nn.ModuleList()
         for i in range(num_nodes):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self._ops.append(MixedOp(C, stride, primitives) if partial_channels == 1
-                                 else PartialMixedOp(C, stride, primitives, partial_channels))
+                self._ops.append(
+                    MixedOp(C, stride, primitives)
+                    if partial_channels == 1
+                    else PartialMixedOp(C, stride, primitives, partial_channels)
+                )
         if aux_skip:  # DARTS- (§3.2): identity, or an affine-free FactorizedReduce on stride-2 edges
-            self._aux = nn.ModuleList(FactorizedReduce(C, C, affine=False) if op.stride == 2 else Identity()
-                                      for op in self._ops)
+            self._aux = nn.ModuleList(
+                FactorizedReduce(C, C, affine=False) if op.stride == 2 else Identity() for op in self._ops
+            )
         # The fused forward handles only the default cell; any hook falls back to the plain forward.
         self.fusable = primitives == PRIMITIVES and partial_channels == 1 and not aux_skip
 
@@ -45,10 +60,12 @@ class SearchCell(nn.Module):
     aux_weight: float = 1.0
     sampled_only: bool = False
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.fused and self.fusable and edge_weights is None and not self.sampled_only:
             from .fused import fused_cell_forward
+
             return fused_cell_forward(self, s0, s1, weights)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
@@ -65,4 +82,4 @@ class SearchCell(nn.Module):
                 s = t if s is None else s + t
             offset += len(states)
             states.append(s)
-        return torch.cat(states[-self.multiplier:], dim=1)
+        return torch.cat(states[-self.multiplier :], dim=1)

@@ -58,10 +58,10 @@ MAX, AVG, SKIP, SEP3, SEP5, DIL3, DIL5 = range(7)
 class _Source:
     """The edges leaving one state of the cell, and where their BN statistics sit in the cell's buffers."""
 
-    state: int            # 0, 1: the preprocessed inputs; 2 + i: intermediate node i
-    edges: list[int]      # indices into cell._ops, by target node
+    state: int  # 0, 1: the preprocessed inputs; 2 + i: intermediate node i
+    edges: list[int]  # indices into cell._ops, by target node
     stride: int
-    units: int = 0        # offsets (channels) in the concatenated running buffers
+    units: int = 0  # offsets (channels) in the concatenated running buffers
     second: int = 0
     pools: int = 0
     reduce: int = 0
@@ -69,8 +69,9 @@ class _Source:
 
 
 def supports_fused(cell) -> bool:
-    return all(tuple(PRIMITIVES[k] for k in op.columns) == PRIMITIVES[1:] and PRIMITIVES[0] == "none"
-               for op in cell._ops)
+    return all(
+        tuple(PRIMITIVES[k] for k in op.columns) == PRIMITIVES[1:] and PRIMITIVES[0] == "none" for op in cell._ops
+    )
 
 
 class CellPlan:
@@ -80,7 +81,7 @@ class CellPlan:
         if not supports_fused(cell):
             raise ValueError("the fused forward supports only the default candidate operations")
         n = cell.num_nodes
-        first_edge = [sum(2 + k for k in range(i)) for i in range(n)]       # edge index of (node i, state 0)
+        first_edge = [sum(2 + k for k in range(i)) for i in range(n)]  # edge index of (node i, state 0)
         self.incoming = [list(range(first_edge[i], first_edge[i] + 2 + i)) for i in range(n)]
         self.C = cell._ops[0]._ops[SEP3][0][1].in_channels
         self.sources: list[_Source] = []
@@ -95,10 +96,16 @@ class CellPlan:
                 raise ValueError("the fused forward expects one stride per source state")
             src = _Source(j, edges, strides.pop())
             self.order += edges
-            groups = [("units", [o[k][0][3] for o in ops for k in (SEP3, SEP5)] + [o[DIL3][3] for o in ops]
-                       + [o[DIL5][3] for o in ops]),
-                      ("second", [o[k][1][3] for o in ops for k in (SEP3, SEP5)]),
-                      ("pools", [o[k][1] for o in ops for k in (MAX, AVG)])]
+            groups = [
+                (
+                    "units",
+                    [o[k][0][3] for o in ops for k in (SEP3, SEP5)]
+                    + [o[DIL3][3] for o in ops]
+                    + [o[DIL5][3] for o in ops],
+                ),
+                ("second", [o[k][1][3] for o in ops for k in (SEP3, SEP5)]),
+                ("pools", [o[k][1] for o in ops for k in (MAX, AVG)]),
+            ]
             if src.stride == 2:
                 if not all(isinstance(o[SKIP], FactorizedReduce) for o in ops):
                     raise ValueError("the fused forward expects FactorizedReduce on stride-2 edges")
@@ -138,18 +145,19 @@ def _dilate3(w: Tensor) -> Tensor:
 def _assemble(cell, plan: CellPlan) -> dict[str, Tensor]:
     """Stacked weights of the cell's edges, per source (gradients flow back to the stored weights only)."""
     m = [cell._ops[e]._ops for e in plan.order]
-    s3 = F.pad(torch.stack([o[SEP3][0][1].weight for o in m]), (1, 1, 1, 1))        # [E, C, 1, 5, 5]
+    s3 = F.pad(torch.stack([o[SEP3][0][1].weight for o in m]), (1, 1, 1, 1))  # [E, C, 1, 5, 5]
     s5 = torch.stack([o[SEP5][0][1].weight for o in m])
     d3 = _dilate3(torch.stack([o[DIL3][1].weight for o in m]))
-    pw = torch.stack([w for o in m for w in (o[SEP3][0][2].weight, o[SEP5][0][2].weight, o[DIL3][2].weight,
-                                               o[DIL5][2].weight)])                 # [4E, C, C, 1, 1]
+    pw = torch.stack(
+        [w for o in m for w in (o[SEP3][0][2].weight, o[SEP5][0][2].weight, o[DIL3][2].weight, o[DIL5][2].weight)]
+    )  # [4E, C, C, 1, 1]
     s3b = F.pad(torch.stack([o[SEP3][1][1].weight for o in m]), (1, 1, 1, 1))
     s5b = torch.stack([o[SEP5][1][1].weight for o in m])
     E, C = len(m), plan.C
     stacked = {
-        "dw1": torch.cat([s3, s5, d3], dim=2),                                     # [E, C, 3, 5, 5]
-        "dw5": torch.stack([o[DIL5][1].weight for o in m]).reshape(E, C, 5, 5),    # [E, C, 5, 5]
-        "pw1": pw.reshape(E, 4, C, C),                                             # sep3, sep5, dil3, dil5
+        "dw1": torch.cat([s3, s5, d3], dim=2),  # [E, C, 3, 5, 5]
+        "dw5": torch.stack([o[DIL5][1].weight for o in m]).reshape(E, C, 5, 5),  # [E, C, 5, 5]
+        "pw1": pw.reshape(E, 4, C, C),  # sep3, sep5, dil3, dil5
         "dw2": torch.stack([s3b, s5b], dim=1).reshape(E, 2 * C, 1, 5, 5),
         "pw2": torch.stack([w for o in m for w in (o[SEP3][1][2].weight, o[SEP5][1][2].weight)]).reshape(E, 2, C, C),
     }
@@ -172,8 +180,18 @@ def _diagonal_blocks(w: Tensor) -> Tensor:
     return torch.diag_embed(w.transpose(0, 1)).permute(1, 2, 0).reshape(w.shape[0], -1)
 
 
-def _source_contributions(cell, plan: CellPlan, src: _Source, x: Tensor, W: dict[str, Tensor], w: Tensor,
-                          rm: Tensor, rv: Tensor, training: bool, pool_stats: list) -> list[Tensor]:
+def _source_contributions(
+    cell,
+    plan: CellPlan,
+    src: _Source,
+    x: Tensor,
+    W: dict[str, Tensor],
+    w: Tensor,
+    rm: Tensor,
+    rv: Tensor,
+    training: bool,
+    pool_stats: list,
+) -> list[Tensor]:
     """Σ_k w_ek op_k(x) for every edge e leaving ``x`` (``w``: the edges' rows of the softmaxed alphas), one
     ``[N, C, H, W]`` tensor per edge of ``src.edges``. In training mode, appends (pool BNs, batch mean,
     unbiased batch variance) to ``pool_stats`` for the running-statistics update at the end of the cell.
@@ -188,18 +206,19 @@ def _source_contributions(cell, plan: CellPlan, src: _Source, x: Tensor, W: dict
 
     def bn(t: Tensor, offset: int) -> Tensor:
         n = t.shape[1]
-        return F.batch_norm(t, rm[offset:offset + n], rv[offset:offset + n], None, None, training, momentum, eps)
+        return F.batch_norm(t, rm[offset : offset + n], rv[offset : offset + n], None, None, training, momentum, eps)
 
     r = F.relu(x)
     # First units of all K edges. One depthwise conv with 3K outputs per channel, in the order (sep3, sep5)
     # of every edge, then dil3 of every edge; one with K outputs for dil5 (dilation 2).
-    dw1 = W["dw1"].transpose(0, 1)                                        # [C, K, 3, 5, 5]
+    dw1 = W["dw1"].transpose(0, 1)  # [C, K, 3, 5, 5]
     dw1 = torch.cat([dw1[:, :, :2].reshape(C, 2 * K, 5, 5), dw1[:, :, 2]], dim=1).reshape(3 * K * C, 1, 5, 5)
-    a = F.conv2d(r, dw1, None, s, 2, 1, C)                                       # channel g·3K + block
+    a = F.conv2d(r, dw1, None, s, 2, 1, C)  # channel g·3K + block
     d = F.conv2d(r, W["dw5"].transpose(0, 1).reshape(K * C, 1, 5, 5), None, s, 4, 2, C)
     H, Wd = a.shape[-2:]
-    u = torch.cat([a.reshape(N, C, 3 * K, H * Wd).transpose(1, 2), d.reshape(N, C, K, H * Wd).transpose(1, 2)],
-                  dim=1).reshape(N, 4 * K * C, H, Wd)  # one copy; blocks (sep3, sep5) by edge, dil3, dil5
+    u = torch.cat(
+        [a.reshape(N, C, 3 * K, H * Wd).transpose(1, 2), d.reshape(N, C, K, H * Wd).transpose(1, 2)], dim=1
+    ).reshape(N, 4 * K * C, H, Wd)  # one copy; blocks (sep3, sep5) by edge, dil3, dil5
     pw1 = W["pw1"]
     pw1 = torch.cat([pw1[:, :2].reshape(2 * K * C, C), pw1[:, 2].reshape(K * C, C), pw1[:, 3].reshape(K * C, C)])
     u = bn(F.conv2d(u, pw1.reshape(4 * K * C, C, 1, 1), None, 1, 0, 1, 4 * K), src.units)
@@ -213,15 +232,16 @@ def _source_contributions(cell, plan: CellPlan, src: _Source, x: Tensor, W: dict
     if training:  # batch statistics: one output for every edge
         pooled = F.batch_norm(p, None, None, None, None, True, 0.0, eps)
         with torch.no_grad():
-            var, mean = torch.var_mean(p.float() if p.dtype in (torch.float16, torch.bfloat16) else p,
-                                       dim=(0, 2, 3), correction=1)
+            var, mean = torch.var_mean(
+                p.float() if p.dtype in (torch.float16, torch.bfloat16) else p, dim=(0, 2, 3), correction=1
+            )
         pool_stats.append((src.pool_bns, mean, var))
-        w_pool = w[:, 1 + MAX:1 + AVG + 1]                                       # [K, 2]
+        w_pool = w[:, 1 + MAX : 1 + AVG + 1]  # [K, 2]
     else:  # running statistics: each edge its own
         pooled = torch.cat([bn(p, src.pools + 2 * e * C) for e in range(K)], dim=1)
-        w_pool = _diagonal_blocks(w[:, 1 + MAX:1 + AVG + 1])
+        w_pool = _diagonal_blocks(w[:, 1 + MAX : 1 + AVG + 1])
     if s == 1:
-        skip, w_skip = x, w[:, 1 + SKIP:2 + SKIP]                                # shared identity
+        skip, w_skip = x, w[:, 1 + SKIP : 2 + SKIP]  # shared identity
     else:
         skip = bn(F.conv2d(F.pad(r, (0, 1, 0, 1)), _reduce_weight(cell, src, C, r), None, 2), src.reduce)
         w_skip = torch.diag(w[:, 1 + SKIP])
@@ -230,7 +250,7 @@ def _source_contributions(cell, plan: CellPlan, src: _Source, x: Tensor, W: dict
         return torch.bmm(m.to(t.dtype).expand(N, *m.shape), t.reshape(N, m.shape[1], -1))
 
     out = mix(torch.cat([torch.diag(w[:, 1 + DIL3]), torch.diag(w[:, 1 + DIL5])], dim=1), u)  # dil3, dil5
-    out = out + mix(_diagonal_blocks(w[:, 1 + SEP3:1 + SEP5 + 1]), b)
+    out = out + mix(_diagonal_blocks(w[:, 1 + SEP3 : 1 + SEP5 + 1]), b)
     out = out + mix(w_pool, pooled)
     out = out + mix(w_skip, skip)
     return [t.view(N, C, H, Wd) for t in out.unbind(1)]
@@ -247,7 +267,7 @@ def fused_cell_forward(cell, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
     W = _assemble(cell, plan)
     index = plan.edge_index(weights.device)
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
-    parts: dict[int, list[Tensor]] = {i: [] for i in range(cell.num_nodes)}   # contributions to node i
+    parts: dict[int, list[Tensor]] = {i: [] for i in range(cell.num_nodes)}  # contributions to node i
     pool_stats: list = []
 
     def expand(j: int) -> None:
@@ -269,15 +289,18 @@ def fused_cell_forward(cell, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
             expand(i + 2)
     if training:
         with torch.no_grad():
-            torch._foreach_copy_([b.running_mean for b in bns] + [b.running_var for b in bns],
-                                 list(torch.split(rm, plan.sizes)) + list(torch.split(rv, plan.sizes)))
+            torch._foreach_copy_(
+                [b.running_mean for b in bns] + [b.running_var for b in bns],
+                list(torch.split(rm, plan.sizes)) + list(torch.split(rv, plan.sizes)),
+            )
             torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
             # The shared pooling BNs, updated here (not in rm/rv, which the BN backward has saved): r <- (1-m)r + m*s
             pool_bns = [b for ps in pool_stats for b in ps[0]]
             for attr, k in (("running_mean", 1), ("running_var", 2)):
                 bufs = [getattr(b, attr) for b in pool_bns]
-                stats = [t.to(bufs[0].dtype) for ps in pool_stats
-                         for t in torch.split(ps[k], plan.C) * (len(ps[0]) // 2)]  # (max, avg) of every edge
+                stats = [
+                    t.to(bufs[0].dtype) for ps in pool_stats for t in torch.split(ps[k], plan.C) * (len(ps[0]) // 2)
+                ]  # (max, avg) of every edge
                 torch._foreach_mul_(bufs, 1 - plan.momentum)
                 torch._foreach_add_(bufs, stats, alpha=plan.momentum)
-    return torch.cat(states[-cell.multiplier:], dim=1)
+    return torch.cat(states[-cell.multiplier :], dim=1)

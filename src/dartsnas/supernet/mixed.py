@@ -49,7 +49,7 @@ class MixedOp(nn.Module):
         """
         k = int(weights.detach().argmax())
         op = self._ops[self.columns.index(k)] if k in self.columns else Zero(self.stride)  # `none` was sampled
-        return weights[k] * op(x) + torch.cat([weights[:k], weights[k + 1:]]).sum()
+        return weights[k] * op(x) + torch.cat([weights[:k], weights[k + 1 :]]).sum()
 
 
 class PartialMixedOp(MixedOp):
@@ -68,7 +68,7 @@ class PartialMixedOp(MixedOp):
         self.part = C // K
 
     def _wrap(self, x: torch.Tensor, mixed) -> torch.Tensor:
-        xa, xb = x[:, :self.part], x[:, self.part:]
+        xa, xb = x[:, : self.part], x[:, self.part :]
         out = mixed(xa)
         if xb.shape[1] == 0:  # K = 1: no bypass (max_pool2d refuses empty tensors)
             xb = xb.new_zeros(xb.shape[0], 0, *out.shape[2:])

@@ -55,8 +55,9 @@ class NB201MixedOp(nn.Module):
     def __init__(self, C: int, track_running_stats: bool = True):
         super().__init__()
         self.columns = [k for k, name in enumerate(NB201_PRIMITIVES) if name != "none"]
-        self._ops = nn.ModuleList(make_op(NB201_PRIMITIVES[k], C, affine=False,
-                                          track_running_stats=track_running_stats) for k in self.columns)
+        self._ops = nn.ModuleList(
+            make_op(NB201_PRIMITIVES[k], C, affine=False, track_running_stats=track_running_stats) for k in self.columns
+        )
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = None
@@ -71,7 +72,7 @@ class NB201MixedOp(nn.Module):
         the row gets a gradient; a sampled ``none`` outputs zeros."""
         k = int(weights.detach().argmax())
         out = self._ops[self.columns.index(k)](x) if k in self.columns else torch.zeros_like(x)
-        return weights[k] * out + torch.cat([weights[:k], weights[k + 1:]]).sum()
+        return weights[k] * out + torch.cat([weights[:k], weights[k + 1 :]]).sum()
 
 
 class NB201PartialMixedOp(NB201MixedOp):
@@ -86,7 +87,7 @@ class NB201PartialMixedOp(NB201MixedOp):
         self.K, self.part = K, C // K
 
     def _wrap(self, x: torch.Tensor, mixed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        return channel_shuffle(torch.cat([mixed(x[:, :self.part]), x[:, self.part:]], dim=1), self.K)
+        return channel_shuffle(torch.cat([mixed(x[:, : self.part]), x[:, self.part :]], dim=1), self.K)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return self._wrap(x, lambda xa: super(NB201PartialMixedOp, self).forward(xa, weights))
@@ -98,20 +99,21 @@ class NB201PartialMixedOp(NB201MixedOp):
 class NB201SearchCell(nn.Module):
     """Node i = Σ_{j<i} mixed_op_{(i←j)}(node_j); the output is node 3 alone (§1.2)."""
 
-    def __init__(self, C: int, track_running_stats: bool = True, partial_channels: int = 1,
-                 aux_skip: bool = False):
+    def __init__(self, C: int, track_running_stats: bool = True, partial_channels: int = 1, aux_skip: bool = False):
         super().__init__()
-        self.edges = nn.ModuleList(NB201MixedOp(C, track_running_stats) if partial_channels == 1
-                                   else NB201PartialMixedOp(C, partial_channels, track_running_stats)
-                                   for _ in range(NUM_EDGES))
+        self.edges = nn.ModuleList(
+            NB201MixedOp(C, track_running_stats)
+            if partial_channels == 1
+            else NB201PartialMixedOp(C, partial_channels, track_running_stats)
+            for _ in range(NUM_EDGES)
+        )
         self.aux_skip = aux_skip  # DARTS- (§3.2): every NB201 edge has stride 1, so aux is the identity
 
     # Runtime hooks (plain attributes, not state): the DARTS- weight β_e and GDAS's one-op forward.
     aux_weight: float = 1.0
     sampled_only: bool = False
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         nodes = [x]
         for i in range(1, NUM_NODES):
             s = None
@@ -135,11 +137,16 @@ class ResidualBlock(nn.Module):
     def __init__(self, C_in: int, C_out: int):
         super().__init__()
         self.branch = nn.Sequential(
-            nn.ReLU(inplace=False), nn.Conv2d(C_in, C_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_out),
-            nn.ReLU(inplace=False), nn.Conv2d(C_out, C_out, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(C_out),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C_out),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_out, C_out, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(C_out),
         )
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2, stride=2, padding=0),
-                                      nn.Conv2d(C_in, C_out, 1, stride=1, padding=0, bias=False))
+        self.shortcut = nn.Sequential(
+            nn.AvgPool2d(2, stride=2, padding=0), nn.Conv2d(C_in, C_out, 1, stride=1, padding=0, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.branch(x) + self.shortcut(x)
@@ -148,13 +155,23 @@ class ResidualBlock(nn.Module):
 class NB201SearchNetwork(nn.Module):
     primitives = NB201_PRIMITIVES  # the columns of alpha
 
-    def __init__(self, C: int = 16, num_cells: int = 5, num_classes: int = 10, in_channels: int = 3,
-                 track_running_stats: bool = True, primitives: Sequence[str] = NB201_PRIMITIVES,
-                 partial_channels: int = 1, edge_norm: bool = False, aux_skip: bool = False):
+    def __init__(
+        self,
+        C: int = 16,
+        num_cells: int = 5,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        track_running_stats: bool = True,
+        primitives: Sequence[str] = NB201_PRIMITIVES,
+        partial_channels: int = 1,
+        edge_norm: bool = False,
+        aux_skip: bool = False,
+    ):
         super().__init__()
         if tuple(primitives) != NB201_PRIMITIVES:
-            raise ValueError(f"the NB201 space has the operations {', '.join(NB201_PRIMITIVES)}, "
-                             f"not {', '.join(primitives)}")
+            raise ValueError(
+                f"the NB201 space has the operations {', '.join(NB201_PRIMITIVES)}, not {', '.join(primitives)}"
+            )
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         self.cells = nn.ModuleList()
         C_curr = C
@@ -205,7 +222,7 @@ class NB201SearchNetwork(nn.Module):
         if not self.edge_norm:
             return None
         # EDGES is sorted by target node, so each node's rows are contiguous and the parts come out in row order.
-        return torch.cat([torch.softmax(self.betas_cell[rows[0]:rows[-1] + 1], dim=-1) for rows in NODE_EDGES])
+        return torch.cat([torch.softmax(self.betas_cell[rows[0] : rows[-1] + 1], dim=-1) for rows in NODE_EDGES])
 
     def set_hooks(self, *, sampled_only: bool | None = None, aux_weight: float | None = None) -> None:
         """Runtime cell hooks: GDAS's one-op forward, the DARTS- aux weight β_e (plain attributes)."""
@@ -254,4 +271,3 @@ class NB201SearchNetwork(nn.Module):
         if self.edge_norm:
             rec["edge_weights"] = self.edge_weights().detach().double().cpu().tolist()
         return rec
-

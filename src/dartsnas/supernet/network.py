@@ -39,10 +39,21 @@ torch.nn.modules.module.register_module_module_registration_hook(_count_registra
 
 
 class SearchNetwork(nn.Module):
-    def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, num_nodes: int = 4,
-                 multiplier: int | None = None, stem_multiplier: int = 3, in_channels: int = 3,
-                 fused: bool = False, primitives: tuple[str, ...] = PRIMITIVES, partial_channels: int = 1,
-                 aux_skip: bool = False, edge_norm: bool = False):
+    def __init__(
+        self,
+        C: int = 16,
+        num_classes: int = 10,
+        layers: int = 8,
+        num_nodes: int = 4,
+        multiplier: int | None = None,
+        stem_multiplier: int = 3,
+        in_channels: int = 3,
+        fused: bool = False,
+        primitives: tuple[str, ...] = PRIMITIVES,
+        partial_channels: int = 1,
+        aux_skip: bool = False,
+        edge_norm: bool = False,
+    ):
         super().__init__()
         self.num_nodes = num_nodes
         self.primitives = tuple(primitives)
@@ -56,8 +67,18 @@ class SearchNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            cell = SearchCell(num_nodes, multiplier, C_pp, C_p, C_curr, reduction, reduction_prev,
-                              self.primitives, partial_channels, aux_skip)
+            cell = SearchCell(
+                num_nodes,
+                multiplier,
+                C_pp,
+                C_p,
+                C_curr,
+                reduction,
+                reduction_prev,
+                self.primitives,
+                partial_channels,
+                aux_skip,
+            )
             reduction_prev = reduction
             self.cells.append(cell)
             C_pp, C_p = C_p, multiplier * C_curr
@@ -75,7 +96,7 @@ class SearchNetwork(nn.Module):
         self.mixing_override: list[torch.Tensor] | None = None
         self.set_fused(fused)
 
-    def set_fused(self, fused: bool) -> "SearchNetwork":
+    def set_fused(self, fused: bool) -> SearchNetwork:
         """Switch every cell to the fused forward (supernet/fused.py): same parameters and mathematics."""
         for cell in self.cells:
             cell.fused = bool(fused)
@@ -89,8 +110,7 @@ class SearchNetwork(nn.Module):
         # recomputed after any parameter registration (anywhere) or a device/dtype conversion (_apply).
         cache = self.__dict__.get("_named_weights")
         if cache is None or cache[0] != _registrations[0]:
-            cache = (_registrations[0],
-                     [(name, p) for name, p in self.named_parameters() if name not in ARCH_NAMES])
+            cache = (_registrations[0], [(name, p) for name, p in self.named_parameters() if name not in ARCH_NAMES])
             self.__dict__["_named_weights"] = cache
         return list(cache[1])
 
@@ -125,7 +145,7 @@ class SearchNetwork(nn.Module):
         for b in self.edge_betas():
             parts, start = [], 0
             for i in range(self.num_nodes):
-                parts.append(torch.softmax(b[start:start + i + 2], dim=-1))
+                parts.append(torch.softmax(b[start : start + i + 2], dim=-1))
                 start += i + 2
             out.append(torch.cat(parts))
         return out
@@ -153,29 +173,44 @@ class SearchNetwork(nn.Module):
         """Plain DARTS derivation (top-2 edges per node, strongest non-``none`` op), edge-scaled with β."""
         if not self.edge_norm and self.primitives == PRIMITIVES:
             return derive_genotype(self.alphas_normal, self.alphas_reduce, self.num_nodes)
-        return derive_scaled_genotype(self.alphas_normal, self.alphas_reduce, self.num_nodes, self.primitives,
-                                      *[w.detach().double() if w is not None else None for w in self.edge_weights()])
-
+        return derive_scaled_genotype(
+            self.alphas_normal,
+            self.alphas_reduce,
+            self.num_nodes,
+            self.primitives,
+            *[w.detach().double() if w is not None else None for w in self.edge_weights()],
+        )
 
     def arch_record(self) -> dict[str, list]:
         """This space's fields of a search's per-epoch metrics record: softmax(alpha) per alpha tensor, and
         PC-DARTS's edge weights (softmax of β over each node's inputs) when edge normalisation is on."""
-        rec = {name: torch.softmax(getattr(self, name).detach().double(), -1).cpu().tolist()
-               for name in ("alphas_normal", "alphas_reduce")}
+        rec = {
+            name: torch.softmax(getattr(self, name).detach().double(), -1).cpu().tolist()
+            for name in ("alphas_normal", "alphas_reduce")
+        }
         if self.edge_norm:
             for name, w in zip(("edge_weights_normal", "edge_weights_reduce"), self.edge_weights()):
                 rec[name] = w.detach().double().cpu().tolist()
         return rec
 
 
-def derive_scaled_genotype(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, num_nodes: int,
-                           primitives: tuple[str, ...], edge_normal: torch.Tensor | None = None,
-                           edge_reduce: torch.Tensor | None = None) -> Genotype:
+def derive_scaled_genotype(
+    alphas_normal: torch.Tensor,
+    alphas_reduce: torch.Tensor,
+    num_nodes: int,
+    primitives: tuple[str, ...],
+    edge_normal: torch.Tensor | None = None,
+    edge_reduce: torch.Tensor | None = None,
+) -> Genotype:
     """DARTS derivation over ``primitives``; PC-DARTS scales softmax(α) by the edge's weight first (§3.1)."""
     probs = []
     for a, e in ((alphas_normal, edge_normal), (alphas_reduce, edge_reduce)):
         p = torch.softmax(a.detach().double(), dim=-1)
         probs.append(p if e is None else p * e.reshape(-1, 1))
     concat = tuple(range(2, 2 + num_nodes))
-    return Genotype(tuple(derive_cell(probs[0], num_nodes, primitives=primitives)), concat,
-                    tuple(derive_cell(probs[1], num_nodes, primitives=primitives)), concat)
+    return Genotype(
+        tuple(derive_cell(probs[0], num_nodes, primitives=primitives)),
+        concat,
+        tuple(derive_cell(probs[1], num_nodes, primitives=primitives)),
+        concat,
+    )

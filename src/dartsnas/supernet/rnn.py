@@ -23,8 +23,6 @@ is a parameter of the module but not a weight: ``weights()``/``named_weights()``
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,7 +54,7 @@ class RNNSearchCell(nn.Module):
         self.Ws = nn.ParameterList([_uniform(n, 2 * n) for _ in range(num_nodes)])  # W_1..W_N
         self.bn = nn.BatchNorm1d(n, affine=False)
 
-    def sample_masks(self, batch_size: int, like: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def sample_masks(self, batch_size: int, like: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(m_x, m_h), each B × n, in training mode; (None, None) in eval mode."""
         if not self.training:
             return None, None
@@ -69,12 +67,12 @@ class RNNSearchCell(nn.Module):
         T, B, n = x.shape
         m_x, m_h = self.sample_masks(B, x)
         xm = x if m_x is None else x * m_x
-        x_proj = xm @ self.W0[:n]                   # (T, B, 2n): the input half of W0, whole segment at once
+        x_proj = xm @ self.W0[:n]  # (T, B, 2n): the input half of W0, whole segment at once
         # Per node i: (i, 4) op weights (none dropped) and (i,) their sum, shaped to broadcast over (i, B, n).
         node_w, node_tot, r = [], [], 0
         for i in range(1, self.num_nodes + 1):
-            w = probs[r: r + i, 1:]
-            node_w.append(w.t().unsqueeze(-1).unsqueeze(-1))        # (4, i, 1, 1)
+            w = probs[r : r + i, 1:]
+            node_w.append(w.t().unsqueeze(-1).unsqueeze(-1))  # (4, i, 1, 1)
             node_tot.append(w.sum(1).view(i, 1, 1))
             r += i
         outputs = []
@@ -83,13 +81,19 @@ class RNNSearchCell(nn.Module):
             outputs.append(hidden)
         return torch.stack(outputs), hidden
 
-    def step(self, x_proj: torch.Tensor, h: torch.Tensor, m_h: Optional[torch.Tensor],
-             node_w: list[torch.Tensor], node_tot: list[torch.Tensor]) -> torch.Tensor:
+    def step(
+        self,
+        x_proj: torch.Tensor,
+        h: torch.Tensor,
+        m_h: torch.Tensor | None,
+        node_w: list[torch.Tensor],
+        node_tot: list[torch.Tensor],
+    ) -> torch.Tensor:
         n = self.n
         hm = h if m_h is None else h * m_h
         c0, h0 = (x_proj + hm @ self.W0[n:]).split(n, dim=-1)
         s0 = self.bn(h + torch.sigmoid(c0) * (torch.tanh(h0) - h))
-        states = s0.unsqueeze(0)                          # (i, B, n): s_0 .. s_{i-1}
+        states = s0.unsqueeze(0)  # (i, B, n): s_0 .. s_{i-1}
         total = None
         for i in range(1, self.num_nodes + 1):
             sm = states if m_h is None else states * m_h
@@ -112,8 +116,17 @@ class RNNSearchModel(RNNLanguageModel):
     input (locked) 0.2 / embedding rows 0. At ntoken = 10,000: 4,810,000 weights + 180 α.
     """
 
-    def __init__(self, ntoken: int, n: int = 300, num_nodes: int = 8, dropout: float = 0.75,
-                 dropouth: float = 0.25, dropoutx: float = 0.75, dropouti: float = 0.2, dropoute: float = 0.0):
+    def __init__(
+        self,
+        ntoken: int,
+        n: int = 300,
+        num_nodes: int = 8,
+        dropout: float = 0.75,
+        dropouth: float = 0.25,
+        dropoutx: float = 0.75,
+        dropouti: float = 0.2,
+        dropoute: float = 0.0,
+    ):
         super().__init__(ntoken, n, dropout, dropouti, dropoute)
         self.num_nodes = num_nodes
         self.cell = RNNSearchCell(n, num_nodes, dropouth, dropoutx)
