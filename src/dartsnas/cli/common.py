@@ -333,3 +333,51 @@ def _holds_nothing(path: Path) -> bool:
         return False
     metrics = path / "metrics.jsonl"
     return not (metrics.exists() and metrics.stat().st_size > 0)
+
+
+def add_launcher_options(p: argparse.ArgumentParser) -> None:
+    """``--launcher`` and the ``--slurm-*`` options of every protocol command (select, random, evaluate-final,
+    compare): where the runs execute."""
+    g = p.add_argument_group(
+        "cluster", "launch every run as a SLURM job through submitit (pip install 'dartsnas[cluster]')"
+    )
+    g.add_argument(
+        "--launcher",
+        choices=["local", "slurm", "submitit-local"],
+        help="local processes (default), SLURM jobs, or submitit's local executor (jobs on this "
+        "machine through the same code path, for testing a cluster setup)",
+    )
+    g.add_argument("--slurm-partition", dest="slurm_partition", metavar="NAME", help="SLURM partition")
+    g.add_argument("--slurm-gpus", dest="slurm_gpus", type=str, metavar="N", help="GPUs per run (default 1)")
+    g.add_argument("--slurm-cpus", dest="slurm_cpus", type=str, metavar="N", help="CPUs per run (default 8)")
+    g.add_argument(
+        "--slurm-time",
+        dest="slurm_time",
+        type=str,
+        metavar="MIN",
+        help="time limit of each run in minutes (default 2880); an interrupted run resumes from "
+        "its checkpoint with --resume",
+    )
+    g.add_argument("--slurm-mem", dest="slurm_mem", type=str, metavar="GB", help="memory per run in GB")
+    g.add_argument("--slurm-account", dest="slurm_account", metavar="NAME", help="SLURM account")
+    g.add_argument(
+        "--slurm-setup",
+        dest="slurm_setup",
+        action="append",
+        default=None,
+        metavar="CMD",
+        help="shell line run before each job (repeatable), e.g. 'module load cuda'",
+    )
+
+
+# The protocol-config fields the launcher options set (resume-harmless, passed through to ProtocolConfig /
+# CompareConfig).
+LAUNCHER_FIELDS = [
+    "launcher",
+    "slurm_partition",
+    "slurm_gpus",
+    "slurm_cpus",
+    "slurm_time",
+    "slurm_mem",
+    "slurm_account",
+]

@@ -10,7 +10,14 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import add_show_config, add_threads_option, infer_dataset, show_config
+from .common import (
+    LAUNCHER_FIELDS,
+    add_launcher_options,
+    add_show_config,
+    add_threads_option,
+    infer_dataset,
+    show_config,
+)
 
 _EPILOG = (
     "Example: dartsnas compare --methods darts,beta-darts --seeds 1,2,3 --space nb201 --preset nb201-proxy "
@@ -34,13 +41,7 @@ _FIELDS = [
     "jobs",
     "devices",
     "threads",
-    "launcher",
-    "slurm_partition",
-    "slurm_gpus",
-    "slurm_cpus",
-    "slurm_time",
-    "slurm_mem",
-    "slurm_account",
+    *LAUNCHER_FIELDS,
 ]
 
 
@@ -137,29 +138,7 @@ def _compare_parser(sub) -> None:
     )
     add_show_config(p)
     add_threads_option(p)
-    g = p.add_argument_group(
-        "cluster",
-        "launch every run as a SLURM job through submitit (pip install 'dartsnas[cluster]'); as for `dartsnas select`",
-    )
-    g.add_argument(
-        "--launcher",
-        choices=["local", "slurm", "submitit-local"],
-        help="local processes (default), SLURM jobs, submitit-local",
-    )
-    g.add_argument("--slurm-partition", dest="slurm_partition", metavar="NAME")
-    g.add_argument("--slurm-gpus", dest="slurm_gpus", type=str, metavar="N", help="GPUs per run (default 1)")
-    g.add_argument("--slurm-cpus", dest="slurm_cpus", type=str, metavar="N", help="CPUs per run (default 8)")
-    g.add_argument("--slurm-time", dest="slurm_time", type=str, metavar="MIN", help="minutes per job (default 2880)")
-    g.add_argument("--slurm-mem", dest="slurm_mem", type=str, metavar="GB")
-    g.add_argument("--slurm-account", dest="slurm_account", metavar="NAME")
-    g.add_argument(
-        "--slurm-setup",
-        dest="slurm_setup",
-        action="append",
-        default=None,
-        metavar="CMD",
-        help="shell line run before each job (repeatable)",
-    )
+    add_launcher_options(p)
     p.set_defaults(func=_cmd_compare)
 
 

@@ -10,7 +10,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import add_show_config, add_threads_option, infer_dataset, show_config
+from .common import (
+    LAUNCHER_FIELDS,
+    add_launcher_options,
+    add_show_config,
+    add_threads_option,
+    infer_dataset,
+    show_config,
+)
 
 _EPILOG = (
     "Presets: paper (4 second-order searches, 100-epoch CIFAR-10 / 300-epoch PTB selection, 24/8 random "
@@ -72,36 +79,7 @@ def _common(p: argparse.ArgumentParser, final_opts: bool = True) -> None:
     )
     add_show_config(p)
     add_threads_option(p)
-    g = p.add_argument_group(
-        "cluster", "launch every run as a SLURM job through submitit (pip install 'dartsnas[cluster]')"
-    )
-    g.add_argument(
-        "--launcher",
-        choices=["local", "slurm", "submitit-local"],
-        help="local processes (default), SLURM jobs, or submitit's local executor (jobs on this "
-        "machine through the same code path, for testing a cluster setup)",
-    )
-    g.add_argument("--slurm-partition", dest="slurm_partition", metavar="NAME", help="SLURM partition")
-    g.add_argument("--slurm-gpus", dest="slurm_gpus", type=str, metavar="N", help="GPUs per run (default 1)")
-    g.add_argument("--slurm-cpus", dest="slurm_cpus", type=str, metavar="N", help="CPUs per run (default 8)")
-    g.add_argument(
-        "--slurm-time",
-        dest="slurm_time",
-        type=str,
-        metavar="MIN",
-        help="time limit of each run in minutes (default 2880); an interrupted run resumes from "
-        "its checkpoint with --resume",
-    )
-    g.add_argument("--slurm-mem", dest="slurm_mem", type=str, metavar="GB", help="memory per run in GB")
-    g.add_argument("--slurm-account", dest="slurm_account", metavar="NAME", help="SLURM account")
-    g.add_argument(
-        "--slurm-setup",
-        dest="slurm_setup",
-        action="append",
-        default=None,
-        metavar="CMD",
-        help="shell line run before each job (repeatable), e.g. 'module load cuda'",
-    )
+    add_launcher_options(p)
     if final_opts:
         p.add_argument("--final", action="store_true", help="then train the chosen cell --final-runs times")
         p.add_argument("--final-runs", dest="final_runs", type=str, help="final trainings (paper 10)")
@@ -128,13 +106,7 @@ _FIELDS = [
     "final_epochs",
     "final_seed",
     "threads",
-    "launcher",
-    "slurm_partition",
-    "slurm_gpus",
-    "slurm_cpus",
-    "slurm_time",
-    "slurm_mem",
-    "slurm_account",
+    *LAUNCHER_FIELDS,
 ]
 
 
