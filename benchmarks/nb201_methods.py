@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", default="1")
     ap.add_argument("--resume", action="store_true", help="continue --experiment")
     ap.add_argument("--tiny", action="store_true", help="1 epoch on 64+64 images: checks the script, no figures")
+    ap.add_argument("--order", help="search order of every method (default: the preset's, 1)")
+    ap.add_argument("--epochs", help="epochs of every search (default: the preset's, 20)")
+    ap.add_argument(
+        "--method-args", action="append", default=[], metavar="METHOD=ARGS", help="passed to compare (repeatable)"
+    )
+    ap.add_argument("--name", default="", help="suffix of the result files' names (one per experiment)")
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
 
@@ -72,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         "-e",
         args.experiment,
     ]
+    for flag, value in (("--order", args.order), ("--epochs", args.epochs)):
+        if value:
+            cmd += [flag, value]
+    for value in args.method_args:
+        cmd += ["--method-args", value]
     if args.resume:
         cmd = ["compare", "--resume", "-e", args.experiment, "--jobs", args.jobs]
     elif args.tiny:
@@ -86,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     report_dir = Path(args.experiment) / "report"
     if dartsnas(["report", args.experiment, "--out", str(report_dir), "--title", "NB201 proxy: methods × seeds"]):
         return 1
-    stem = f"nb201-methods{'-tiny' if args.tiny else ''}-{time.strftime('%Y-%m-%d')}"
+    suffix = f"-{args.name}" if args.name else ""
+    stem = f"nb201-methods{suffix}{'-tiny' if args.tiny else ''}-{time.strftime('%Y-%m-%d')}"
     summary = json.loads((Path(args.experiment) / "summary.json").read_text())
     meta = {
         "command": "dartsnas " + " ".join(cmd),

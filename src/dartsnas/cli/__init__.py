@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> None:
+    """The ``dartsnas`` program: ``main`` on the command line, then the exit (see ``distributed.exit_process``)."""
+    from ..distributed import exit_process
+
+    exit_process(main() or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one ``dartsnas`` command line (``argv`` without the program name); returns the exit code."""
     from ..loops.common import Interrupted
@@ -48,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return args.func(args)
+        rc = args.func(args)
+        if not rc:
+            from ..distributed import shutdown
+
+            shutdown()  # a finished torchrun worker leaves its process group before the interpreter exits
+        return rc
     except Interrupted as e:
         print(f"dartsnas: {e}", file=sys.stderr)
         return 128 + e.signum
