@@ -17,7 +17,7 @@ import torch
 from conftest import run_cli, shared_data_root
 from dartsnas.checkpoint import load_checkpoint
 from dartsnas.errors import ConfigError
-from dartsnas.loops.search import SearchConfig, run_search
+from dartsnas.loops.search import SearchConfig, derive_from_run, run_search
 from dartsnas.methods import EpochContext, build_method
 from dartsnas.methods.registry import DRNAS_NB201_PROGRESSIVE
 from dartsnas.methods.variants import dirichlet_concentration, widen_mixed_op
@@ -215,6 +215,7 @@ def test_tiny_progressive_search_crosses_the_prune_epoch(tiny_search):
     # the widened supernet: the 3×3 conv of edge 0 in the first cell (C = 8) sees C/2 = 4 channels
     assert ck["model"]["cells.0.edges.0._ops.2.1.weight"].shape == (4, 4, 3, 3)
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in res.history)
+    assert derive_from_run(run) == res.genotype  # derive rebuilds the widened supernet from the method state
 
 
 @needs_table
