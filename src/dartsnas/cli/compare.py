@@ -102,10 +102,10 @@ def _compare_parser(sub) -> None:
         "--random-search",
         dest="random_search",
         nargs="?",
-        const="10",
+        const="20",
         type=str,
         metavar="N",
-        help="NB201: add the trained random search, N drawn cells per seed (default 10) each trained "
+        help="NB201: add the trained random search, N drawn cells per seed (default 20) each trained "
         "random_search_epochs epochs (default 10, --set random_search_epochs=E) on the search's data, the best by "
         "validation accuracy looked up in the table; about the cost of one first-order proxy search",
     )

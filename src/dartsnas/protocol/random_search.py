@@ -41,12 +41,14 @@ from ..loops import search_hooks
 from ..loops.search import SearchConfig, cosine_lr, evaluate
 from ..space.nb201 import EDGES, NB201_PRIMITIVES, NB201Genotype
 
-# Measured 2026-11-30 on this project's 2-core CPU box, OMP_NUM_THREADS=1 (notes/rsearch.md): one epoch of
-# a discrete proxy cell with its validation pass ≈ 1/CELL_EPOCHS_PER_SEARCH_EPOCH of a first-order proxy search
-# epoch, so 20 search epochs buy about 20 × CELL_EPOCHS_PER_SEARCH_EPOCH cell epochs.
-CELL_EPOCHS_PER_SEARCH_EPOCH = 5
+# Measured 2026-11-30 on the project's shared 2-core CPU box, OMP_NUM_THREADS=1, load average 2-5 (noisy;
+# notes/rsearch.md): a first-order nb201-proxy search epoch (with its end-of-epoch diagnostics) took 31.4 s; one
+# epoch of a drawn discrete proxy cell took 2.9 s with the validation pass amortised over 2 epochs (3.4 s with a
+# pass per epoch; 1.4-4.6 s by the cell's ops), a ratio of 9-11. With 10 cell epochs per search epoch, the 20
+# epochs of one proxy search buy 200 cell epochs: 20 cells × 10 epochs.
+CELL_EPOCHS_PER_SEARCH_EPOCH = 10
 RANDOM_SEARCH_EPOCHS = 10
-RANDOM_SEARCH_SAMPLES = 10
+RANDOM_SEARCH_SAMPLES = 20
 
 
 def draw_cells(seed: int, samples: int) -> list[NB201Genotype]:
