@@ -295,7 +295,8 @@ def test_compare_runs_the_random_search_and_resumes_by_seed(tmp_path, capsys):
     assert [s["seed"] for s in data["per_seed"]] == [1] and len(data["per_seed"][0]["cells"]) == 2
     s = json.loads((exp / "summary.json").read_text())["random_search"]
     assert s["cifar10"]["mean"] == data["per_seed"][0]["table"]["cifar10"]
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert f"random search (2 cells × 1 epochs): 1 seed(s), CIFAR-10 table accuracy {s['cifar10']['mean']:.2f}" in out
     assert main(argv + ["--resume"]) == 0
     assert "random search seed 1: cell" not in capsys.readouterr().out  # the finished seed is kept
     assert json.loads((exp / "random_search.json").read_text()) == data

@@ -387,6 +387,13 @@ def compare(
         summary = summarize_compare(exp.path)
     for m in summary["methods"]:
         log(_method_line(m, summary["space"]))
+    rsearch = summary.get("random_search")
+    if rsearch and rsearch.get("cifar10"):
+        acc = rsearch["cifar10"]
+        log(
+            f"random search ({rsearch['samples']} cells × {rsearch['epochs_each']} epochs): {rsearch['seeds']} "
+            f"seed(s), CIFAR-10 table accuracy {acc['mean']:.2f} ± {acc['std']:.2f} %"
+        )
     if summary["failed"]:
         log(f"failed (excluded): {', '.join(summary['failed'])}")
     return ExperimentResult(exp.path, summary)
@@ -446,6 +453,10 @@ def run_random_search(path: Path, cfg: CompareConfig, log=print) -> dict[str, An
         device = resolve_device(f"cuda:{cfg.devices.split(',')[0].strip()}")
     else:
         device = resolve_device("auto")
+    if device.type == "cpu":  # the searches' thread choice (protocol runner), for this process's trainings
+        from ..threads import choose_threads
+
+        torch.set_num_threads(choose_threads(False, explicit=cfg.threads)[0])
     out = {
         "samples": cfg.random_search,
         "epochs_each": cfg.random_search_epochs,
