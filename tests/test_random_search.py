@@ -258,7 +258,7 @@ def test_summary_and_report_carry_the_random_search_row(tmp_path):
     c10 = [v[0] for v in accs.values()]
     name = "random search (3 cells × 2 epochs, best by validation)"
     want = f"| {name} | {statistics.mean(c10):.2f} ± {statistics.stdev(c10):.2f} |"
-    assert want in md and "0.2 CPU-h" in md and "row 1002" in md
+    assert want in md and "0.2 CPU-h" in md and "row 1002" in md and "valid 52.0 %" in md
     row = next(r for r in csv_rows(summary) if r["source"] == "random search")
     assert math.isclose(row["cifar100_mean"], statistics.mean(v[1] for v in accs.values()))
 

@@ -263,6 +263,10 @@ def random_search_row(rs: dict[str, Any], summary: dict[str, Any]) -> dict[str, 
     return row
 
 
+def _percent(v: Any) -> str:
+    return f"{100 * v:.1f} %" if isinstance(v, (int, float)) else "—"
+
+
 def _acc_cell(r: dict[str, Any], k: str) -> str:
     mean, std = r.get(f"{k}_mean"), r.get(f"{k}_std")
     if mean is None:
@@ -282,7 +286,7 @@ def _cells(r: dict[str, Any], space: str) -> list[str]:
         if r["source"] == "random search":
             rs = r["stats"]
             cells = "<br>".join(
-                f"s{c['seed']}: {c.get('arch_str')} (row {c.get('table_row')}, valid {100 * c['valid_acc']:.1f} %)"
+                f"s{c['seed']}: {c.get('arch_str')} (row {c.get('table_row')}, valid {_percent(c.get('valid_acc'))})"
                 for c in rs["cells"]
             )
             return [r["method"], *(_acc_cell(r, k) for k in _ACC), str(rs["seeds"]), cells, _cost(rs), "—", r["note"]]

@@ -17,10 +17,10 @@ is the search's end-of-epoch monitoring pass (``loops.search.evaluate``: eval mo
 cell of a seed sees the same batch order and augmentation draws (common random numbers, seeded from the seed
 as in the search) and its weights are initialised after ``torch.manual_seed(seed)``.
 
-Budget (notes/rsearch.md): on one CPU thread at the ``nb201-proxy`` settings one epoch of a discrete cell plus
-its validation pass costs about 1/``CELL_EPOCHS_PER_SEARCH_EPOCH`` of a first-order proxy search epoch
-(measured below, averaged over drawn cells), so ``RANDOM_SEARCH_SAMPLES`` × ``RANDOM_SEARCH_EPOCHS`` discrete
-epochs cost about one 20-epoch first-order proxy search.
+Budget (notes/rsearch.md, benchmarks/rsearch_budget.py): on one CPU thread at the ``nb201-proxy`` settings one
+epoch of a drawn discrete cell costs about 1/``CELL_EPOCHS_PER_SEARCH_EPOCH`` of a first-order proxy search epoch
+(the figures are below), so the default ``RANDOM_SEARCH_SAMPLES`` × ``RANDOM_SEARCH_EPOCHS`` cell epochs cost about
+one 20-epoch first-order proxy search. Each run records its own measured cost.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def select_best(valid_acc: list[float]) -> int:
 
 
 def search_data(cfg: SearchConfig, device: torch.device, data: ImageData | None = None):
-    """The search's images and halves: (data, D_w indices, D_α indices), as ``loops.search`` prepares them."""
+    """The search's images and halves: (data, D_w indices, D_α indices), as ``loops.search``'s state prepares
+    them (index halves by ``train_portion`` or the split file, then ``subset``)."""
     if data is None:
         data = load_images(cfg.dataset, cfg.data_dir, device, cfg.download)
     else:
@@ -170,8 +171,8 @@ def random_search_nb201(
     device = torch.device(device)
     start = time.perf_counter()
     data, w_idx, a_idx = search_data(cfg, device, data)
-    cells = []
-    for k, g in enumerate(draw_cells(seed, samples)):
+    drawn, cells = draw_cells(seed, samples), []
+    for k, g in enumerate(drawn):
         t0 = time.perf_counter()
         res = train_cell(g, cfg, data, w_idx, a_idx, epochs_each, seed)
         cells.append({"index": k, "arch_str": g.arch_str(), **res, "seconds": time.perf_counter() - t0})
@@ -183,7 +184,7 @@ def random_search_nb201(
     wall = time.perf_counter() - start
     # The selection is final; only now is the table read (for reporting).
     tab = load_table(resolve_table(table, cfg.data_dir))
-    row = lookup(draw_cells(seed, samples)[best], tab)
+    row = lookup(drawn[best], tab)
     log(
         f"random search seed {seed}: selected cell {best + 1} {row.arch_str} "
         f"(valid acc {cells[best]['valid_acc']:.4f}): table row {row.index}, CIFAR-10 {row.cifar10:.2f} %"
