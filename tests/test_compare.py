@@ -181,7 +181,9 @@ def test_darts_space_params_and_cells(tmp_path):
     (exp / "status" / "search-darts-seed1.json").write_text(json.dumps({"status": "done"}))
     s = summarize_compare(exp)
     assert s["methods"][0]["params"]["mean"] == expected
-    assert f"{expected / 1e6:.2f} ± 0.00" in markdown(s)
+    md = markdown(s)
+    assert f"| {expected / 1e6:.2f} |" in md  # one seed: the value alone, no "± 0.00" posing as a spread
+    assert f"{expected / 1e6:.2f} ±" not in md
 
 
 def test_random_baseline_is_table_lookup():

@@ -148,6 +148,8 @@ def _pm(stat: Any, digits: int = 2, scale: float = 1.0) -> str:
     if isinstance(stat, tuple):
         mean, std = stat
         return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+    if stat.get("n") == 1:  # one seed: no spread to show (a "± 0.00" would read as a measured std)
+        return f"{stat['mean'] * scale:.{digits}f}"
     return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
 
 
