@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", required=True, help="the CIFAR-10 folder (the NB201 table is found beside it)")
     ap.add_argument("--experiment", required=True, help="the compare experiment directory")
     ap.add_argument("--random-samples", default="100", help="random cells per seed (table look-ups)")
+    ap.add_argument(
+        "--random-search", default="0", help="cells trained per seed by the random search (0: none; 20 ≈ one search)"
+    )
     ap.add_argument("--jobs", default="1")
     ap.add_argument("--resume", action="store_true", help="continue --experiment")
     ap.add_argument("--tiny", action="store_true", help="1 epoch on 64+64 images: checks the script, no figures")
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd += [flag, value]
     for value in args.method_args:
         cmd += ["--method-args", value]
+    if args.random_search != "0":
+        cmd += ["--random-search", args.random_search]
     if args.resume:
         cmd = ["compare", "--resume", "-e", args.experiment, "--jobs", args.jobs]
     elif args.tiny:

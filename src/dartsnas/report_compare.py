@@ -230,6 +230,9 @@ def method_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             row[f"{k}_mean"] = (rb.get(k) or {}).get("mean")
             row[f"{k}_std"] = (rb.get(k) or {}).get("std")
         rows.append(row)
+    rs = summary.get("random_search")
+    if space == "nb201" and rs and rs.get("seeds"):
+        rows.append(random_search_row(rs, summary))
     if space == "nb201":
         for p in PUBLISHED_NB201:
             row = {"space": space, "method": p["method"], "source": "published", "note": p["note"]}
@@ -237,6 +240,31 @@ def method_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 row[f"{k}_mean"], row[f"{k}_std"] = p[k] if p[k] else (None, None)
             rows.append(row)
     return rows
+
+
+def random_search_row(rs: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """The trained random search (protocol/random_search.py): selected cells' table accuracies over seeds."""
+    row = {
+        "space": "nb201",
+        "method": f"random search ({rs['samples']} cells × {rs['epochs_each']} epochs, best by validation)",
+        "source": "random search",
+        "seeds_done": rs["seeds"],
+        "seeds_run": rs["seeds"],
+        "gpu_hours_mean": (rs.get("gpu_hours") or {}).get("mean"),
+        "cpu_hours_mean": (rs.get("cpu_hours") or {}).get("mean"),
+        "cells": ";".join(f"seed {c['seed']}: row {c.get('table_row')} {c.get('arch_str')}" for c in rs["cells"]),
+        "note": "cells trained on the search's data, selected by D_alpha accuracy, then looked up",
+        "experiment": summary.get("experiment"),
+        "stats": rs,
+    }
+    for k in _ACC:
+        row[f"{k}_mean"] = (rs.get(k) or {}).get("mean")
+        row[f"{k}_std"] = (rs.get(k) or {}).get("std")
+    return row
+
+
+def _percent(v: Any) -> str:
+    return f"{100 * v:.1f} %" if isinstance(v, (int, float)) else "—"
 
 
 def _acc_cell(r: dict[str, Any], k: str) -> str:
@@ -255,6 +283,13 @@ def _cells(r: dict[str, Any], space: str) -> list[str]:
                 or "—"
             )
             return [r["method"], *(_acc_cell(r, k) for k in _ACC), _seeds(m), cells, _cost(m), _memory(m), "measured"]
+        if r["source"] == "random search":
+            rs = r["stats"]
+            cells = "<br>".join(
+                f"s{c['seed']}: {c.get('arch_str')} (row {c.get('table_row')}, valid {_percent(c.get('valid_acc'))})"
+                for c in rs["cells"]
+            )
+            return [r["method"], *(_acc_cell(r, k) for k in _ACC), str(rs["seeds"]), cells, _cost(rs), "—", r["note"]]
         seeds = f"{r['seeds_done']}" if r["source"] == "table look-up" else "—"
         cost = "0 (no training)" if r["source"] == "table look-up" else "—"
         note = r["source"] + (f": {r['note']}" if r.get("note") else "")

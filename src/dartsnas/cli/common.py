@@ -8,8 +8,9 @@ import contextlib
 import json
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..errors import ConfigError, DartsError, DataError, NonFiniteError, RunDirError
 from ..lock import release_run_dir
@@ -323,6 +324,38 @@ def cleanup_failed_start(run_dir: str | Path | None, prefix: str) -> Iterator[No
                 with contextlib.suppress(OSError):
                     parent.rmdir()
         raise
+
+
+R = TypeVar("R")
+
+
+def launch(args: argparse.Namespace, cfg: Any, kind: str, label: str, run: Callable[..., R]) -> R | None:
+    """What every search and training command does with its resolved config: print it (``--show-config``),
+    or say the run is already finished, or choose the CPU threads and call ``run(cfg, run_dir=..., resume=...)``
+    with a failed start cleaned up. ``kind`` is the checkpoint kind, ``label`` the run folder's prefix; None:
+    nothing was run (what was printed is the answer)."""
+    if args.show_config:
+        show_config(cfg)
+        return None
+    run_dir, resume = run_target(args)
+    note = check_finished(run_dir, resume, cfg, kind)
+    if note:
+        print(note)
+        return None
+    if runs_on_cpu(cfg.device):
+        apply_threads(args, small=cfg.dataset == "builtin")
+    with cleanup_failed_start(run_dir, label):
+        return run(cfg, run_dir=run_dir, resume=resume)
+
+
+def runs_on_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def _holds_nothing(path: Path) -> bool:

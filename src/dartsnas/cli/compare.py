@@ -35,6 +35,7 @@ _FIELDS = [
     "order",
     "search_epochs",
     "random_samples",
+    "random_search",
     "train_preset",
     "final_epochs",
     "final_seed",
@@ -96,6 +97,17 @@ def _compare_parser(sub) -> None:
         metavar="N",
         help="NB201: add the random baseline, N uniformly drawn cells per seed looked up in the table "
         "(no training, zero cost; reports the mean accuracy of a random cell)",
+    )
+    p.add_argument(
+        "--random-search",
+        dest="random_search",
+        nargs="?",
+        const="20",
+        type=str,
+        metavar="N",
+        help="NB201: add the trained random search, N drawn cells per seed (default 20) each trained "
+        "random_search_epochs epochs (default 10, --set random_search_epochs=E) on the search's data, the best by "
+        "validation accuracy looked up in the table; about the cost of one first-order proxy search",
     )
     p.add_argument(
         "--final",

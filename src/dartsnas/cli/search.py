@@ -10,13 +10,9 @@ from .common import (
     add_config_options,
     add_model_options,
     apply_dataset_inference,
-    apply_threads,
-    check_finished,
-    cleanup_failed_start,
+    launch,
     named_dataset,
     resolve_config,
-    run_target,
-    show_config,
 )
 
 
@@ -83,16 +79,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if not args.resume and not args.preset and not named_dataset(args) and not args.config:
         args.preset = "quick"  # no dataset named: the quick search on the built-in data
     cfg = resolve_config(SearchConfig, args, names)
-    if args.show_config:
-        return show_config(cfg)
-    run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume, cfg, "cnn-search")
-    if note:
-        print(note)
+    result = launch(args, cfg, "cnn-search", "search", run_search)
+    if result is None:
         return 0
-    _threads(args, cfg)
-    with cleanup_failed_start(run_dir, "search"):
-        result = run_search(cfg, run_dir=run_dir, resume=resume)
     if not result.history:  # a rank other than 0 of a data-parallel search: rank 0 reports
         return 0
     print(f"genotype: {result.run_dir / 'genotype.json'}")
@@ -123,38 +112,15 @@ def _rnn_search(args: argparse.Namespace) -> int:
     if not args.resume and not args.preset and not named_dataset(args) and not args.config:
         args.preset = "quick"  # no dataset named: the quick search on the built-in corpus
     cfg = resolve_config(RNNSearchConfig, args, names)
-    if args.show_config:
-        return show_config(cfg)
-    run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume, cfg, "rnn-search")
-    if note:
-        print(note)
+    result = launch(args, cfg, "rnn-search", "rnn-search", run_rnn_search)
+    if result is None:
         return 0
-    _threads(args, cfg)
-    with cleanup_failed_start(run_dir, "rnn-search"):
-        result = run_rnn_search(cfg, run_dir=run_dir, resume=resume)
     final = result.final
     if final:
         print(f"valid ppl {final['valid_ppl']:.2f} after {final['epoch'] + 1} epochs")
     print(f"genotype: {result.run_dir / 'genotype.json'}")
     print(f"cell:     {result.run_dir / 'recurrent.svg'}")
     return 0
-
-
-def _threads(args: argparse.Namespace, cfg) -> None:
-    """The thread choice for a run on the CPU (small: the built-in data)."""
-    if runs_on_cpu(cfg.device):
-        apply_threads(args, small=cfg.dataset == "builtin")
-
-
-def runs_on_cpu(device: str) -> bool:
-    if device == "cpu":
-        return True
-    if device != "auto":
-        return False
-    import torch
-
-    return not torch.cuda.is_available()
 
 
 def _derive_parser(sub) -> None:

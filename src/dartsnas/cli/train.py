@@ -15,14 +15,10 @@ from .common import (
     add_config_options,
     add_model_options,
     apply_dataset_inference,
-    check_finished,
-    cleanup_failed_start,
+    launch,
     named_dataset,
     resolve_config,
-    run_target,
-    show_config,
 )
-from .search import _threads
 
 
 def _train_parser(sub) -> None:
@@ -80,16 +76,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         elif not named_dataset(args):
             args.preset = "quick"  # no dataset named: the quick run on the built-in data
     cfg = resolve_config(TrainConfig, args, _NAMES)
-    if args.show_config:
-        return show_config(cfg)
-    run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume, cfg, "cnn-train")
-    if note:
-        print(note)
+    result = launch(args, cfg, "cnn-train", "train", run_train)
+    if result is None:
         return 0
-    _threads(args, cfg)
-    with cleanup_failed_start(run_dir, "train"):
-        result = run_train(cfg, run_dir=run_dir, resume=resume)
     r = result.results
     if result.history:
         print(
@@ -121,16 +110,9 @@ def _rnn_train(args: argparse.Namespace) -> int:
         elif named == "wikitext2":
             args.preset = "paper-wt2"
     cfg = resolve_config(RNNTrainConfig, args, names)
-    if args.show_config:
-        return show_config(cfg)
-    run_dir, resume = run_target(args)
-    note = check_finished(run_dir, resume, cfg, "rnn-train")
-    if note:
-        print(note)
+    result = launch(args, cfg, "rnn-train", "rnn-train", run_rnn_train)
+    if result is None:
         return 0
-    _threads(args, cfg)
-    with cleanup_failed_start(run_dir, "rnn-train"):
-        result = run_rnn_train(cfg, run_dir=run_dir, resume=resume)
     r = result.results
     test = f"test ppl {r['test_ppl']:.2f}" if r["test_ppl"] is not None else "test set not evaluated (eval_test=false)"
     print(f"valid ppl {r['valid_ppl']:.2f}, {test}, {r['params'] / 1e6:.2f}M params")

@@ -28,6 +28,7 @@ from ..data.images import ImageData
 from ..diagnostics import darts_es, epoch_diagnostics, fixed_batch
 from ..errors import ConfigError, DartsError, DataError
 from ..methods import NB201_PROTOCOLS, Method, build_method
+from ..methods.registry import DRNAS_NB201_PROGRESSIVE
 from ..space.genotype import genotype_from_dict
 
 SPLIT_FILE = Path("nasbench201") / "cifar10-split.json"
@@ -71,6 +72,11 @@ NB201_PRESETS: dict[str, dict[str, Any]] = {
 # One preset per method on NB201, ``nb201-<method>`` (notes/nbmethods.md): the method's NB201 protocol.
 NB201_METHOD_PRESETS: dict[str, dict[str, Any]] = {
     f"nb201-{name}": {**NB201_PRESETS[base], **over, "method": name} for name, (base, over) in NB201_PROTOCOLS.items()
+}
+# DrNAS's progressive NB201 variant (ROBUST-SPEC §3.5): the nb201-drnas protocol, pruned and widened at epoch 50.
+NB201_METHOD_PRESETS["nb201-drnas-progressive"] = {
+    **NB201_METHOD_PRESETS["nb201-drnas"],
+    "method_args": DRNAS_NB201_PROGRESSIVE,
 }
 # The supernet options a method may ask for that the NB201 supernet builds (ROBUST-SPEC §3.1, §3.2).
 NB201_OPTIONS = frozenset({"primitives", "partial_channels", "edge_norm", "aux_skip"})

@@ -136,12 +136,17 @@ class DrNASParams(MethodParams):
         )
         return p
 
-    def check_space(self, space: str) -> list[str]:
+    def check_epochs(self, epochs: int) -> list[str]:
         return (
-            [f"widen_to: the progressive widening is wired for the DARTS spaces only, not {space}"]
-            if space == "nb201" and self.widen_to is not None
+            [f"prune_epoch: {self.prune_epoch} is never reached in {epochs} epochs (set method_args)"]
+            if self.prune_epoch is not None and self.prune_epoch >= epochs
             else []
         )
+
+
+# DrNAS's progressive variant on NB201 (ROBUST-SPEC §3.5): K 4 -> 2, 5 -> 3 ops, 50 + 50 epochs; the
+# ``nb201-drnas-progressive`` preset (the ``nb201`` preset's 100 epochs with these method arguments).
+DRNAS_NB201_PROGRESSIVE = "partial_channels=4,prune_epoch=50,prune_keep=3,widen_to=2"
 
 
 @dataclass(kw_only=True)

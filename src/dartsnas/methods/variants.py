@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import NonFiniteError
 from .base import Component, EpochContext
@@ -232,6 +232,19 @@ def _widen(t: Tensor, dims: Sequence[int], maps: dict[int, Tensor]) -> Tensor:
     return t
 
 
+def _rebuilt_partial_op(op, new_K: int, primitives: tuple[str, ...]):
+    """An empty partial mixed op like ``op`` (DARTS space or NB201) with K = ``new_K``."""
+    from ..supernet.mixed import PartialMixedOp
+    from ..supernet.nb201 import NB201PartialMixedOp
+
+    C = op.part * op.K
+    if isinstance(op, NB201PartialMixedOp):
+        # NB201 (ROBUST-SPEC §3.5, progressive variant): stride 1 everywhere, so no FactorizedReduce halves.
+        track = all(m.track_running_stats for m in op.modules() if isinstance(m, nn.BatchNorm2d))
+        return NB201PartialMixedOp(C, new_K, track)
+    return PartialMixedOp(C, op.stride, primitives, new_K)
+
+
 def widen_mixed_op(
     op,
     new_K: int,
@@ -239,19 +252,17 @@ def widen_mixed_op(
     generator: torch.Generator | None = None,
     momentum: dict[Tensor, Tensor] | None = None,
 ):
-    """A ``PartialMixedOp`` rebuilt for C/new_K channels, each new channel a copy of an existing one.
+    """A partial mixed op (``PartialMixedOp`` or NB201's ``NB201PartialMixedOp``) rebuilt for C/new_K channels,
+    each new channel a copy of an existing one.
 
-    Conv weights are copied along their output channels and, unless depthwise, their input channels; BN
-    running statistics along their channels; ``momentum`` (parameter -> SGD momentum buffer) likewise. One
-    map per channel count (C/K, and C/(2K) for the halves of FactorizedReduce), so a channel keeps one source
-    across all tensors. Returns ``(new_op, maps, new_momentum)``.
+    Conv weights are copied along their output channels and, unless depthwise, their input channels, conv
+    biases (NB201's convs have one, §1.1) along their channels; BN running statistics along their channels;
+    ``momentum`` (parameter -> SGD momentum buffer) likewise. One map per channel count (C/K, and C/(2K) for
+    the halves of FactorizedReduce), so a channel keeps one source across all tensors. Returns
+    ``(new_op, maps, new_momentum)``.
     """
-    from torch import nn
-
-    from ..supernet.mixed import PartialMixedOp
-
-    C, old = op.part * op.K, op.part
-    new_op = PartialMixedOp(C, op.stride, primitives, new_K)
+    old = op.part
+    new_op = _rebuilt_partial_op(op, new_K, primitives)
     ref = next(op.parameters())
     new_op.to(device=ref.device, dtype=ref.dtype).train(op.training)
     new = new_op.part
@@ -259,27 +270,45 @@ def widen_mixed_op(
     if old % 2 == 0:
         maps[old // 2] = _channel_map(old // 2, new // 2, generator)
     new_momentum: dict[Tensor, Tensor] = {}
+
+    def copy(p_old: Tensor, p_new: Tensor, dims: Sequence[int]) -> None:
+        p_new.copy_(_widen(p_old, dims, maps))
+        if momentum is not None and p_old in momentum:
+            new_momentum[p_new] = _widen(momentum[p_old], dims, maps)
+
     with torch.no_grad():
         for m_old, m_new in zip(op.modules(), new_op.modules()):
             if isinstance(m_old, nn.Conv2d):
-                dims = (0,) if m_old.groups > 1 else (0, 1)
-                m_new.weight.copy_(_widen(m_old.weight, dims, maps))
-                if momentum is not None and m_old.weight in momentum:
-                    new_momentum[m_new.weight] = _widen(momentum[m_old.weight], dims, maps)
-            elif isinstance(m_old, nn.BatchNorm2d):
+                copy(m_old.weight, m_new.weight, (0,) if m_old.groups > 1 else (0, 1))
+                if m_old.bias is not None:
+                    copy(m_old.bias, m_new.bias, (0,))
+            elif isinstance(m_old, nn.BatchNorm2d) and m_old.running_mean is not None:
                 m_new.running_mean.copy_(_widen(m_old.running_mean, (0,), maps))
                 m_new.running_var.copy_(_widen(m_old.running_var, (0,), maps))
                 m_new.num_batches_tracked.copy_(m_old.num_batches_tracked)
     return new_op, maps, new_momentum
 
 
+def _partial_op_lists(model) -> list[nn.ModuleList]:
+    """The lists of partial mixed ops of a supernet: each DARTS cell's ``_ops``, each NB201 cell's ``edges``
+    (NB201's residual blocks hold none)."""
+    from ..supernet.cells import SearchCell
+    from ..supernet.nb201 import NB201SearchCell
+
+    return [
+        cell.edges if isinstance(cell, NB201SearchCell) else cell._ops
+        for cell in model.cells
+        if isinstance(cell, (SearchCell, NB201SearchCell))
+    ]
+
+
 def widen_partial_channels(
     model, optimizer: torch.optim.Optimizer | None, new_K: int, generator: torch.Generator | None = None
 ) -> None:
-    """Progressive DrNAS: every partial mixed op of ``model`` goes to K = ``new_K``; the weight optimiser keeps
-    its state (momentum buffers copied channel by channel) and its learning rate."""
-    for cell in model.cells:
-        for e, op in enumerate(cell._ops):
+    """Progressive DrNAS: every partial mixed op of ``model`` (DARTS space or NB201) goes to K = ``new_K``; the
+    weight optimiser keeps its state (momentum buffers copied channel by channel) and its learning rate."""
+    for ops in _partial_op_lists(model):
+        for e, op in enumerate(ops):
             momentum = None
             if optimizer is not None:
                 momentum = {
@@ -296,7 +325,7 @@ def widen_partial_channels(
                     optimizer.state.pop(p, None)
                 for p, buf in new_momentum.items():
                     optimizer.state[p] = {"momentum_buffer": buf}
-            cell._ops[e] = new_op
+            ops[e] = new_op
 
 
 class DirichletMixing(Component):

@@ -9,12 +9,16 @@ memory each search wrote to its ``results.json``, and the collapse diagnostics p
     EXP/runs/search-<method>-seed<N>/  one search run each
     EXP/status/, EXP/logs/             per run, as in every protocol experiment
     EXP/random.json                    NB201 only, with random_samples > 0: the table-lookup random baseline
+    EXP/random_search.json             NB201 only, with random_search > 0: the trained random search, per seed
     EXP/summary.json                   per run and per method (rewritten after every run)
 
 The random baseline (``random_samples`` = N) draws N cells uniformly from the 5^6 NB201 cells per seed and
 looks them up in the table: no training, zero cost. The table holds test accuracies only, so the baseline
 selects nothing: it reports the mean accuracy of a uniformly random cell (per seed, then mean ± std over
-seeds), the level a search must beat.
+seeds), the level a search must beat. The random search (``random_search`` = N,
+``protocol.random_search``) trains N drawn cells per seed for ``random_search_epochs`` epochs each on the
+search's data, selects the best by validation accuracy and only then looks it up: a baseline with about one
+search's budget, run in this process after the searches, one seed at a time (a resume skips finished seeds).
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ from .experiment import (
     _now,
     _read_json,
 )
+from .random_search import RANDOM_SEARCH_EPOCHS
 from .runner import Runner
 
 KIND = "compare"
 RANDOM_FILE = "random.json"
+RANDOM_SEARCH_FILE = "random_search.json"
 DEFAULT_PRESET = {"nb201": "nb201-proxy", "cnn": "paper", "darts-7": "paper"}
 
 
@@ -61,6 +67,8 @@ class CompareConfig(ConfigBase):
     search_set: list = field(default_factory=list)  # key=value overrides of every search
     method_args: list = field(default_factory=list)  # "METHOD=key=value,..." per method
     random_samples: int = 0  # NB201: random cells looked up per seed (0: no random baseline)
+    random_search: int = 0  # NB201: cells trained per seed by the random search (0: none; protocol/random_search.py)
+    random_search_epochs: int = RANDOM_SEARCH_EPOCHS  # training epochs of each of those cells
     # DARTS space: one training of each search's derived cell (final-<method>-seed<N>), for test error mean ± std
     final: bool = False
     train_preset: str = "paper"
@@ -132,6 +140,18 @@ class CompareConfig(ConfigBase):
             self.random_samples == 0 or self.space == "nb201",
             "random_samples: the table-lookup random baseline exists for NB201 only (the DARTS space has no "
             "table; use `dartsnas random` for its trained baseline)",
+        )
+        require(p, self.random_search >= 0, f"random_search: must be non-negative, got {self.random_search}")
+        require(
+            p,
+            self.random_search == 0 or self.space == "nb201",
+            "random_search: the trained random search exists for NB201 only (its selected cell is looked up in "
+            "the table; use `dartsnas random` in the DARTS space)",
+        )
+        require(
+            p,
+            self.random_search_epochs > 0,
+            f"random_search_epochs: must be positive, got {self.random_search_epochs}",
         )
         require(
             p,
@@ -280,7 +300,7 @@ def _check(cfg: CompareConfig) -> bool:
             from ..data.images import load_images
 
             load_images(dataset, data_dir)
-    if cfg.random_samples:
+    if cfg.random_samples or cfg.random_search:
         from ..space.lookup import load_table, resolve_table
 
         load_table(resolve_table(None, configs[0].data_dir))
@@ -362,9 +382,18 @@ def compare(
                     argv, res = _train_argv(cfg, exp.run_dir(search) / "genotype.json", exp.run_dir(name))
                     tasks.append(Task(name, "final", argv, res, deps=[search], meta={"method": m, "seed": seed}))
         Runner(exp, cfg, resume, retry_failed, log, small, on_change=lambda: summarize_compare(exp.path)).run(tasks)
+        if cfg.random_search:
+            run_random_search(exp.path, cfg, log)
         summary = summarize_compare(exp.path)
     for m in summary["methods"]:
         log(_method_line(m, summary["space"]))
+    rsearch = summary.get("random_search")
+    if rsearch and rsearch.get("cifar10"):
+        acc = rsearch["cifar10"]
+        log(
+            f"random search ({rsearch['samples']} cells × {rsearch['epochs_each']} epochs): {rsearch['seeds']} "
+            f"seed(s), CIFAR-10 table accuracy {acc['mean']:.2f} ± {acc['std']:.2f} %"
+        )
     if summary["failed"]:
         log(f"failed (excluded): {', '.join(summary['failed'])}")
     return ExperimentResult(exp.path, summary)
@@ -405,6 +434,50 @@ def random_baseline_nb201(cfg: CompareConfig) -> dict[str, Any]:
         "selection": "none (the table has test accuracies only): the mean of the drawn cells",
         "cost_hours": 0.0,
     }
+
+
+def run_random_search(path: Path, cfg: CompareConfig, log=print) -> dict[str, Any]:
+    """The trained random search of every seed, in this process, ``random_search.json`` rewritten after each
+    seed; seeds already in the file are kept (a resume continues with the next seed)."""
+    import torch
+
+    from ..loops.common import resolve_device
+    from .random_search import random_search_nb201
+
+    out_path = path / RANDOM_SEARCH_FILE
+    old = _read_json(out_path)
+    done = {s["seed"]: s for s in (old.get("per_seed") or []) if isinstance(s, dict)} if isinstance(old, dict) else {}
+    if cfg.devices == "cpu":
+        device = torch.device("cpu")
+    elif cfg.devices:
+        device = resolve_device(f"cuda:{cfg.devices.split(',')[0].strip()}")
+    else:
+        device = resolve_device("auto")
+    if device.type == "cpu":  # the searches' thread choice (protocol runner), for this process's trainings
+        from ..threads import choose_threads
+
+        torch.set_num_threads(choose_threads(False, explicit=cfg.threads)[0])
+    out = {
+        "samples": cfg.random_search,
+        "epochs_each": cfg.random_search_epochs,
+        "selection": "best validation accuracy on the D_alpha images (ties: the first drawn); table read after",
+        "per_seed": [],
+    }
+    data = None
+    for seed in cfg.seed_list():
+        if seed not in done:
+            c = cfg.search_config("darts", seed)
+            if data is None:
+                from ..data.images import load_images
+
+                data = load_images(c.dataset, c.data_dir, "cpu", c.download)
+            log(f"random search seed {seed}: {cfg.random_search} cells × {cfg.random_search_epochs} epochs")
+            done[seed] = random_search_nb201(
+                c, seed, cfg.random_search, cfg.random_search_epochs, data=data, device=device, log=log
+            )
+        out["per_seed"] = [done[s] for s in cfg.seed_list() if s in done]
+        write_json(out_path, out)
+    return out
 
 
 # ============================================================================================ summary
@@ -508,6 +581,7 @@ def summarize_compare(path: str | Path) -> dict[str, Any]:
         runs += rows
         per_method.append(_method_stats(m, rows, space))
     random_base = _read_json(exp.path / RANDOM_FILE)
+    random_search = _read_json(exp.path / RANDOM_SEARCH_FILE)
     summary = {
         "experiment": str(exp.path),
         "kind": KIND,
@@ -517,6 +591,7 @@ def summarize_compare(path: str | Path) -> dict[str, Any]:
         "config": data.get("config", {}),
         "runs": runs,
         "random": _random_stats(random_base) if isinstance(random_base, dict) else None,
+        "random_search": _random_search_stats(random_search) if isinstance(random_search, dict) else None,
         "complete": all(r["status"] in ("done", "failed") for r in runs)
         and all(r["final"]["status"] in ("done", "failed") for r in runs if r.get("final") and r["status"] == "done"),
         "failed": [r["name"] for r in runs if r["status"] == "failed"]
@@ -582,6 +657,31 @@ def _random_stats(rb: dict[str, Any]) -> dict[str, Any]:
     out = {"samples": rb.get("samples"), "seeds": len(per_seed), "selection": rb.get("selection")}
     for key in ("cifar10", "cifar100", "imagenet16_120"):
         out[key] = mean_std([(s.get("mean") or {}).get(key) for s in per_seed])
+    return out
+
+
+def _random_search_stats(rs: dict[str, Any]) -> dict[str, Any]:
+    """The selected cells' table accuracies (mean ± std over seeds) and the cost per seed."""
+    per_seed = [s for s in rs.get("per_seed") or [] if isinstance(s, dict)]
+    out: dict[str, Any] = {
+        "samples": rs.get("samples"),
+        "epochs_each": rs.get("epochs_each"),
+        "seeds": len(per_seed),
+        "selection": rs.get("selection"),
+        "cells": [
+            {
+                "seed": s.get("seed"),
+                "arch_str": s.get("arch_str"),
+                "table_row": (s.get("table") or {}).get("row"),
+                "valid_acc": s.get("valid_acc"),
+            }
+            for s in per_seed
+        ],
+        "gpu_hours": mean_std([s.get("gpu_hours") for s in per_seed if s.get("gpu_hours")]),
+        "cpu_hours": mean_std([s.get("cpu_hours") for s in per_seed if s.get("cpu_hours")]),
+    }
+    for key in ("cifar10", "cifar100", "imagenet16_120"):
+        out[key] = mean_std([(s.get("table") or {}).get(key) for s in per_seed])
     return out
 
 
