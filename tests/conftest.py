@@ -49,11 +49,15 @@ def cli():
 
 
 @pytest.fixture
-def cli_main(capsys):
-    """``dartsnas.cli.main`` in this process, for one-line errors and exit codes (no interpreter start-up):
-    ``cli_main(*args)`` returns a ``CompletedProcess`` like ``run_cli``'s. Subprocesses stay for signals,
-    exit codes after a kill, and resume."""
+def cli_main(capsys, monkeypatch):
+    """``dartsnas.cli.main`` in this process, for one-line errors, exit codes and runs whose process is not the
+    point (no interpreter start-up): ``cli_main(*args)`` returns a ``CompletedProcess`` like ``run_cli``'s.
+    One intra-op thread as in ``run_cli``, so that a run here and one in a subprocess compute the same bits (the
+    CLI exports its thread count to the environment; monkeypatch restores it). Subprocesses stay for signals,
+    exit codes after a kill, and process-level behaviour."""
     from dartsnas.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     def call(*args: str) -> subprocess.CompletedProcess:
         capsys.readouterr()

@@ -29,3 +29,16 @@ def test_api_recurrent_configs_dispatch(tmp_path):
 def test_published_names():
     assert dartsnas.load_genotype("DARTS") == dartsnas.PUBLISHED["DARTS_V2"]
     assert "select" in dartsnas.__all__ and callable(dartsnas.report)
+
+
+def test_no_submodule_shadows_an_api_name():
+    """Importing a submodule sets the package's attribute of that name: a module named like an API function
+    replaces the function once anything imports it (``dartsnas.report`` became the module ``report.py`` after
+    the CLI's report command or the function itself had run; an xdist worker's test order showed it)."""
+    import importlib
+    import pkgutil
+
+    modules = {m.name for m in pkgutil.iter_modules(dartsnas.__path__)}
+    assert not modules & set(dartsnas.__all__)
+    importlib.import_module("dartsnas.report_table")  # the implementation of dartsnas.report
+    assert callable(dartsnas.report) and dartsnas.report.__module__ == "dartsnas"

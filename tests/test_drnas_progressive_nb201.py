@@ -16,6 +16,7 @@ import torch
 
 from conftest import run_cli, shared_data_root
 from dartsnas.checkpoint import load_checkpoint
+from dartsnas.cli import main
 from dartsnas.errors import ConfigError
 from dartsnas.loops.search import SearchConfig, derive_from_run, run_search
 from dartsnas.methods import EpochContext, build_method
@@ -259,19 +260,22 @@ KIND = Kind("cnn-search", CLI, ["search"], 6, 0, "", "")
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    """The uninterrupted run, in this process (one thread, as the subprocesses); the tests only read it."""
     ref = tmp_path_factory.mktemp("drnas-nb201-ref") / "ref"
-    done = run_cli(*CLI, "--run-dir", str(ref))
-    assert done.returncode == 0, done.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.delenv("DARTSNAS_FAULT", raising=False)
+        assert main([*CLI, "--run-dir", str(ref)]) == 0
     return ref
 
 
 @pytest.mark.parametrize("kill_step", [6, 10], ids=["before-widening", "after-widening"])
-def test_resume_across_the_widening_is_bit_identical(kill_step, reference, tmp_path):
+def test_resume_across_the_widening_is_bit_identical(kill_step, reference, tmp_path, cli_main):
     run = tmp_path / "run"
     first = run_cli(*CLI, "--run-dir", str(run), env={"DARTSNAS_FAULT": f"kill_at_step:{kill_step}"})
     assert first.returncode == -9, first.stderr
     killed = load_checkpoint(run / "checkpoint.pt", expect_kind="cnn-search")
     assert killed["method"]["components"][1]["widened"] is (kill_step == 10)
-    second = run_cli("search", "--resume", str(run), "--no-progress")
+    second = cli_main("search", "--resume", str(run), "--no-progress")  # the kill above is a real process
     assert second.returncode == 0, second.stderr
     _assert_same_run(reference, run, KIND)

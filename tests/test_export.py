@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -168,18 +165,9 @@ def test_state_dict_export_loads_with_weights_only(runs, kind, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_cli_export(runs, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-
-    def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "dartsnas", "export", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+def test_cli_export(runs, tmp_path, cli_main):
+    def cli(*args):  # in-process: exit codes and one-line errors of ``main``
+        return cli_main("export", *args)
 
     r = cli(str(runs["cnn"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt"))
     assert r.returncode == 0, r.stderr

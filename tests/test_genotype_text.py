@@ -7,19 +7,12 @@ an independent transcription rather than against our own ``genotype_to_text``.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from dartsnas.errors import GenotypeError
 from dartsnas.loops.rnn_train import resolve_rnn_genotype
 from dartsnas.loops.train import resolve_genotype
 from dartsnas.space.genotype import PUBLISHED, genotype_to_text, load_genotype, parse_genotype
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 TEXT = {
     "DARTS_V1": "Genotype(normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 0), "
@@ -74,19 +67,6 @@ TEXT = {
     "('relu', 3), ('relu', 4), ('relu', 7), ('relu', 8), ('relu', 8), ('relu', 8)], "
     "concat=[2, 5, 6, 9, 10, 11])",
 }
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "dartsnas", *args],
-        check=False,
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize("name", sorted(TEXT))
@@ -163,9 +143,11 @@ def test_malicious_text_is_refused_and_never_run(tmp_path, text):
     assert not marker.exists()
 
 
-def test_very_long_and_odd_arguments_are_one_line_errors(tmp_path):
-    """`dartsnas genotype` with the original's text form works; absurd arguments exit 3 without a traceback."""
-    r = _cli("genotype", TEXT["DARTS_V2"], cwd=tmp_path)
+def test_very_long_and_odd_arguments_are_one_line_errors(tmp_path, monkeypatch, cli_main):
+    """`dartsnas genotype` with the original's text form works; absurd arguments exit 3 without a traceback.
+    In-process (the exit code and stderr of ``main``): a traceback would escape as an exception."""
+    monkeypatch.chdir(tmp_path)  # "a/..." and "x..." are tried as file names too
+    r = cli_main("genotype", TEXT["DARTS_V2"])
     assert r.returncode == 0, r.stderr
     assert '"dil_conv_3x3"' in r.stdout
     for arg in [
@@ -176,7 +158,7 @@ def test_very_long_and_odd_arguments_are_one_line_errors(tmp_path):
         "bad\x01name" * 50,
         "Genotype(normal=" + "[" * 5000 + "]" * 5000 + ")",
     ]:
-        r = _cli("genotype", arg, cwd=tmp_path)
+        r = cli_main("genotype", arg)
         assert r.returncode == 3, (arg[:40], r.stderr[-500:])
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert len(r.stderr) < 1000

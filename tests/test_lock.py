@@ -65,8 +65,9 @@ def test_two_writers_started_at_once_one_wins(tmp_path):
     assert epochs and len(epochs) == len(set(epochs))
 
 
-def test_lock_of_a_killed_writer_is_released(tmp_path):
-    """A held lock stops --resume and --auto-resume too; after SIGKILL of its holder the next writer runs."""
+def test_lock_of_a_killed_writer_is_released(tmp_path, cli_main):
+    """A held lock stops --resume and --auto-resume too; after SIGKILL of its holder the next writer runs.
+    The writer that is killed and the holder are processes; the later starts run in this process."""
     run = tmp_path / "run"
     r = subprocess.run(
         [sys.executable, "-m", "dartsnas", "search", "--preset", "tiny", "--run-dir", str(run), "--no-progress"],
@@ -82,30 +83,27 @@ def test_lock_of_a_killed_writer_is_released(tmp_path):
     holder = _holder(run)
     try:
         for extra in (["--resume", str(run)], ["--preset", "tiny", "--run-dir", str(run), "--auto-resume"]):
-            p = _start("search", "--no-progress", *extra, cwd=tmp_path)
-            _, err = p.communicate(timeout=300)
-            assert p.returncode == RunDirLockedError.exit_code, err
-            assert f"pid {holder.pid}" in err
+            p = cli_main("search", "--no-progress", *extra)
+            assert p.returncode == RunDirLockedError.exit_code, p.stderr
+            assert f"pid {holder.pid}" in p.stderr
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    p = _start("search", "--no-progress", "--resume", str(run), cwd=tmp_path)
-    out, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err
+    p = cli_main("search", "--no-progress", "--resume", str(run))
+    assert p.returncode == 0, p.stderr
     assert (run / "genotype.json").exists()
 
 
-def test_experiment_directory_is_locked(tmp_path):
+def test_experiment_directory_is_locked(tmp_path, cli_main):
     exp = tmp_path / "exp"
     exp.mkdir()
     holder = _holder(exp)
     try:
-        p = _start("random", "--preset", "tiny", "--experiment", str(exp), cwd=tmp_path)
-        _, err = p.communicate(timeout=300)
+        p = cli_main("random", "--preset", "tiny", "--experiment", str(exp))
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert p.returncode == RunDirLockedError.exit_code, err
+    assert p.returncode == RunDirLockedError.exit_code, p.stderr
     assert not (exp / "experiment.json").exists()  # refused before writing anything
 
 

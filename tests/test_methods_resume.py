@@ -1,5 +1,8 @@
 """Resume after SIGKILL is bit-identical for the methods that keep state or schedules (issue 10):
-GDAS's τ and Gumbel draws, DrNAS's pruning masks and widening, PC-DARTS's warm-up, DARTS-PT's projections."""
+GDAS's τ and Gumbel draws, DrNAS's pruning masks and widening, PC-DARTS's warm-up, DARTS-PT's projections.
+
+The killed run is a subprocess (the SIGKILL is the point); the reference, the resume and the derive's search
+run in this process (no interpreter start-up; the same thread count, see conftest.cli_main)."""
 
 from __future__ import annotations
 
@@ -28,14 +31,14 @@ CASES = {
 
 
 @pytest.mark.parametrize("method", sorted(CASES))
-def test_method_resume_after_kill_is_bit_identical(method, tmp_path):
+def test_method_resume_after_kill_is_bit_identical(method, tmp_path, cli_main):
     args = [*TINY, "--method", method.removesuffix("-progressive"), *CASES[method]]
     ref, run = tmp_path / "ref", tmp_path / "run"
-    assert run_cli("search", *args, "--run-dir", str(ref)).returncode == 0
+    assert cli_main("search", *args, "--run-dir", str(ref)).returncode == 0
     step = 10 if method == "drnas-progressive" else 6
     first = run_cli("search", *args, "--run-dir", str(run), env={"DARTSNAS_FAULT": f"kill_at_step:{step}"})
     assert first.returncode == -9  # killed mid-epoch, after the previous epoch's checkpoint
-    second = run_cli("search", "--resume", str(run), "--no-progress")
+    second = cli_main("search", "--resume", str(run), "--no-progress")
     assert second.returncode == 0, second.stderr
     a = load_checkpoint(ref / "checkpoint.pt", expect_kind="cnn-search")
     b = load_checkpoint(run / "checkpoint.pt", expect_kind="cnn-search")
@@ -48,11 +51,11 @@ def test_method_resume_after_kill_is_bit_identical(method, tmp_path):
 
 
 @pytest.mark.parametrize("method,extra", [("beta-darts", []), ("pc-darts", CASES["pc-darts"])])
-def test_derive_rebuilds_the_method_selection(method, extra, tmp_path):
+def test_derive_rebuilds_the_method_selection(method, extra, tmp_path, cli_main):
     import json
 
     run = tmp_path / "run"
-    assert run_cli("search", *TINY, "--method", method, *extra, "--run-dir", str(run)).returncode == 0
-    res = run_cli("derive", str(run))
+    assert cli_main("search", *TINY, "--method", method, *extra, "--run-dir", str(run)).returncode == 0
+    res = cli_main("derive", str(run))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == json.loads((run / "genotype.json").read_text())

@@ -130,7 +130,8 @@ def test_malformed_tables_are_typed_errors(tmp_path):
             load_table(p)
 
 
-def test_cli_lookup(tmp_path, cli):
+def test_cli_lookup(tmp_path, cli_main, monkeypatch):
+    """In-process (exit codes and one-line errors of ``main``); ``$DARTSNAS_DATA`` is read at each call."""
     rows = _fake_rows()
     i = next(k for k, r in enumerate(rows) if r[1] == ALL_SKIP)
     rows[i][2:5] = ["54.2967", "15.6067", "16.3222"]
@@ -140,17 +141,20 @@ def test_cli_lookup(tmp_path, cli):
     run = tmp_path / "run"
     run.mkdir()
     save_genotype(parse_arch_str(ALL_SKIP), run / "genotype.json")
+    monkeypatch.setenv("DARTSNAS_DATA", "")
     for arg in (ALL_SKIP, str(run), str(run / "genotype.json")):
-        r = cli("lookup", arg, "--data-dir", str(tmp_path / "data"), env={"DARTSNAS_DATA": ""})
+        r = cli_main("lookup", arg, "--data-dir", str(tmp_path / "data"))
         assert r.returncode == 0, r.stderr
         assert f"row {i})" in r.stdout and "54.2967" in r.stdout and "15.6067" in r.stdout and "16.3222" in r.stdout
-    r = cli("lookup", ALL_SKIP, env={"DARTSNAS_DATA": str(tmp_path / "data")})
+    monkeypatch.setenv("DARTSNAS_DATA", str(tmp_path / "data"))
+    r = cli_main("lookup", ALL_SKIP)
     assert r.returncode == 0 and "54.2967" in r.stdout
-    r = cli("lookup", ALL_SKIP, "--data-dir", str(tmp_path / "empty"), env={"DARTSNAS_DATA": ""})
+    monkeypatch.setenv("DARTSNAS_DATA", "")
+    r = cli_main("lookup", ALL_SKIP, "--data-dir", str(tmp_path / "empty"))
     assert r.returncode == 4 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = cli("lookup", "|skip_connect~0|+|bad~0|", "--data-dir", str(tmp_path / "data"), env={"DARTSNAS_DATA": ""})
+    r = cli_main("lookup", "|skip_connect~0|+|bad~0|", "--data-dir", str(tmp_path / "data"))
     assert r.returncode == 3 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = cli("lookup", "DARTS_V2", "--data-dir", str(tmp_path / "data"), env={"DARTSNAS_DATA": ""})
+    r = cli_main("lookup", "DARTS_V2", "--data-dir", str(tmp_path / "data"))
     assert r.returncode == 3 and "nb201" in r.stderr.lower()
 
 

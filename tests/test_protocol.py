@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SRC, run_cli
+from conftest import SRC
 from dartsnas.cli import main
 from dartsnas.errors import ConfigError
 from dartsnas.protocol import ProtocolConfig
@@ -172,9 +172,9 @@ def test_child_runs_get_the_thread_rule(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------- end to end
 
 
-def test_select_end_to_end(tmp_path, capsys):
+def test_select_end_to_end(tmp_path, capsys, cli_main):
     exp = tmp_path / "sel"
-    r = run_cli("select", "--preset", "tiny", "--searches", "2", "--search-epochs", "1", "--experiment", str(exp))
+    r = cli_main("select", "--preset", "tiny", "--searches", "2", "--search-epochs", "1", "--experiment", str(exp))
     assert r.returncode == 0, r.stderr + r.stdout
     for name in ("search-seed1", "search-seed2", "select-seed1", "select-seed2"):
         assert _status(exp, name)["status"] == "done"
@@ -192,10 +192,11 @@ def test_select_end_to_end(tmp_path, capsys):
     assert "--resume" in err and len(err.strip().splitlines()) == 1
 
 
-def test_random_baseline_with_a_failed_run(tmp_path):
+def test_random_baseline_with_a_failed_run(tmp_path, cli_main, monkeypatch):
     """Three random cells, two at a time; one run fails: recorded with its error, excluded from the pick."""
     exp = tmp_path / "rnd"
-    r = run_cli(
+    monkeypatch.setenv("DARTSNAS_PROTOCOL_FAULT", "random-1=nan_train_at_step:1")
+    r = cli_main(
         "random",
         "--preset",
         "tiny",
@@ -205,7 +206,6 @@ def test_random_baseline_with_a_failed_run(tmp_path):
         "2",
         "--experiment",
         str(exp),
-        env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"},
     )
     assert r.returncode == 0, r.stderr + r.stdout
     assert "random-1" in r.stdout
@@ -218,12 +218,13 @@ def test_random_baseline_with_a_failed_run(tmp_path):
     for k in range(3):
         genotype_from_dict(json.loads((exp / "genotypes" / f"random-{k}.json").read_text()))
     # --resume keeps the failed run failed (no rerun) unless --retry-failed
-    r2 = run_cli("random", "--resume", "--experiment", str(exp))
+    monkeypatch.delenv("DARTSNAS_PROTOCOL_FAULT")
+    r2 = cli_main("random", "--resume", "--experiment", str(exp))
     assert r2.returncode == 0 and _status(exp, "random-1")["attempts"] == 1
     assert _status(exp, "random-0")["attempts"] == 1
 
 
-def test_kill_and_resume_experiment(tmp_path):
+def test_kill_and_resume_experiment(tmp_path, cli_main):
     """SIGKILL the experiment after its first run finished (and the second has a checkpoint); --resume
     does not redo the finished run, continues the interrupted one from its checkpoint, and completes."""
     exp = tmp_path / "kill"
@@ -273,7 +274,7 @@ def test_kill_and_resume_experiment(tmp_path):
     assert _status(exp, "search-seed2")["status"] == "running"  # what a hard kill leaves behind
     done_ck = exp / "runs/search-seed1/checkpoint.pt"
     mtime = done_ck.stat().st_mtime_ns
-    r = run_cli("select", "--resume", "--experiment", str(exp))
+    r = cli_main("select", "--resume", "--experiment", str(exp))  # the kill is the point; the resume runs here
     assert r.returncode == 0, r.stderr + r.stdout
     assert done_ck.stat().st_mtime_ns == mtime and _status(exp, "search-seed1")["attempts"] == 1
     s2 = _status(exp, "search-seed2")
@@ -285,10 +286,10 @@ def test_kill_and_resume_experiment(tmp_path):
     assert s["complete"] and s["chosen"] and not s["failed"]
 
 
-def test_recurrent_protocol_select_random_final_and_report(tmp_path):
+def test_recurrent_protocol_select_random_final_and_report(tmp_path, cli_main):
     """The same commands for recurrent cells: search, perplexity-based pick, random RNN cells, final runs."""
     sel = tmp_path / "rsel"
-    r = run_cli(
+    r = cli_main(
         "select",
         "--space",
         "rnn",
@@ -311,7 +312,7 @@ def test_recurrent_protocol_select_random_final_and_report(tmp_path):
     chosen = genotype_from_dict(json.loads((sel / "genotypes/chosen.json").read_text()))
     assert chosen.kind == "rnn"
     rnd = tmp_path / "rrnd"
-    r = run_cli("random", "--space", "rnn", "--preset", "tiny", "--samples", "2", "--experiment", str(rnd))
+    r = cli_main("random", "--space", "rnn", "--preset", "tiny", "--samples", "2", "--experiment", str(rnd))
     assert r.returncode == 0, r.stderr + r.stdout
     for k in range(2):
         assert genotype_from_dict(json.loads((rnd / "genotypes" / f"random-{k}.json").read_text())).kind == "rnn"
@@ -320,11 +321,11 @@ def test_recurrent_protocol_select_random_final_and_report(tmp_path):
     finals = {k: json.loads((rnd / f"runs/random-{k}/results.json").read_text())["final_valid_ppl"] for k in range(2)}
     assert s["chosen"]["run"] == f"random-{min(finals, key=finals.get)}"
     assert s["chosen"]["score"] == min(finals.values())
-    fin = run_cli("evaluate-final", "--experiment", str(sel), "--runs", "2")
+    fin = cli_main("evaluate-final", "--experiment", str(sel), "--runs", "2")
     assert fin.returncode == 0, fin.stderr + fin.stdout
     s = json.loads((sel / "summary.json").read_text())
     assert len([x for x in s["runs"] if x["name"].startswith("final-") and x["status"] == "done"]) == 2
-    rep = run_cli("report", str(sel), str(rnd), "--out", str(tmp_path / "rep"))
+    rep = cli_main("report", str(sel), str(rnd), "--out", str(tmp_path / "rep"))
     assert rep.returncode == 0, rep.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "perplexity" in md.lower() and md.count("\n|") >= 3
@@ -370,11 +371,12 @@ needs_submitit = pytest.mark.skipif(
 
 
 @needs_submitit
-def test_submitit_launcher_records_failed_runs_like_local(tmp_path):
+def test_submitit_launcher_records_failed_runs_like_local(tmp_path, cli_main, monkeypatch):
     """--launcher submitit-local: the runs go through submitit's LocalExecutor (the SLURM job path on this
     machine); a failed run is recorded with its error and excluded, --resume keeps it failed."""
     exp = tmp_path / "sub"
-    r = run_cli(
+    monkeypatch.setenv("DARTSNAS_PROTOCOL_FAULT", "random-1=nan_train_at_step:1")
+    r = cli_main(
         "random",
         "--preset",
         "tiny",
@@ -386,7 +388,6 @@ def test_submitit_launcher_records_failed_runs_like_local(tmp_path):
         "submitit-local",
         "--experiment",
         str(exp),
-        env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"},
     )
     assert r.returncode == 0, r.stderr + r.stdout
     s0, s1 = _status(exp, "random-0"), _status(exp, "random-1")
@@ -395,13 +396,14 @@ def test_submitit_launcher_records_failed_runs_like_local(tmp_path):
     assert list((exp / "jobs").glob(f"{s0['job_id']}_*result.pkl"))  # submitit's own record of the job
     s = json.loads((exp / "summary.json").read_text())
     assert s["chosen"]["run"] == "random-0" and s["failed"] == ["random-1"]
-    r2 = run_cli("random", "--resume", "--experiment", str(exp))
+    monkeypatch.delenv("DARTSNAS_PROTOCOL_FAULT")
+    r2 = cli_main("random", "--resume", "--experiment", str(exp))
     assert r2.returncode == 0 and _status(exp, "random-1")["attempts"] == 1
     assert _status(exp, "random-0")["attempts"] == 1
 
 
 @needs_submitit
-def test_submitit_launcher_resumes_after_the_experiment_is_killed(tmp_path):
+def test_submitit_launcher_resumes_after_the_experiment_is_killed(tmp_path, cli_main):
     """SIGKILL the experiment while its submitit job runs: the job outlives it (as a SLURM job would); --resume
     stops that run (it saves its checkpoint), continues it from the checkpoint in a new job, and completes."""
     exp = tmp_path / "kill"
@@ -432,7 +434,7 @@ def test_submitit_launcher_resumes_after_the_experiment_is_killed(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    r = run_cli("select", "--resume", "--experiment", str(exp))
+    r = cli_main("select", "--resume", "--experiment", str(exp))
     assert r.returncode == 0, r.stderr + r.stdout
     st = _status(exp, "search-seed1")
     assert st["status"] == "done" and st["attempts"] == 2 and st["continued"] is True

@@ -9,7 +9,8 @@
 
 Faults are injected through ``DARTSNAS_FAULT`` (loops.common): ``kill_at_step:N``/``term_at_step:N`` signal
 the process after global step N, ``nan_<train|val>_at_step:N`` poisons step N (1-based). Signals run the
-CLI in a subprocess; the other cases call it in process (faster).
+CLI in a subprocess; the other cases (the references, the NaN and refusal cases, the resume to the end) call it
+in process (faster), with one intra-op thread as the subprocesses have.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class _Done:
 def cli_here(capsys, monkeypatch):
     """The CLI in this process: ``cli_here(*args, fault=None)`` -> exit code, stdout, stderr."""
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
     def call(*args: str, fault: str | None = None) -> _Done:
         if fault is None:
             monkeypatch.delenv("DARTSNAS_FAULT", raising=False)
@@ -159,14 +162,16 @@ def _assert_same_run(ref: Path, run: Path, kind: Kind) -> None:
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    """The uninterrupted run of each kind, made on first use."""
+    """The uninterrupted run of each kind, made on first use (in this process; the tests do not change it)."""
     made: dict[str, Path] = {}
 
     def get(kind: Kind) -> Path:
         if kind.name not in made:
             run = tmp_path_factory.mktemp(kind.name) / "ref"
-            proc = run_cli(*kind.start, "--run-dir", str(run))
-            assert proc.returncode == 0, proc.stderr
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("OMP_NUM_THREADS", "1")
+                mp.delenv("DARTSNAS_FAULT", raising=False)
+                assert main([*kind.start, "--run-dir", str(run)]) == 0
             made[kind.name] = run
         return made[kind.name]
 
@@ -208,7 +213,7 @@ def test_kill_nan_term_resume(kind, references, tmp_path, cli_here):
     for key, value in kind.term_checks.items():
         assert mid[key] == value, key
 
-    proc = run_cli(*kind.resume, "--resume", str(run), "--no-progress")
+    proc = cli_here(*kind.resume, "--resume", str(run), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     _assert_same_run(ref, run, kind)
     again = cli_here(*kind.resume, "--resume", str(run), "--no-progress")  # a finished run stays finished

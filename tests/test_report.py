@@ -1,5 +1,6 @@
 """``dartsnas report``: Table 1 as Markdown and CSV, and the HTML page rendered in headless Chromium."""
 
+import contextlib
 import csv
 import io
 import re
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from dartsnas.cli import main
 
 CHROMIUM = next(
     (
@@ -24,41 +25,23 @@ CHROMIUM = next(
 
 @pytest.fixture(scope="module")
 def experiments(tmp_path_factory):
-    """A tiny select experiment with its final evaluation, and a random baseline with one failed run."""
+    """A tiny select experiment with its final evaluation, and a random baseline with one failed run. The
+    commands run in this process (their runs are subprocesses of the protocol as always); the tests only read."""
     root = tmp_path_factory.mktemp("exps")
     sel, rnd = root / "select", root / "random"
-    r = run_cli(
-        "select",
-        "--preset",
-        "tiny",
-        "--searches",
-        "1",
-        "--final",
-        "--final-runs",
-        "2",
-        "--jobs",
-        "2",
-        "--experiment",
-        str(sel),
-    )
-    assert r.returncode == 0, r.stderr + r.stdout
-    r = run_cli(
-        "random",
-        "--preset",
-        "tiny",
-        "--samples",
-        "2",
-        "--jobs",
-        "2",
-        "--experiment",
-        str(rnd),
-        env={"DARTSNAS_PROTOCOL_FAULT": "random-1=nan_train_at_step:1"},
-    )
-    assert r.returncode == 0, r.stderr + r.stdout
     out = root / "report"
-    r = run_cli("report", str(sel), str(rnd), "--out", str(out), "--paper")
-    assert r.returncode == 0, r.stderr + r.stdout
-    return {"select": sel, "random": rnd, "out": out, "stdout": r.stdout}
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
+        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.delenv("DARTSNAS_FAULT", raising=False)
+        argv = ["select", "--preset", "tiny", "--searches", "1", "--final", "--final-runs", "2", "--jobs", "2"]
+        assert main([*argv, "--experiment", str(sel)]) == 0
+        mp.setenv("DARTSNAS_PROTOCOL_FAULT", "random-1=nan_train_at_step:1")
+        assert main(["random", "--preset", "tiny", "--samples", "2", "--jobs", "2", "--experiment", str(rnd)]) == 0
+        mp.delenv("DARTSNAS_PROTOCOL_FAULT")
+        with contextlib.redirect_stdout(printed):
+            assert main(["report", str(sel), str(rnd), "--out", str(out), "--paper"]) == 0
+    return {"select": sel, "random": rnd, "out": out, "stdout": printed.getvalue()}
 
 
 def test_markdown_and_csv_tables(experiments):

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from conftest import run_cli, shared_data_root
+from dartsnas.cli import main
 from dartsnas.errors import ConfigError
 from dartsnas.loops.search import SearchConfig, cosine_lr
 
@@ -27,9 +28,12 @@ def _metrics(run):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
+    """A 3-epoch search, run in this process (one thread, as the subprocesses); the tests only read it."""
     run = tmp_path_factory.mktemp("ref") / "run"
-    res = run_cli("search", *TINY, "--set", "epochs=3", "--run-dir", str(run))
-    assert res.returncode == 0, res.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.delenv("DARTSNAS_FAULT", raising=False)
+        assert main(["search", *TINY, "--set", "epochs=3", "--run-dir", str(run)]) == 0
     return run
 
 
@@ -62,14 +66,14 @@ def test_search_writes_run_directory(reference_run):
     assert alphas.count("<rect") >= 2 * 5 * 8 and "epoch 3" in alphas  # both cells, 5 edges x 8 ops, last epoch
 
 
-def test_derive_matches_search_genotype(reference_run):
-    res = run_cli("derive", str(reference_run))
+def test_derive_matches_search_genotype(reference_run, cli_main):
+    res = cli_main("derive", str(reference_run))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == json.loads((reference_run / "genotype.json").read_text())
 
 
-def test_second_order_smoke(tmp_path):
-    res = run_cli("search", *TINY, "--order", "2", "--set", "epochs=1", "--run-dir", str(tmp_path / "r"))
+def test_second_order_smoke(tmp_path, cli_main):
+    res = cli_main("search", *TINY, "--order", "2", "--set", "epochs=1", "--run-dir", str(tmp_path / "r"))
     assert res.returncode == 0, res.stderr
     rec = _metrics(tmp_path / "r")[0]
     assert abs(rec["train_loss"] - math.log(10)) < 0.6
@@ -134,9 +138,9 @@ def test_paper_defaults():
 
 
 @pytest.mark.skipif(shared_data_root() is None, reason="CIFAR-10 not found (set DARTSNAS_DATA or put ../shared/data)")
-def test_short_search_on_real_cifar10(tmp_path):
+def test_short_search_on_real_cifar10(tmp_path, cli_main):
     data = shared_data_root() / "cifar10"
-    res = run_cli(
+    res = cli_main(
         "search",
         "--dataset",
         "cifar10",
@@ -193,17 +197,19 @@ def test_show_config_lists_every_field(cli_main):
     assert set(shown) == set(SearchConfig.field_names()) and shown["layers"] == 5 and shown["epochs"] == 50
 
 
-def test_auto_resume_starts_then_continues(reference_run, tmp_path):
+def test_auto_resume_starts_then_continues(reference_run, tmp_path, cli_main):
     run = tmp_path / "run"
     cmd = ["search", *TINY, "--set", "epochs=3", "--run-dir", str(run), "--auto-resume"]
-    first = run_cli(*cmd, env={"DARTSNAS_FAULT": "kill_at_step:6"})
+    first = run_cli(*cmd, env={"DARTSNAS_FAULT": "kill_at_step:6"})  # a real process, really killed
     assert first.returncode == -9
-    second = run_cli(*cmd)  # the same command line continues the killed run
+    second = cli_main(*cmd)  # the same command line continues the killed run (in this process)
     assert second.returncode == 0, second.stderr
     assert "resumed" in second.stdout
     assert (run / "genotype.json").read_text() == (reference_run / "genotype.json").read_text()
     assert _metrics(run) == _metrics(reference_run)
-    changed = run_cli("search", *TINY, "--set", "epochs=3", "--set", "layers=4", "--run-dir", str(run), "--auto-resume")
+    changed = cli_main(
+        "search", *TINY, "--set", "epochs=3", "--set", "layers=4", "--run-dir", str(run), "--auto-resume"
+    )
     assert changed.returncode == 5 and "layers: checkpoint=3, config=4" in changed.stderr
-    alone = run_cli("search", *TINY, "--auto-resume")
+    alone = cli_main("search", *TINY, "--auto-resume")
     assert alone.returncode == 2 and "--auto-resume needs --run-dir" in alone.stderr

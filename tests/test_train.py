@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SRC, run_cli
+from conftest import SRC
 from dartsnas.checkpoint import load_checkpoint
+from dartsnas.cli import main
 from dartsnas.data.images import augment
 from dartsnas.errors import ConfigError
 from dartsnas.loops.train import TrainConfig, drop_path_probability, learning_rate, resolve_runtime
@@ -118,9 +119,12 @@ def test_cutout_zeroes_at_most_16x16():
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> Path:
+    """A tiny training, run in this process (one thread, as the subprocesses); the tests only read it."""
     run = tmp_path_factory.mktemp("train") / "ref"
-    proc = run_cli(*TINY, "--genotype", "DARTS_V2", "--run-dir", str(run))
-    assert proc.returncode == 0, proc.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.delenv("DARTSNAS_FAULT", raising=False)
+        assert main([*TINY, "--genotype", "DARTS_V2", "--run-dir", str(run)]) == 0
     return run
 
 
@@ -150,8 +154,8 @@ def test_cli_tiny_run_writes_metrics_results_curves(reference_run):
     assert (run / "loss.svg").read_text().startswith("<svg") or "<svg" in (run / "loss.svg").read_text()
 
 
-def test_eval_reevaluates_the_checkpoint(reference_run):
-    proc = run_cli("eval", str(reference_run), "--device", "cpu")
+def test_eval_reevaluates_the_checkpoint(reference_run, cli_main):
+    proc = cli_main("eval", str(reference_run), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     last = _records(reference_run)[-1]
@@ -221,7 +225,7 @@ def test_imagenet_missing_folder_and_torchvision_errors(tmp_path, cli_main):
 # ------------------------------------------------------------------------------------------- DDP
 
 
-def test_two_process_gloo_matches_one_process(tmp_path):
+def test_two_process_gloo_matches_one_process(tmp_path, cli_main):
     """Two ranks (gloo, CPU) against one process with the same global batch of 16 over 3 steps.
 
     BatchNorm normalises with the statistics of the batch it sees, so a rank holding 8 of the 16 images
@@ -270,7 +274,7 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     one = tmp_path / "one"
-    proc = run_cli(*common, "--set", "accum_steps=2", "--run-dir", str(one))
+    proc = cli_main(*common, "--set", "accum_steps=2", "--run-dir", str(one))  # one process: this one
     assert proc.returncode == 0, proc.stderr
     a, b = load_checkpoint(two / "checkpoint.pt"), load_checkpoint(one / "checkpoint.pt")
     assert a["world_size"] == 2 and len(a["rank_rng"]) == 2 and a["global_step"] == b["global_step"] == 3

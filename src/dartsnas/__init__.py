@@ -118,7 +118,7 @@ def evaluate_final(
 
 def report(experiments: Sequence[str | Path], out_dir: str | Path, include_paper: bool = False) -> dict[str, Any]:
     """Write report.md, report.csv and a self-contained report.html for experiment directories."""
-    from .report import write_report
+    from .report_table import write_report
 
     return write_report(experiments, out_dir, include_paper=include_paper)
 

@@ -485,9 +485,9 @@ def write_compare_report(
     title: str = "DARTS reproduction",
 ) -> dict[str, Any]:
     """``dartsnas report`` when at least one experiment is a compare experiment: the comparison tables of those,
-    the paper's Table 1 of the others (``report.table_rows``), in report.md, report.csv (one file per kind:
+    the paper's Table 1 of the others (``report_table.table_rows``), in report.md, report.csv (one file per kind:
     report.csv for the protocol experiments, compare.csv for the comparisons) and report.html."""
-    from . import report as base
+    from . import report_table as base
     from .checkpoint import atomic_write_text
     from .protocol.compare import is_compare, summarize_compare
 

@@ -1,6 +1,6 @@
 """``dartsnas select | random | evaluate-final | report``: the paper's protocol (spec §9) as commands.
 
-The work happens in ``dartsnas.protocol`` and ``dartsnas.report``; runs go to local processes or, with
+The work happens in ``dartsnas.protocol`` and ``dartsnas.report_table``; runs go to local processes or, with
 ``--launcher slurm``, to SLURM jobs through submitit.
 """
 
@@ -280,7 +280,7 @@ def _report_parser(sub) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ..report import write_report
+    from ..report_table import write_report
 
     out = (
         Path(args.out)

@@ -4,7 +4,7 @@ The page holds only inline SVG (cells, alpha heatmaps per cell type over epochs,
 inline CSS and a few lines of inline script that count the pictures the browser laid out (for the tests); it
 loads nothing from anywhere.
 
-    from dartsnas.report import write_report
+    from dartsnas.report_table import write_report
     write_report(["experiments/select", "experiments/random"], "report")
 """
 
