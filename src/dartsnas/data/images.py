@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,16 @@ class ImageData:
     @property
     def image_size(self) -> int:
         return int(self.train_x.shape[-1])
+
+    def to(self, device: torch.device | str) -> ImageData:
+        """The same images and labels on ``device`` (no copy where they already are)."""
+        return replace(
+            self,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            test_x=self.test_x.to(device),
+            test_y=self.test_y.to(device),
+        )
 
 
 def default_data_dir(name: str) -> Path | None:

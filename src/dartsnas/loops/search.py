@@ -239,13 +239,7 @@ class _State(LoopState):
     def __init__(self, cfg: SearchConfig, data: ImageData, device: torch.device, model: torch.nn.Module | None = None):
         LoopState.__init__(self)
         self.cfg = cfg
-        n_train = data.train_x.shape[0]
-        split = int(math.floor(n_train * cfg.train_portion))
-        w_idx = torch.arange(0, split)
-        a_idx = torch.arange(split, n_train)
-        w_idx, a_idx = search_hooks.search_split(cfg, n_train) or (w_idx, a_idx)
-        if cfg.subset is not None:
-            w_idx, a_idx = w_idx[: cfg.subset], a_idx[: cfg.subset]
+        w_idx, a_idx = search_hooks.search_indices(cfg, data.train_x.shape[0])
         self.w_idx, self.a_idx = w_idx.to(device), a_idx.to(device)
         self.method = search_hooks.build_method_for(cfg)
         if model is None:
@@ -505,16 +499,7 @@ def run_search(
     if data is None:
         data = load_images(cfg.dataset, cfg.data_dir, device, cfg.download)
     else:
-        data = ImageData(
-            data.name,
-            data.train_x.to(device),
-            data.train_y.to(device),
-            data.test_x.to(device),
-            data.test_y.to(device),
-            data.mean,
-            data.std,
-            data.num_classes,
-        )
+        data = data.to(device)
     data = search_hooks.prepare_images(cfg, data)
     set_determinism(device, cfg.deterministic)
     seed_everything(cfg.seed)

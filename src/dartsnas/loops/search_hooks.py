@@ -15,6 +15,7 @@ The table is read for logging only: nothing it says reaches a gradient or a choi
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -190,6 +191,16 @@ def search_split(cfg: Any, n_train: int) -> tuple[torch.Tensor, torch.Tensor] | 
             str(path),
         )
     return torch.tensor(w), torch.tensor(a)
+
+
+def search_indices(cfg: Any, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D_w indices, D_α indices) of a search: the first ``train_portion`` of the training images and the rest
+    (DARTS-SPEC §3.1), or the split file's halves (``search_split``), each cut to ``subset`` when it is set."""
+    split = int(math.floor(n_train * cfg.train_portion))
+    w_idx, a_idx = search_split(cfg, n_train) or (torch.arange(0, split), torch.arange(split, n_train))
+    if cfg.subset is not None:
+        w_idx, a_idx = w_idx[: cfg.subset], a_idx[: cfg.subset]
+    return w_idx, a_idx
 
 
 class SearchMonitor:

@@ -502,16 +502,7 @@ def _load_data(cfg: TrainConfig, device: torch.device, data: ImageData | None):
     if data is None:
         data = load_images(cfg.dataset, cfg.data_dir, device, cfg.download)
     else:
-        data = ImageData(
-            data.name,
-            data.train_x.to(device),
-            data.train_y.to(device),
-            data.test_x.to(device),
-            data.test_y.to(device),
-            data.mean,
-            data.std,
-            data.num_classes,
-        )
+        data = data.to(device)
     if cfg.eval_split == "search_valid":  # D_w / D_alpha exactly as the search splits them (train_portion 0.5)
         half = data.train_x.shape[0] // 2
         data = ImageData(

@@ -25,7 +25,6 @@ one 20-epoch first-order proxy search. Each run records its own measured cost.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -72,22 +71,9 @@ def search_data(cfg: SearchConfig, device: torch.device, data: ImageData | None 
     if data is None:
         data = load_images(cfg.dataset, cfg.data_dir, device, cfg.download)
     else:
-        data = ImageData(
-            data.name,
-            data.train_x.to(device),
-            data.train_y.to(device),
-            data.test_x.to(device),
-            data.test_y.to(device),
-            data.mean,
-            data.std,
-            data.num_classes,
-        )
+        data = data.to(device)
     data = search_hooks.prepare_images(cfg, data)
-    n_train = data.train_x.shape[0]
-    split = int(math.floor(n_train * cfg.train_portion))
-    w_idx, a_idx = search_hooks.search_split(cfg, n_train) or (torch.arange(0, split), torch.arange(split, n_train))
-    if cfg.subset is not None:
-        w_idx, a_idx = w_idx[: cfg.subset], a_idx[: cfg.subset]
+    w_idx, a_idx = search_hooks.search_indices(cfg, data.train_x.shape[0])
     return data, w_idx.to(device), a_idx.to(device)
 
 
