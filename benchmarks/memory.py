@@ -8,6 +8,9 @@ it also records ``torch.cuda.max_memory_allocated`` during the step.
 
 Configurations: plain DARTS (first order) and PC-DARTS (K = 4, edge normalisation) in the DARTS space (the
 search network of DARTS-SPEC: 8 cells, C = 16, 4 nodes, 32×32) and on NB201 (C = 16, N = 5, §1.3).
+``--methods`` and ``--presets`` widen that to every method on any preset (``--methods all --presets
+nb201-proxy``: the step of each method in the NB201 proxy comparison, issue 10's table), ``--second-order`` adds
+plain DARTS's second-order step.
 
 The saved bytes are affine in the batch size, a + b·B (activations scale with B; the constant is the mixing
 weights and other batch-free tensors). The script measures every configuration at ``--batches`` (default
@@ -16,6 +19,8 @@ and reports the bytes at the protocols' batches: DARTS 64, PC-DARTS 64 and 256 (
 ``--direct B`` also measures batch B directly (slow on a CPU).
 
     OMP_NUM_THREADS=1 python benchmarks/memory.py --out benchmarks/results/memory-cpu-2026-11-30.json
+    OMP_NUM_THREADS=1 python benchmarks/memory.py --presets nb201-proxy,nb201 --methods all --second-order \\
+        --batches 2,4,8 --out benchmarks/results/memory-methods-cpu-2026-11-30.json
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from dartsnas.loops.common import resolve_device
 from dartsnas.loops.search import SearchConfig
 from dartsnas.memory import measure_search_step
+from dartsnas.methods import REGISTRY
 
 # (space, preset, method): DARTS-SPEC's search network and ROBUST-SPEC §1.3's NB201 supernet.
 CONFIGS = [
@@ -45,26 +51,30 @@ CONFIGS = [
     ("nb201", "nb201", "pc-darts"),
 ]
 # The batches each method's protocol uses (DARTS-SPEC §3; ROBUST-SPEC §3.1: PC-DARTS 256 in the DARTS space).
+# Other methods: the preset's batch.
 PROTOCOL_BATCHES = {"darts": [64], "pc-darts": [64, 256]}
+SPACE_OF_PRESET = {"paper": "darts", "nb201": "nb201", "nb201-proxy": "nb201", "nb201-autodl": "nb201"}
 
 
-def config(preset: str, method: str, device: str) -> SearchConfig:
-    # epochs: the presets' own, so that PC-DARTS's 15 warm-up epochs leave α steps (the step is measured past them)
-    over = {"method": method, "order": 1, "device": device, "progress": False, "hessian": False}
-    if method == "pc-darts":
-        over["epochs"] = 50
+def config(preset: str, method: str, device: str, order: int = 1) -> SearchConfig:
+    # 60 epochs: PC-DARTS's 15 warm-up epochs leave α steps (the step is measured past them) and DARTS-PT's 25
+    # tuning epochs fit; the number of epochs does not change a step's memory
+    over = {"method": method, "order": order, "device": device, "progress": False, "hessian": False, "epochs": 60}
     return SearchConfig.build(preset, over)
 
 
-def measure(space: str, preset: str, method: str, batches: list[int], direct: list[int], device) -> dict:
-    cfg = config(preset, method, str(device))
+def measure(
+    space: str, preset: str, method: str, batches: list[int], direct: list[int], device, order: int = 1
+) -> dict:
+    cfg = config(preset, method, str(device), order)
     points = []
     for B in [*batches, *direct]:
         t0 = time.perf_counter()
         r = measure_search_step(cfg, B, device=str(device))
         r["seconds"] = round(time.perf_counter() - t0, 2)
         points.append(r)
-        print(f"{space} {method} B={B}: {r['peak_bytes']:,} bytes saved at peak ({r['seconds']} s)", file=sys.stderr)
+        saved = f"{r['peak_bytes']:,} bytes saved at peak ({r['seconds']} s)"
+        print(f"{preset} {method} (order {order}) B={B}: {saved}", file=sys.stderr)
     (b1, p1), (b2, p2) = [(p["batch_size"], p["peak_bytes"]) for p in points[:2]]
     per_image, rem = divmod(p2 - p1, b2 - b1)
     const = p1 - per_image * b1
@@ -78,12 +88,15 @@ def measure(space: str, preset: str, method: str, batches: list[int], direct: li
         "preset": preset,
         "method": method,
         "method_args": cfg.method_args,
+        "order": order,
+        "batch_size_of_preset": cfg.batch_size,
+        "image_size": cfg.image_size or 32,
         "init_channels": cfg.init_channels,
         "cells": cfg.layers if space == "darts" else 3 * cfg.nb201_cells,
         "weights": points[0]["weights"],
         "points": points,
         "fit": {"constant_bytes": const, "bytes_per_image": per_image, "exact": exact, "checks": checks},
-        "at_protocol_batches": {str(B): const + per_image * B for B in PROTOCOL_BATCHES[method]},
+        "at_protocol_batches": {str(B): const + per_image * B for B in PROTOCOL_BATCHES.get(method, [cfg.batch_size])},
     }
 
 
@@ -92,7 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batches", default="2,4,8", help="batch sizes to measure (fit on the first two)")
     p.add_argument("--direct", default="", help="further batch sizes to measure directly (checked against the fit)")
-    p.add_argument("--spaces", default="darts,nb201")
+    p.add_argument("--spaces", default="darts,nb201", help="with the default --presets: which of the two")
+    p.add_argument("--presets", default="", help="search presets to measure (default: paper and nb201)")
+    p.add_argument("--methods", default="darts,pc-darts", help="methods, or 'all' (every registered method)")
+    p.add_argument("--second-order", action="store_true", help="also plain DARTS's second-order step")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
     p.add_argument("--src", default=None, help="import dartsnas from this src folder (default: this checkout)")
     p.add_argument("--out", default=None, help="also write the JSON here")
@@ -105,17 +121,31 @@ def main(argv: list[str] | None = None) -> dict:
     direct = [int(b) for b in args.direct.split(",") if b]
     if len(batches) < 2:
         raise SystemExit("--batches: at least two batch sizes (the fit needs two)")
-    spaces = args.spaces.split(",")
-    results = [measure(s, pr, m, batches, direct, device) for s, pr, m in CONFIGS if s in spaces]
+    methods = sorted(REGISTRY) if args.methods == "all" else args.methods.split(",")
+    unknown = [m for m in methods if m not in REGISTRY]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(sorted(REGISTRY))})")
+    if args.presets:
+        bad = [pr for pr in args.presets.split(",") if pr not in SPACE_OF_PRESET]
+        if bad:
+            known = ", ".join(SPACE_OF_PRESET)
+            raise SystemExit(f"--presets: {', '.join(bad)} not measured here (choose from {known})")
+        configs = [(SPACE_OF_PRESET[pr], pr, m, 1) for pr in args.presets.split(",") for m in methods]
+    else:
+        configs = [(s, pr, m, 1) for s, pr, m in CONFIGS if s in args.spaces.split(",") and m in methods]
+    if args.second_order:
+        configs += [(s, pr, "darts", 2) for s, pr in dict.fromkeys((s, pr) for s, pr, _, _ in configs)]
+    results = [measure(s, pr, m, batches, direct, device, o) for s, pr, m, o in configs]
     summary = []
-    for space in spaces:
-        by = {r["method"]: r for r in results if r["space"] == space}
+    for space, preset in dict.fromkeys((s, pr) for s, pr, _, _ in configs):
+        by = {r["method"]: r for r in results if r["preset"] == preset and r["order"] == 1}
         if {"darts", "pc-darts"} <= set(by):
             d, pc = by["darts"]["fit"], by["pc-darts"]["fit"]
             darts64 = by["darts"]["at_protocol_batches"]["64"]
             summary.append(
                 {
                     "space": space,
+                    "preset": preset,
                     "darts_bytes_per_image": d["bytes_per_image"],
                     "pc_darts_bytes_per_image": pc["bytes_per_image"],
                     "saving_same_batch": round(d["bytes_per_image"] / pc["bytes_per_image"], 3),
@@ -130,8 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
         "date": datetime.date.today().isoformat(),
         "command": " ".join(["OMP_NUM_THREADS=1 python benchmarks/memory.py", *given]),
         "measure": (
-            "peak bytes of the tensors autograd holds for backward during one first-order search step (α step, "
-            "then weight step), each storage once, parameters and optimiser states excluded "
+            "peak bytes of the tensors autograd holds for backward during one search step (α step, then weight "
+            "step; first order unless a result's order says 2), each storage once, parameters and optimiser "
+            "states excluded "
             "(dartsnas.memory.SavedTensorMeter); device-independent"
         ),
         "environment": environment(device, SRC),
