@@ -65,7 +65,8 @@ def summary(per_seed: list[dict]) -> dict:
         if vals:
             out[key] = {
                 "mean": statistics.fmean(vals),
-                "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
+                # sample std (n - 1), as dartsnas compare/report; results before 2026-11-30 evening used n
+                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                 "n": len(vals),
             }
     out["wall_seconds_mean"] = statistics.fmean(s["wall_seconds"] for s in per_seed)
