@@ -57,9 +57,9 @@ SPACE_OF_PRESET = {"paper": "darts", "nb201": "nb201", "nb201-proxy": "nb201", "
 
 
 def config(preset: str, method: str, device: str, order: int = 1) -> SearchConfig:
-    # 60 epochs: PC-DARTS's 15 warm-up epochs leave α steps (the step is measured past them) and DARTS-PT's 25
-    # tuning epochs fit; the number of epochs does not change a step's memory
-    over = {"method": method, "order": order, "device": device, "progress": False, "hessian": False, "epochs": 60}
+    # 150 epochs: PC-DARTS's 15 warm-up epochs leave α steps (the step is measured past them) and DARTS-PT's
+    # tuning epochs fit (25 on NB201, 86 in the DARTS space); the number of epochs does not change a step's memory
+    over = {"method": method, "order": order, "device": device, "progress": False, "hessian": False, "epochs": 150}
     return SearchConfig.build(preset, over)
 
 
@@ -135,7 +135,13 @@ def main(argv: list[str] | None = None) -> dict:
         configs = [(s, pr, m, 1) for s, pr, m in CONFIGS if s in args.spaces.split(",") and m in methods]
     if args.second_order:
         configs += [(s, pr, "darts", 2) for s, pr in dict.fromkeys((s, pr) for s, pr, _, _ in configs)]
-    results = [measure(s, pr, m, batches, direct, device, o) for s, pr, m, o in configs]
+    results, failed = [], []
+    for s, pr, m, o in configs:
+        try:
+            results.append(measure(s, pr, m, batches, direct, device, o))
+        except Exception as e:  # noqa: BLE001  (report and go on: this runs unattended)
+            failed.append({"space": s, "preset": pr, "method": m, "order": o, "error": f"{type(e).__name__}: {e}"})
+            print(f"{pr} {m} (order {o}): failed: {failed[-1]['error']}", file=sys.stderr)
     summary = []
     for space, preset in dict.fromkeys((s, pr) for s, pr, _, _ in configs):
         by = {r["method"]: r for r in results if r["preset"] == preset and r["order"] == 1}
@@ -168,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "environment": environment(device, SRC),
         "results": results,
         "summary": summary,
+        "failed": failed,
     }
     write_json(out, args.out)
     return out
