@@ -188,7 +188,7 @@ def markdown(t: dict) -> str:
         lines.append(
             f"| {m['method']} | {len(m['seeds'])} | {cells} | {_pm(m['cifar10'])} | {_pm(m['cifar100'])} "
             f"| {_pm(m['imagenet16_120'])} | {w['mean']:.1f} ({w['min']:.1f}–{w['max']:.1f}) | {rss} "
-            f"| {act / 2**20:.1f} MiB |"
+            f"| {act / 1e6:.0f} MB |"
             if act
             else f"| {m['method']} | {len(m['seeds'])} | {cells} | {_pm(m['cifar10'])} | {_pm(m['cifar100'])} "
             f"| {_pm(m['imagenet16_120'])} | {w['mean']:.1f} ({w['min']:.1f}–{w['max']:.1f}) | {rss} | — |"
