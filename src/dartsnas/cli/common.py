@@ -368,6 +368,28 @@ def _holds_nothing(path: Path) -> bool:
     return not (metrics.exists() and metrics.stat().st_size > 0)
 
 
+def add_scheduler_options(p: argparse.ArgumentParser, set_help: str) -> None:
+    """The options every protocol command (select, random, evaluate-final, compare) shares: how many runs at a
+    time and where, resuming, and ``--set`` of the command's own config fields (``set_help``: an example)."""
+    p.add_argument("--jobs", "-j", type=str, help="runs at a time, each pinned to one GPU or a CPU process")
+    p.add_argument("--devices", help="'cpu' or GPU ids '0,1,...' (default: every visible GPU, else CPU)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment in --experiment")
+    p.add_argument(
+        "--retry-failed",
+        dest="retry_failed",
+        action="store_true",
+        help="with --resume: run failed runs again (by default they stay recorded as failed)",
+    )
+    p.add_argument(
+        "--set",
+        "-s",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=set_help,
+    )
+
+
 def add_launcher_options(p: argparse.ArgumentParser) -> None:
     """``--launcher`` and the ``--slurm-*`` options of every protocol command (select, random, evaluate-final,
     compare): where the runs execute."""

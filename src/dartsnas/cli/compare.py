@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from .common import (
     LAUNCHER_FIELDS,
     add_launcher_options,
+    add_scheduler_options,
     add_show_config,
     add_threads_option,
     infer_dataset,
@@ -131,23 +132,7 @@ def _compare_parser(sub) -> None:
     p.add_argument(
         "--experiment", "-e", metavar="DIR", help="the experiment directory (default experiments/compare-<time>)"
     )
-    p.add_argument("--jobs", "-j", type=str, help="runs at a time, each pinned to one GPU or a CPU process")
-    p.add_argument("--devices", help="'cpu' or GPU ids '0,1,...' (default: every visible GPU, else CPU)")
-    p.add_argument("--resume", action="store_true", help="continue the experiment in --experiment")
-    p.add_argument(
-        "--retry-failed",
-        dest="retry_failed",
-        action="store_true",
-        help="with --resume: run failed runs again (by default they stay recorded as failed)",
-    )
-    p.add_argument(
-        "--set",
-        "-s",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any compare field, e.g. --set random_samples=100",
-    )
+    add_scheduler_options(p, "any compare field, e.g. --set random_samples=100")
     add_show_config(p)
     add_threads_option(p)
     add_launcher_options(p)

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from .common import (
     LAUNCHER_FIELDS,
     add_launcher_options,
+    add_scheduler_options,
     add_show_config,
     add_threads_option,
     infer_dataset,
@@ -44,23 +45,7 @@ def _common(p: argparse.ArgumentParser, final_opts: bool = True) -> None:
         help="epochs of each selection training (paper 100 CIFAR-10, 300 PTB)",
     )
     p.add_argument("--select-seed", dest="select_seed", type=str, help="training seed of the selection runs")
-    p.add_argument("--jobs", "-j", type=str, help="runs at a time, each pinned to one GPU or a CPU process")
-    p.add_argument("--devices", help="'cpu' or GPU ids '0,1,...' (default: every visible GPU, else CPU)")
-    p.add_argument("--resume", action="store_true", help="continue the experiment in --experiment")
-    p.add_argument(
-        "--retry-failed",
-        dest="retry_failed",
-        action="store_true",
-        help="with --resume: run failed runs again (by default they stay recorded as failed)",
-    )
-    p.add_argument(
-        "--set",
-        "-s",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any protocol field, e.g. --set sample_seed=3",
-    )
+    add_scheduler_options(p, "any protocol field, e.g. --set sample_seed=3")
     p.add_argument(
         "--search-set",
         dest="search_set",
