@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="darts,pc-darts,beta-darts")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--data-dir", required=True, help="the CIFAR-10 folder (the NB201 table is found beside it)")
-    ap.add_argument("--experiment", required=True, help="the compare experiment directory")
+    ap.add_argument("-e", "--experiment", required=True, help="the compare experiment directory")
     ap.add_argument("--random-samples", default="100", help="random cells per seed (table look-ups)")
     ap.add_argument(
         "--random-search", default="0", help="cells trained per seed by the random search (0: none; 20 ≈ one search)"
