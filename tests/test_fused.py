@@ -212,6 +212,8 @@ def test_graph_step_flags_non_finite_after_the_fact():
     with pytest.raises(NonFiniteError) as e:
         runner.check()
     assert e.value.step == 1 and e.value.phase == "architecture"
+    assert e.value.steps_after == 1  # step 2 ran after the bad step 1
+    assert "1 more after it" in str(e.value) and "no optimizer step was taken" not in str(e.value)
 
 
 @pytest.mark.parametrize("nodes", [1, 3, 5])

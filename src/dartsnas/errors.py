@@ -49,13 +49,19 @@ class NonFiniteError(DartsError):
     exit_code = 6
     kind = "non-finite value"
 
-    def __init__(self, what: str, step: int, phase: str):
+    def __init__(self, what: str, step: int, phase: str, steps_after: int | None = None):
         self.step = step
         self.phase = phase
-        super().__init__(
-            f"{what} is not finite at step {step} (phase: {phase}); "
-            "no optimizer step was taken, the last good checkpoint is unchanged"
-        )
+        # CUDA-graph mode finds a bad value after the fact: steps_after = the steps that ran after the bad one
+        self.steps_after = steps_after
+        if steps_after is None:
+            tail = "no optimizer step was taken, the last good checkpoint is unchanged"
+        else:
+            tail = (
+                f"CUDA-graph mode detects it after the fact: the in-memory state took that step and "
+                f"{steps_after} more after it; nothing was saved since, the last good checkpoint is unchanged"
+            )
+        super().__init__(f"{what} is not finite at step {step} (phase: {phase}); {tail}")
 
 
 class RunDirError(DartsError):

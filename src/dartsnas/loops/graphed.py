@@ -255,9 +255,5 @@ class GraphedSearchStep:
         if flag:
             bit = next(b for b in (_ARCH, _TRAIN_LOSS, _GRAD_NORM) if flag & b)
             what, phase = _WHAT[bit]
-            raise NonFiniteError(
-                what + " (CUDA-graph mode: detected after the fact, at the next check; the "
-                "in-memory state has taken the bad steps, nothing was saved since)",
-                int(self.first_bad.item()),
-                phase,
-            )
+            first = int(self.first_bad.item())
+            raise NonFiniteError(what, first, phase, steps_after=int(self.counter.item()) - first)
