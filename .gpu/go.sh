@@ -48,9 +48,9 @@ cat "$OUT/environment.json" >> "$SUMMARY"
 
 # 1. GPU tests (tests/test_gpu.py)
 if $PY -c "import pytest" 2>/dev/null; then
-  run gpu-tests 140 $PY -m pytest tests/test_gpu.py -m gpu -q -rA -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
+  run gpu-tests 200 $PY -m pytest tests/test_gpu.py -m gpu -q -rA -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
 else
-  run gpu-tests 140 $PY tests/test_gpu.py --out "$OUT/gpu-tests.json"
+  run gpu-tests 200 $PY tests/test_gpu.py --out "$OUT/gpu-tests.json"
 fi
 tail -n 15 "$OUT/gpu-tests.log" >> "$SUMMARY"
 

@@ -140,7 +140,7 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 @functools.lru_cache(maxsize=16)
 def _channel_constants(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
     """Normalisation constants as a 1×C×1×1 tensor, made once per device instead of once per batch."""
-    return torch.tensor(values, device=device).view(1, len(values), 1, 1)
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, len(values), 1, 1)  # as x.float()
 
 
 def augment(

@@ -41,7 +41,15 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor
 
-from ..architect import exact_hvp, finite_difference_hvp, hypergradient, make_loss_fn
+from ..architect import (
+    _clip_coef,
+    _grads,
+    _scale_by_capped,
+    exact_hvp,
+    finite_difference_hvp,
+    hypergradient,
+    make_loss_fn,
+)
 from ..errors import NonFiniteError
 
 # bits of the device flag: which check failed first
@@ -118,41 +126,48 @@ class GraphedSearchStep:
 
     def _body(self, b: dict[str, Tensor]) -> dict[str, Tensor]:
         st, model, crit = self.st, self.model, self.criterion
-        arch = st.architect
-        # 1. α step (§3.3 step 1)
-        if arch.order == 1:
-            val_loss = crit(model(b["x_v"]), b["y_v"])
-            g_alpha = list(torch.autograd.grad(val_loss, self.alphas))
-            checks = [val_loss.detach()]
-        else:
+        arch, method = st.architect, st.method
+        val_loss = None
+        # 1. α step (§3.3 step 1), with the method's hooks as in _search_step: the warm-up (no α step),
+        # the α-loss terms wrapped around the validation loss; the mixing weights are the model's own hook
+        if method.updates_alpha(st.epoch):
             train_fn = make_loss_fn(model, b["x_t"], b["y_t"], crit)
-            val_fn = make_loss_fn(model, b["x_v"], b["y_v"], crit)
-            vs = arch.virtual_step(train_fn, self.lr, st.w_opt)
-            vg = arch.virtual_val_grads(val_fn, vs["w_prime"])
-            val_loss = vg["val_loss"]
-            checks = [vs["train_loss"], val_loss]
-            if arch.hvp == "finite_difference":
-                h, eps, lp, lm = finite_difference_hvp(
-                    train_fn, arch.weight_names, self.weights, self.alphas, vg["v"], arch.eps_scale
-                )
-                checks += [lp, lm, eps.detach()]
+            val_fn = method.alpha_loss_fn(model, make_loss_fn(model, b["x_v"], b["y_v"], crit))
+            if arch.order == 1:
+                val_loss = val_fn(None)
+                g_alpha = _grads(val_loss, self.alphas)
+                checks = [val_loss.detach()]
             else:
-                h, lh = exact_hvp(train_fn, self.weights, self.alphas, vg["v"])
-                checks.append(lh)
-            g_alpha = hypergradient(vg["d_alpha"], h, self.lr, vs["kappa"])
-        g_alpha = [g.detach() for g in g_alpha]
-        ok = torch.stack([torch.isfinite(c).all() for c in checks + g_alpha]).all()
-        self._mark(ok, _ARCH)
-        for a, g in zip(self.alphas, g_alpha):
-            if a.grad is None:
-                a.grad = g.clone()
-            else:
-                a.grad.copy_(g)
-        st.a_opt.step()
-        # 2. weight step with the updated α (§3.3 step 2)
-        logits = model(b["x_t"])
-        loss = crit(logits, b["y_t"])
-        grads = list(torch.autograd.grad(loss, self.weights))
+                vs = arch.virtual_step(train_fn, self.lr, st.w_opt)
+                vg = arch.virtual_val_grads(val_fn, vs["w_prime"])
+                val_loss = vg["val_loss"]
+                checks = [vs["train_loss"], val_loss]
+                v = vg["v"]
+                if arch.virtual_clip is not None:  # §7.5, as Architect.step
+                    v = _scale_by_capped(v, _clip_coef(v, arch.virtual_clip))
+                if arch.hvp == "finite_difference":
+                    h, eps, lp, lm = finite_difference_hvp(
+                        train_fn, arch.weight_names, self.weights, self.alphas, v, arch.eps_scale
+                    )
+                    checks += [lp, lm, eps.detach()]
+                else:
+                    h, lh = exact_hvp(train_fn, self.weights, self.alphas, v)
+                    checks.append(lh)
+                g_alpha = hypergradient(vg["d_alpha"], h, self.lr, vs["kappa"])
+            g_alpha = [g.detach() for g in g_alpha]
+            ok = torch.stack([torch.isfinite(c).all() for c in checks + g_alpha]).all()
+            self._mark(ok, _ARCH)
+            for a, g in zip(self.alphas, g_alpha):
+                if a.grad is None:
+                    a.grad = g.clone()
+                else:
+                    a.grad.copy_(g)
+            st.a_opt.step()
+        # 2. weight step with the updated α (§3.3 step 2); the method's α transform around it (SDARTS-RS)
+        with method.weight_step(model, b["x_t"], b["y_t"], crit):
+            logits = model(b["x_t"])
+            loss = crit(logits, b["y_t"])
+            grads = _grads(loss, self.weights)
         self._mark(torch.isfinite(loss.detach()), _TRAIN_LOSS)
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         self._mark(torch.isfinite(norm), _GRAD_NORM)
@@ -169,7 +184,11 @@ class GraphedSearchStep:
                 "loss": loss.detach().double() * n,
                 "correct": (logits.argmax(1) == b["y_t"]).sum().double(),
                 "count": torch.full((), float(n), device=loss.device, dtype=torch.float64),
-                "arch_step_val_loss": val_loss.detach().double(),
+                "arch_step_val_loss": (
+                    val_loss.detach().double()
+                    if val_loss is not None
+                    else torch.zeros((), device=loss.device, dtype=torch.float64)
+                ),
             }
 
     # -- public --

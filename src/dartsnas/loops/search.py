@@ -325,14 +325,14 @@ class SearchTask(Task):
         self.es_genotype = None
         self.graphed = None
         if cfg.cuda_graph:
-            if device.type == "cuda" and self.state.method.plain and not self.ranks.distributed:
+            if device.type == "cuda" and self.state.method.graph_safe and not self.ranks.distributed:
                 from .graphed import GraphedSearchStep
 
                 self.graphed = GraphedSearchStep(self.state, self.criterion)
             else:
                 log(
-                    f"note: cuda_graph needs a CUDA device and plain DARTS; device {device}, method {cfg.method} "
-                    "runs the eager step"
+                    f"note: cuda_graph needs a CUDA device, one process and a method whose step hooks are graph-safe "
+                    f"(all but sdarts-adv and gdas); device {device}, method {cfg.method}: the eager step runs"
                 )
 
     def steps_per_epoch(self) -> int:
@@ -354,6 +354,14 @@ class SearchTask(Task):
         for group in st.w_opt.param_groups:
             group["lr"] = self.lr
         st.model.train()
+        if self.graphed is not None and not st.method.plain:
+            # A method's epoch hooks change what the step computes (β_e, λ_e, ε_e as Python numbers, the
+            # warm-up, pruning masks, DARTS-PT's decided edges, DrNAS's widened weights): the graphs captured
+            # for the last epoch are dropped and the step recaptured from the state as it is now.
+            from .graphed import GraphedSearchStep
+
+            self.graphed.check()
+            self.graphed = GraphedSearchStep(st, self.criterion, eager=self.graphed.eager)
 
     def _batch(self, idx_pool: torch.Tensor, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor, float]:
         """The next batch of the stream (this rank's slice under DDP) and the rank's share (``_Share``)."""

@@ -86,6 +86,9 @@ class Component:
 
     #: a map from the α tensors to base mixing weights, or None (the row softmax)
     base_mixing: Callable[[Sequence[Tensor]], list[Tensor]] | None = None
+    #: the hooks called inside a search step (mixing, transforms, α loss, weight step) are device arithmetic
+    #: only: no host synchronisation, no branch on a tensor's value, so the step can be a CUDA graph
+    graph_safe: bool = True
 
     def network_options(self) -> dict[str, Any]:
         return {}
@@ -157,6 +160,12 @@ class Method:
     def plain(self) -> bool:
         """True for plain DARTS in the 8-op or the NB201 space: the loop may then use its fast paths (CUDA graphs)."""
         return self.space in ("darts", "nb201") and all(type(c) is Component for c in self.components)
+
+    @property
+    def graph_safe(self) -> bool:
+        """True when every component's in-step hooks can be captured in a CUDA graph (``cuda_graph``); the
+        graph is then recaptured at every epoch start, after the epoch hooks, unless the method is ``plain``."""
+        return all(c.graph_safe for c in self.components)
 
     def network_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {}

@@ -106,8 +106,8 @@ def project_simplex(w: Tensor) -> Tensor:
     """Π: clamp rows to [0, 1]; an all-zero row gets 1 at its pre-clamp argmax; divide by the row sum."""
     c = w.clamp(0.0, 1.0)
     dead = c.sum(-1) == 0
-    if bool(dead.any()):
-        c = torch.where(dead.unsqueeze(-1), F.one_hot(w.argmax(-1), w.shape[-1]).to(c.dtype), c)
+    # always through torch.where (rows that are not dead keep c exactly): no host sync inside the step
+    c = torch.where(dead.unsqueeze(-1), torch.zeros_like(c).scatter_(-1, w.argmax(-1, keepdim=True), 1.0), c)
     return c / c.sum(-1, keepdim=True)
 
 
@@ -140,6 +140,7 @@ class Perturb(Component):
 
     def __init__(self, adversarial: bool, eps_min: float = 0.03, eps_max: float = 0.3, attack_steps: int = 7):
         self.adversarial = adversarial
+        self.graph_safe = not adversarial  # ADV reads its losses on the host and branches on them
         self.eps_min, self.eps_max, self.attack_steps = eps_min, eps_max, attack_steps
         self.eps = eps_min
         self.last_losses: tuple[float, float] | None = None  # ADV: (unperturbed, final), for tests and logs
@@ -206,7 +207,8 @@ def dirichlet_concentration(alpha: Tensor) -> Tensor:
 
 def dirichlet_mixing(alphas: Sequence[Tensor]) -> list[Tensor]:
     """θ_e ~ Dir(ELU(α_e) + 1), reparameterised (pathwise) so that α gets a gradient through θ."""
-    return [torch.distributions.Dirichlet(dirichlet_concentration(a)).rsample() for a in alphas]
+    # validate_args=False: ELU + 1 > 0 always, and the check would be a host sync inside the step
+    return [torch.distributions.Dirichlet(dirichlet_concentration(a), validate_args=False).rsample() for a in alphas]
 
 
 def dirichlet_kl(alphas: Sequence[Tensor]) -> Tensor:
@@ -215,7 +217,8 @@ def dirichlet_kl(alphas: Sequence[Tensor]) -> Tensor:
     for a in alphas:
         conc = dirichlet_concentration(a)
         kl = torch.distributions.kl_divergence(
-            torch.distributions.Dirichlet(conc), torch.distributions.Dirichlet(torch.ones_like(conc))
+            torch.distributions.Dirichlet(conc, validate_args=False),
+            torch.distributions.Dirichlet(torch.ones_like(conc), validate_args=False),
         ).sum()
         total = kl if total is None else total + kl
     return total
@@ -362,9 +365,11 @@ class DirichletMixing(Component):
     def transform_weights(self, weights: list[Tensor]) -> list[Tensor]:
         if self.masks is None:
             return weights
+        if any(m.device != w.device for w, m in zip(weights, self.masks)):  # once (a resume loads them on the CPU)
+            self.masks = [m.to(w.device) for w, m in zip(weights, self.masks)]
         out = []
         for w, m in zip(weights, self.masks):
-            w = w * m.to(device=w.device, dtype=w.dtype)
+            w = w * m.to(dtype=w.dtype)
             out.append(w / w.sum(-1, keepdim=True))
         return out
 
@@ -429,6 +434,10 @@ def gumbel_hard(alpha: Tensor, tau: float, tries: int = 100) -> Tensor:
 
 
 class GumbelHard(Component):
+    # only the sampled op of each edge runs: which ops run depends on the sample (and the sample is retried
+    # on the host when non-finite), so the step cannot be one CUDA graph
+    graph_safe = False
+
     def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1):
         self.tau_max, self.tau_min = tau_max, tau_min
         self.tau = tau_max
