@@ -150,7 +150,7 @@ def _graph_vs_eager_now(order, fused, steps, method, method_args) -> dict:
     data = _data(DEVICE)
     crit = torch.nn.CrossEntropyLoss()
     # the paper network (C = 16, 8 cells) at batch 16: float64 convolutions are slow, the capture is the same
-    over = {"method": method, "method_args": method_args, "batch_size": 16}
+    over = {"method": method, "method_args": method_args, "batch_size": 16 if _cuda() else PAPER["batch_size"]}
     dtype = torch.get_default_dtype()
     with deterministic_cudnn():
         eager, graphed = _state(order, fused, data, **over), _state(order, fused, data, **over)
@@ -341,6 +341,72 @@ def test_bf16_fused_eager_and_graph_smoke():
 def test_channels_last_fused_eager_and_graph_smoke():
     _smoke(1, fused=True, bf16=False, channels_last=True, graph=False)
     _smoke(2, fused=True, bf16=False, channels_last=True, graph=True)
+
+
+def _train_parts(drop: float, C: int, layers: int, dtype=None):
+    from dartsnas.loops.train import Stepper, TrainConfig, build_network, resolve_runtime
+    from dartsnas.space.genotype import PUBLISHED
+
+    cfg = TrainConfig.build(
+        "paper", device=DEVICE.type, init_channels=C, layers=layers, channels_last="off", optimizer_impl="foreach"
+    )
+    torch.manual_seed(0)
+    model = build_network(cfg, PUBLISHED["DARTS_V2"], 10).to(DEVICE, dtype or torch.get_default_dtype())
+    model.drop_path_prob = drop
+    model.train()
+    return cfg, Stepper(model, cfg, resolve_runtime(cfg, DEVICE))
+
+
+def _train_batch(n: int, seed: int, dtype=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=g).to(DEVICE, dtype or torch.get_default_dtype())
+    return x, torch.randint(0, 10, (n,), generator=g).to(DEVICE)
+
+
+def test_train_graph_matches_eager():
+    """The graphed training step against the eager one, float64, drop path off (its masks are drawn inside
+    the graph); a smaller DARTS_V2 network (C = 16, 8 cells) with the auxiliary head, batch 16, 3 steps."""
+    from dartsnas.loops.graphed import GraphedTrainStep
+
+    C, layers = (16, 8) if _cuda() else (PAPER["init_channels"], max(PAPER["layers"], 3))
+    with _default_dtype(torch.float64), deterministic_cudnn():
+        _, eager = _train_parts(0.0, C, layers)
+        _, other = _train_parts(0.0, C, layers)
+        runner = GraphedTrainStep(other, eager=not _cuda())
+        se = sg = None
+        for step in range(3):
+            lr = 0.025 - 0.002 * step
+            x, y = _train_batch(16, seed=step)
+            for group in eager.opt.param_groups:
+                group["lr"] = lr
+            se = _add(se, eager.step(x, y, step))
+            sg = _add(sg, runner.step(x, y, lr, step))
+        runner.check()
+        _sync()
+    rel = _rel(list(other.model.parameters()), list(eager.model.parameters()))
+    assert rel <= REL, rel
+    for k in se:
+        assert torch.allclose(sg[k], se[k], rtol=1e-5), (k, sg[k], se[k])
+
+
+def test_train_graph_step_has_no_host_sync_with_drop_path():
+    """The paper's training network (C = 36, 20 cells, auxiliary head, drop path 0.2, batch 96), float32:
+    capture, then two replays under the sync-debug mode."""
+    from dartsnas.loops.graphed import GraphedTrainStep
+
+    C, layers = (36, 20) if _cuda() else (PAPER["init_channels"], max(PAPER["layers"], 3))
+    _, stepper = _train_parts(0.2, C, layers, torch.float32)
+    runner = GraphedTrainStep(stepper, eager=not _cuda())
+    n = 96 if _cuda() else 8
+    runner.step(*_train_batch(n, seed=0, dtype=torch.float32), 0.025, 0)
+    total = None
+    for step in (1, 2):
+        x, y = _train_batch(n, seed=step, dtype=torch.float32)
+        _sync()
+        with _no_host_sync():
+            total = _add(total, runner.step(x, y, 0.025, step))
+    runner.check()
+    assert all(bool(torch.isfinite(v).all()) for v in total.values()), total
 
 
 def cpu_dry_run_settings() -> None:

@@ -101,7 +101,7 @@ def _run(method: str, graphed: bool, order: int = 1, steps: int = 2):
     task = _task(method, order)
     st = task.state
     if graphed:
-        task.graphed = GraphedSearchStep(st, task.criterion, eager=True)
+        task.use_graph, task.graph_eager = True, True  # what cuda_graph=true sets on CUDA; uncaptured here
     sums, graphs = [], []
     torch.manual_seed(5)  # the methods' own draws (Dirichlet, uniform noise) follow the same stream
     for epoch in range(st.cfg.epochs):
@@ -216,4 +216,21 @@ def test_search_task_falls_back_to_eager_for_methods_that_are_not_graph_safe(mon
     logged = []
     cfg = SearchConfig.build("tiny", device="cpu", method="gdas", cuda_graph=True, progress=False)
     task = SearchTask(cfg, _data(), torch.device("cpu"), logged.append)
-    assert task.graphed is None and any("eager step runs" in m for m in logged)
+    assert not task.use_graph and task.graphed is None and any("eager step runs" in m for m in logged)
+
+
+def test_search_graph_step_is_built_after_the_optimizer_state_is_loaded():
+    """A resume replaces the optimizers' state tensors: the graph must hold the loaded ones (it is made at the
+    first epoch start, after the engine has loaded the checkpoint)."""
+    task = _task("darts")
+    st = task.state
+    task.use_graph, task.graph_eager = True, True
+    x_t, y_t, x_v, y_v = next(_batches(1, seed=1))
+    from dartsnas.loops.search import _search_step
+
+    _search_step(st, task.criterion, x_t, y_t, x_v, y_v, 0.025)  # momentum buffers and Adam state exist
+    st.w_opt.load_state_dict(st.w_opt.state_dict())
+    st.a_opt.load_state_dict(st.a_opt.state_dict())
+    task.begin_epoch()
+    bufs = [st.w_opt.state[p]["momentum_buffer"] for p in st.model.weights()]
+    assert all(a is b for a, b in zip(task.graphed.bufs, bufs))

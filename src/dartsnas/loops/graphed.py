@@ -31,6 +31,12 @@ both optimizers' state, BN buffers, flags) is snapshotted before and restored af
 executes nothing, and one replay then takes the step: each loop step is exactly one update, as in eager mode.
 Autocast, if used, must be entered with
 ``cache_enabled=False`` around the calls.
+
+**The training step** (``GraphedTrainStep``, ``TrainConfig.cuda_graph``): the same machinery around the
+evaluation network's step of ``loops.train.Stepper`` (forward with drop path and the auxiliary head, backward,
+clipping, SGD with momentum and coupled weight decay, one process, no accumulation). The drop-path probability
+is a Python number read at capture time, so the training loop makes a new step object whenever it changes
+(once per epoch with the default ramp).
 """
 
 from __future__ import annotations
@@ -61,7 +67,130 @@ _WHAT = {
 }
 
 
-class GraphedSearchStep:
+class GraphedStep:
+    """What the graphed search and training steps share: the device flag of failed checks, the learning rate
+    as a device tensor, capture (warm-up on a side stream, undone; then ``torch.cuda.graph``) and replay by
+    input shape, and ``eager=True``, which runs the body uncaptured on any device (CPU tests of its arithmetic).
+
+    A subclass supplies ``_body(b) -> sums`` and ``_state_tensors()`` (everything a warm-up step writes).
+    """
+
+    def __init__(self, device: torch.device, lr: float, warmup: int, autocast: Callable | None, eager: bool):
+        self.eager = eager
+        if device.type != "cuda" and not eager:
+            raise ValueError("cuda_graph needs a CUDA device")
+        self.device = device
+        self.warmup = warmup
+        self.autocast = autocast or nullcontext
+        self.lr = torch.full((), float(lr), device=device)
+        self._lr_value = None
+        self.flag = torch.zeros((), dtype=torch.int32, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.counter = torch.zeros((), dtype=torch.int64, device=device)  # global step index of the step
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, Tensor], dict[str, Tensor]]] = {}
+        self.pool = None
+
+    def _body(self, b: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _state_tensors(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def _capturable(self, on: bool) -> None:
+        """Switch optimizers that need it into their capturable mode while warming up and capturing."""
+
+    def _mark(self, ok: Tensor, bit: int) -> None:
+        bad = ~ok
+        first = (self.flag == 0) & bad
+        self.first_bad.copy_(torch.where(first, self.counter, self.first_bad))
+        self.flag.bitwise_or_(bad.to(torch.int32) * bit)
+
+    def _clip_and_sgd(self, grads: list[Tensor], params: list[Tensor], bufs: list[Tensor], clip: float) -> None:
+        """Clip to global norm ``clip`` (``clip_grad_norm_``'s coefficient) and take SGD's step with momentum
+        and coupled weight decay (``self.momentum``, ``self.weight_decay``) at the device learning rate."""
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self._mark(torch.isfinite(norm), _GRAD_NORM)
+        coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
+        torch._foreach_mul_(grads, coef)
+        with torch.no_grad():
+            if self.weight_decay:
+                torch._foreach_add_(grads, params, alpha=self.weight_decay)  # d = g + λw
+            torch._foreach_mul_(bufs, self.momentum)  # m = μm + d
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(params, torch._foreach_mul(bufs, -self.lr))  # w -= η m
+
+    def _run(self, inputs: dict[str, Tensor], lr: float, step_index: int) -> dict[str, Tensor]:
+        if lr != self._lr_value:
+            self.lr.fill_(lr)
+            self._lr_value = lr
+        self.counter.fill_(step_index)
+        if self.eager:
+            with self.autocast():
+                return self._body(inputs)
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(inputs.items()))
+        if key not in self.graphs:
+            # Warm-up steps are real steps on this same batch; to keep exactly one update per loop step we
+            # snapshot the state, warm up, restore, capture (which executes nothing), then replay once.
+            snap = [(t, t.detach().clone()) for t in self._state_tensors() + [self.flag, self.first_bad, self.counter]]
+            self._capture(key, inputs)
+            with torch.no_grad():
+                for t, v in snap:
+                    t.copy_(v)
+        g, b, outs = self.graphs[key]
+        for k, v in inputs.items():
+            b[k].copy_(v)
+        g.replay()
+        return outs
+
+    def _capture(self, key, inputs: dict[str, Tensor]) -> None:
+        b = {k: v.clone() for k, v in inputs.items()}
+        self._capturable(True)  # warm-up runs the same (capturable) optimizer code path
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), self.autocast():
+            for _ in range(self.warmup):
+                self._body(b)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        self._capturable(True)
+        try:
+            with torch.cuda.graph(g, pool=self.pool), self.autocast():
+                outs = self._body(b)
+        finally:
+            self._capturable(False)
+        if self.pool is None:
+            self.pool = g.pool()
+        self.graphs[key] = (g, b, outs)
+
+    def check(self) -> None:
+        """Read the device flag (one host sync); raise ``NonFiniteError`` if any step since the start failed."""
+        flag = int(self.flag.item())
+        if flag:
+            bit = next(b for b in (_ARCH, _TRAIN_LOSS, _GRAD_NORM) if flag & b)
+            what, phase = _WHAT[bit]
+            first = int(self.first_bad.item())
+            raise NonFiniteError(what, first, phase, steps_after=int(self.counter.item()) - first)
+
+
+def _momentum_buffers(opt: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
+    """SGD's momentum buffers, created as zeros where absent (zeros = no momentum yet: the first step then
+    sets m = d, exactly as SGD's first step) so that the graph owns fixed tensors; they stay in the
+    optimizer's state, so checkpoints and an eager resume see them."""
+    for p in params:
+        s = opt.state[p]
+        if s.get("momentum_buffer") is None:
+            s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return [opt.state[p]["momentum_buffer"] for p in params]
+
+
+def _sgd_settings(opt: torch.optim.Optimizer) -> tuple[float, float]:
+    group = opt.param_groups[0]
+    if len(opt.param_groups) != 1 or group["nesterov"] or group["dampening"] != 0:
+        raise ValueError("cuda_graph expects one SGD group without Nesterov or dampening")
+    return group["momentum"], group["weight_decay"]
+
+
+class GraphedSearchStep(GraphedStep):
     """Drop-in for ``_search_step(st, criterion, x_t, y_t, x_v, y_v, lr)`` on CUDA; see the module docstring.
 
     ``warmup``: eager iterations on a side stream before each capture (undone afterwards). ``autocast``: a callable
@@ -70,25 +199,12 @@ class GraphedSearchStep:
     """
 
     def __init__(self, st, criterion, warmup: int = 3, autocast: Callable | None = None, eager: bool = False):
-        device = next(st.model.parameters()).device
-        # eager=True runs the step body without capture (any device): for testing its arithmetic on CPU.
-        self.eager = eager
-        if device.type != "cuda" and not eager:
-            raise ValueError("cuda_graph needs a CUDA device")
-        self.st, self.criterion, self.device = st, criterion, device
-        self.warmup = warmup
-        self.autocast = autocast or nullcontext
-        cfg = st.cfg
+        super().__init__(next(st.model.parameters()).device, float(st.cfg.lr), warmup, autocast, eager)
+        device = self.device
+        self.st, self.criterion = st, criterion
         self.model = st.model
         self.weights = list(self.model.weights())
         self.alphas = list(self.model.arch_parameters())
-        self.lr = torch.full((), float(cfg.lr), device=device)
-        self._lr_value = None
-        self.flag = torch.zeros((), dtype=torch.int32, device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        self.counter = torch.zeros((), dtype=torch.int64, device=device)  # global step index of the step
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, Tensor]]] = {}
-        self.pool = None
         # The α optimizer: torch's Adam, made capturable (its step counter moves to the device).
         # Its state is created here if absent, exactly as Adam's lazy initialisation would (step 0, zero
         # moments), so that the tensors are fixed before capture; ``capturable`` is switched on only while
@@ -104,25 +220,10 @@ class GraphedSearchStep:
                 s["step"] = torch.as_tensor(float(s["step"]), dtype=torch.float32, device=step_device)
         if any(g.get("amsgrad") for g in st.a_opt.param_groups):
             raise ValueError("cuda_graph does not support amsgrad")
-        # The weight optimizer's momentum buffers must exist (zeros = no momentum yet, exactly as SGD's
-        # first step) so that the graph owns fixed tensors; they stay in w_opt.state for checkpoints.
-        for p in self.weights:
-            s = st.w_opt.state[p]
-            if s.get("momentum_buffer") is None:
-                s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        self.bufs = [st.w_opt.state[p]["momentum_buffer"] for p in self.weights]
-        group = st.w_opt.param_groups[0]
-        if len(st.w_opt.param_groups) != 1 or group["nesterov"] or group["dampening"] != 0:
-            raise ValueError("cuda_graph expects one SGD group without Nesterov or dampening")
-        self.momentum, self.weight_decay = group["momentum"], group["weight_decay"]
+        self.bufs = _momentum_buffers(st.w_opt, self.weights)
+        self.momentum, self.weight_decay = _sgd_settings(st.w_opt)
 
     # -- the step body (eager during warm-up, recorded during capture) --
-
-    def _mark(self, ok: Tensor, bit: int) -> None:
-        bad = ~ok
-        first = (self.flag == 0) & bad
-        self.first_bad.copy_(torch.where(first, self.counter, self.first_bad))
-        self.flag.bitwise_or_(bad.to(torch.int32) * bit)
 
     def _body(self, b: dict[str, Tensor]) -> dict[str, Tensor]:
         st, model, crit = self.st, self.model, self.criterion
@@ -169,16 +270,8 @@ class GraphedSearchStep:
             loss = crit(logits, b["y_t"])
             grads = _grads(loss, self.weights)
         self._mark(torch.isfinite(loss.detach()), _TRAIN_LOSS)
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        self._mark(torch.isfinite(norm), _GRAD_NORM)
-        coef = torch.clamp(st.cfg.grad_clip / (norm + 1e-6), max=1.0)
-        torch._foreach_mul_(grads, coef)
+        self._clip_and_sgd(grads, self.weights, self.bufs, st.cfg.grad_clip)
         with torch.no_grad():
-            if self.weight_decay:
-                torch._foreach_add_(grads, self.weights, alpha=self.weight_decay)  # d = g + λw
-            torch._foreach_mul_(self.bufs, self.momentum)  # m = μm + d
-            torch._foreach_add_(self.bufs, grads)
-            torch._foreach_add_(self.weights, torch._foreach_mul(self.bufs, -self.lr))  # w -= η m
             n = b["y_t"].numel()
             return {
                 "loss": loss.detach().double() * n,
@@ -193,26 +286,6 @@ class GraphedSearchStep:
 
     # -- public --
 
-    def _capture(self, key, x_t, y_t, x_v, y_v):
-        b = {"x_t": x_t.clone(), "y_t": y_t.clone(), "x_v": x_v.clone(), "y_v": y_v.clone()}
-        self._capturable(True)  # warm-up runs the same (capturable) Adam code path
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side), self.autocast():
-            for _ in range(self.warmup):
-                self._body(b)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        self._capturable(True)
-        try:
-            with torch.cuda.graph(g, pool=self.pool), self.autocast():
-                outs = self._body(b)
-        finally:
-            self._capturable(False)
-        if self.pool is None:
-            self.pool = g.pool()
-        self.graphs[key] = (g, b, outs)
-
     def _capturable(self, on: bool) -> None:
         for group in self.st.a_opt.param_groups:
             group["capturable"] = on
@@ -220,59 +293,63 @@ class GraphedSearchStep:
     def step(self, x_t, y_t, x_v, y_v, lr: float) -> dict[str, Tensor]:
         """One search step; returns the step's sums as ``_search_step`` does. In graph mode they are the
         graph's static output tensors, overwritten by the next replay: add them up before the next step."""
-        st = self.st
-        if lr != self._lr_value:
-            self.lr.fill_(lr)
-            self._lr_value = lr
-        self.counter.fill_(st.global_step)
-        if self.eager:
-            with self.autocast():
-                return self._body({"x_t": x_t, "y_t": y_t, "x_v": x_v, "y_v": y_v})
-        key = (tuple(x_t.shape), tuple(x_v.shape))
-        if key not in self.graphs:
-            return self._capture_and_run(key, x_t, y_t, x_v, y_v)
-        g, b, outs = self.graphs[key]
-        b["x_t"].copy_(x_t), b["y_t"].copy_(y_t), b["x_v"].copy_(x_v), b["y_v"].copy_(y_v)
-        g.replay()
-        return outs
+        return self._run({"x_t": x_t, "y_t": y_t, "x_v": x_v, "y_v": y_v}, lr, self.st.global_step)
 
-    def _capture_and_run(self, key, x_t, y_t, x_v, y_v):
-        # Warm-up steps are real steps on this same batch; to keep exactly one update per loop step we
-        # snapshot the state, warm up, restore, capture, then replay once.
-        snap = self._snapshot()
-        self._capture(key, x_t, y_t, x_v, y_v)
-        self._restore(snap)  # (capture itself executes nothing)
-        g, b, outs = self.graphs[key]
-        b["x_t"].copy_(x_t), b["y_t"].copy_(y_t), b["x_v"].copy_(x_v), b["y_v"].copy_(y_v)
-        g.replay()
-        return outs
-
-    def _snapshot(self):
+    def _state_tensors(self) -> list[Tensor]:
         st = self.st
-        tensors = [
-            *self.weights,
-            *self.alphas,
-            *self.bufs,
-            *self.model.buffers(),
-            self.flag,
-            self.first_bad,
-            self.counter,
-        ]
+        tensors = [*self.weights, *self.alphas, *self.bufs, *self.model.buffers()]
         for a in self.alphas:
             tensors += [v for v in st.a_opt.state.get(a, {}).values() if torch.is_tensor(v)]
-        return [(t, t.detach().clone()) for t in tensors]
+        return tensors
 
-    @staticmethod
-    def _restore(snap):
+
+class GraphedTrainStep(GraphedStep):
+    """Drop-in for ``Stepper.step(x, y, global_step)`` of the training loop on CUDA (one process, no
+    accumulation, no ``torch.compile``); see the module docstring. ``drop_prob`` is fixed for this object."""
+
+    def __init__(self, stepper, warmup: int = 3, eager: bool = False):
+        model, cfg = stepper.model, stepper.cfg
+        super().__init__(next(model.parameters()).device, float(cfg.lr), warmup, None, eager)
+        if stepper.rt.distributed or cfg.accum_steps != 1 or stepper.rt.compile:
+            raise ValueError("cuda_graph in training needs one process, accum_steps=1 and compile off")
+        if stepper.rt.bf16:
+            self.autocast = lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
+        self.stepper, self.model, self.cfg = stepper, model, cfg
+        self.criterion = stepper.criterion
+        self.params = list(model.parameters())
+        self.bufs = _momentum_buffers(stepper.opt, self.params)
+        self.momentum, self.weight_decay = _sgd_settings(stepper.opt)
+        self.drop_prob = model.drop_path_prob
+
+    def _body(self, b: dict[str, Tensor]) -> dict[str, Tensor]:
+        cfg, crit, y = self.cfg, self.criterion, b["y"]
+        logits, aux = self.model(b["x"])
+        main = crit(logits.float(), y)
+        loss = main
+        aux_loss = torch.zeros((), device=y.device)
+        if aux is not None and cfg.auxiliary_weight > 0:
+            aux_loss = crit(aux.float(), y)
+            loss = loss + cfg.auxiliary_weight * aux_loss
+        grads = _grads(loss, self.params)
+        self._mark(torch.isfinite(loss.detach()), _TRAIN_LOSS)
+        self._clip_and_sgd(grads, self.params, self.bufs, cfg.grad_clip)
         with torch.no_grad():
-            for t, v in snap:
-                t.copy_(v)
+            m = y.shape[0]
+            return {
+                "loss": main.detach().double() * m,
+                "aux_loss": aux_loss.detach().double() * m,
+                "correct": (logits.argmax(1) == y).sum().double(),
+                "count": torch.full((), float(m), device=y.device, dtype=torch.float64),
+            }
 
-    def check(self) -> None:
-        """Read the device flag (one host sync); raise ``NonFiniteError`` if any step since the start failed."""
-        flag = int(self.flag.item())
-        if flag:
-            bit = next(b for b in (_ARCH, _TRAIN_LOSS, _GRAD_NORM) if flag & b)
-            what, phase = _WHAT[bit]
-            first = int(self.first_bad.item())
-            raise NonFiniteError(what, first, phase, steps_after=int(self.counter.item()) - first)
+    def _state_tensors(self) -> list[Tensor]:
+        return [*self.params, *self.bufs, *self.model.buffers()]
+
+    def step(self, x: Tensor, y: Tensor, lr: float, global_step: int) -> dict[str, Tensor]:
+        """One training step; returns the sums of ``Stepper.step`` (static outputs in graph mode: add them up
+        before the next step)."""
+        if self.model.drop_path_prob != self.drop_prob:
+            raise RuntimeError("the drop-path probability changed: make a new GraphedTrainStep")
+        if self.stepper.rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._run({"x": x, "y": y}, lr, global_step)

@@ -323,12 +323,15 @@ class SearchTask(Task):
         self.monitor = search_hooks.SearchMonitor(cfg, data, self.state.a_idx, log)
         self.past: Callable[[], list[dict[str, Any]]] = list  # the run's earlier records (set by run_search)
         self.es_genotype = None
+        # CUDA-graph step: made in begin_epoch, after a resume has loaded the optimizers' state (the graph holds
+        # their tensors); plain DARTS keeps it, another method gets a new one every epoch. graph_eager runs its
+        # body uncaptured (CPU tests of the arithmetic).
         self.graphed = None
+        self.graph_eager = False
+        self.use_graph = False
         if cfg.cuda_graph:
             if device.type == "cuda" and self.state.method.graph_safe and not self.ranks.distributed:
-                from .graphed import GraphedSearchStep
-
-                self.graphed = GraphedSearchStep(self.state, self.criterion)
+                self.use_graph = True
             else:
                 log(
                     f"note: cuda_graph needs a CUDA device, one process and a method whose step hooks are graph-safe "
@@ -354,14 +357,15 @@ class SearchTask(Task):
         for group in st.w_opt.param_groups:
             group["lr"] = self.lr
         st.model.train()
-        if self.graphed is not None and not st.method.plain:
+        if self.use_graph and (self.graphed is None or not st.method.plain):
             # A method's epoch hooks change what the step computes (β_e, λ_e, ε_e as Python numbers, the
             # warm-up, pruning masks, DARTS-PT's decided edges, DrNAS's widened weights): the graphs captured
             # for the last epoch are dropped and the step recaptured from the state as it is now.
             from .graphed import GraphedSearchStep
 
-            self.graphed.check()
-            self.graphed = GraphedSearchStep(st, self.criterion, eager=self.graphed.eager)
+            if self.graphed is not None:
+                self.graphed.check()
+            self.graphed = GraphedSearchStep(st, self.criterion, eager=self.graph_eager)
 
     def _batch(self, idx_pool: torch.Tensor, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor, float]:
         """The next batch of the stream (this rank's slice under DDP) and the rank's share (``_Share``)."""

@@ -94,6 +94,10 @@ class TrainConfig(ConfigBase):
     optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"  # auto = fused on CUDA
     compile: Switch = "auto"  # torch.compile of the network; auto = off (compile time, no gain shown)
     sync_bn: Switch = "auto"  # SyncBatchNorm under DDP; auto = on for multi-GPU CUDA runs
+    # Replay the whole training step as one CUDA graph (loops/graphed.py GraphedTrainStep): CUDA, one process,
+    # accum_steps=1, compile off; recaptured when the drop-path probability changes (every epoch). Off by default
+    # until the GPU tests have passed on a GPU; elsewhere the eager step runs (a note says so).
+    cuda_graph: bool = False
     workers: int = 8  # ImageNet loader processes
     log_interval: int = 50
     progress: bool = True
@@ -111,6 +115,7 @@ class TrainConfig(ConfigBase):
             "download",
             "tensorboard",
             "deterministic",
+            "cuda_graph",
         }
     )
 
@@ -593,10 +598,30 @@ class TrainTask(Task):
     kind = KIND
     seconds_key = "seconds"
 
-    def __init__(self, cfg: TrainConfig, genotype: Genotype, data, rt: Runtime):
+    def __init__(self, cfg: TrainConfig, genotype: Genotype, data, rt: Runtime, log=None):
         self.cfg, self.data, self.rt, self.device = cfg, data, rt, rt.device
         self.state = _State(cfg, genotype, data, rt)
         self.sums = Sums(SUMS, rt.device)
+        # CUDA-graph step (cfg.cuda_graph): made in begin_epoch, after a resume has loaded the optimizer state
+        # (the graph holds its tensors), and anew whenever the drop-path probability changes. graph_eager runs
+        # its body uncaptured (CPU tests of the arithmetic).
+        self.graphed = None
+        self.graph_eager = False
+        self.use_graph = False
+        if cfg.cuda_graph:
+            why = [
+                text
+                for bad, text in (
+                    (rt.device.type != "cuda", f"a CUDA device (this run uses {rt.device})"),
+                    (rt.distributed, "one process"),
+                    (cfg.accum_steps != 1, "accum_steps=1"),
+                    (rt.compile, "compile off"),
+                )
+                if bad
+            ]
+            self.use_graph = not why
+            if why and log is not None:
+                log(f"note: cuda_graph needs {', '.join(why)}: the eager step runs")
 
     def steps_per_epoch(self) -> int:
         return self.state.stream.steps_per_epoch()
@@ -609,13 +634,25 @@ class TrainTask(Task):
             group["lr"] = self.lr
         st.model.drop_path_prob = self.dp
         st.model.train()
+        if self.use_graph and (self.graphed is None or self.graphed.drop_prob != self.dp):
+            from .graphed import GraphedTrainStep
+
+            if self.graphed is not None:
+                self.graphed.check()
+            self.graphed = GraphedTrainStep(st.stepper, eager=self.graph_eager)
 
     def batches(self):
         return self.data.train_batches(self.state.stream, self.state.aug_gen, self.state.stepper.local_slice)
 
     def step(self, batch) -> dict[str, torch.Tensor]:
         x, y = batch
+        if self.graphed is not None:
+            return self.graphed.step(x, y, self.lr, self.state.global_step)
         return self.state.stepper.step(x, y, self.state.global_step)
+
+    def check(self) -> None:
+        if self.graphed is not None:
+            self.graphed.check()
 
     def stats(self, s: dict[str, float]) -> dict[str, float]:
         n = max(s["count"], 1)
@@ -801,7 +838,7 @@ def run_train(
     else:
         genotype = resolve_genotype(cfg.genotype)
     data = _load_data(cfg, device, data)
-    task = TrainTask(cfg, genotype, data, rt)
+    task = TrainTask(cfg, genotype, data, rt, log=run.log)
     st = task.state
     n_params = count_parameters(st.model, include_auxiliary=False)
     n_params_aux = count_parameters(st.model, include_auxiliary=True)
