@@ -72,6 +72,16 @@ BENCHMARKS = {
         ["--init-channels", "8", "--layers", "5", "--batch-size", "16", "--steps", "2", "--warmup", "1"],
         90,
     ),
+    "train-graph": (
+        "train_step.py",
+        {
+            "cuda": ["--steps", "30", "--warmup", "10", "--cuda-graph", "on"],
+            "cpu": ["--steps", "2", "--warmup", "1", "--cuda-graph", "on"],
+        },
+        ["--init-channels", "8", "--layers", "5", "--batch-size", "16", "--steps", "2", "--warmup", "1"]
+        + ["--cuda-graph", "on"],
+        90,
+    ),
     "rnn": (
         "rnn_step.py",
         {"cuda": ["--steps", "10", "--warmup", "3"], "cpu": ["--steps", "1", "--warmup", "1"]},

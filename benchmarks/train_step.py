@@ -17,6 +17,7 @@ synchronisations. Prints one JSON object (``--out``: also writes it). ``--src PA
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--optimizer-impl", choices=["auto", "fused", "foreach", "for-loop"], default="auto")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    p.add_argument(
+        "--cuda-graph",
+        choices=["on", "off"],
+        default="off",
+        help="the graphed step (GraphedTrainStep); on a CPU its body runs uncaptured: a check, not a speed figure",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
     p.add_argument("--images", type=int, default=None, help="synthetic uint8 images (default 16 batches)")
     p.add_argument("--data-path", choices=["on", "off"], default="on")
@@ -90,6 +97,15 @@ def main(argv: list[str] | None = None) -> dict:
     model.drop_path_prob = args.drop_path
     model.train()
     stepper = Stepper(model, cfg, rt)
+    step = stepper.step
+    if args.cuda_graph == "on":
+        from dartsnas.loops.graphed import GraphedTrainStep
+
+        graphed = GraphedTrainStep(stepper, eager=not cuda)
+
+        def step(x, y, i):
+            return graphed.step(x, y, cfg.lr, i)
+
     g = torch.Generator().manual_seed(0)
     n = args.batch_size * max(1, (args.images or 16 * args.batch_size) // args.batch_size)
     images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8).to(device)
@@ -101,7 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     stream = BatchStream(n, args.batch_size, 1, epoch_mode=True)
     aug_gen = torch.Generator().manual_seed(3)
-    batches = data.train_batches(stream, aug_gen)
+    def passes():
+        # the loop's own call; a checkout from before data-parallel training (--src) took no rank slice
+        if "local" in inspect.signature(data.train_batches).parameters:
+            return data.train_batches(stream, aug_gen, stepper.local_slice)
+        return data.train_batches(stream, aug_gen)
+
+    batches = passes()
 
     def batch():
         nonlocal batches
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
             return next(batches)
         except StopIteration:  # as the loop: a new epoch, a new pass
             stream.new_epoch()
-            batches = data.train_batches(stream, aug_gen)
+            batches = passes()
             return next(batches)
 
     fixed = batch() if args.data_path == "off" else None
@@ -121,14 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     t_warm = time.perf_counter()
     for i in range(warmup):
-        stepper.step(*(fixed or batch()), i)
+        step(*(fixed or batch()), i)
     sync()
     warm_s = time.perf_counter() - t_warm
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for i in range(args.steps):
-        stepper.step(*(fixed or batch()), warmup + i)
+        step(*(fixed or batch()), warmup + i)
     sync()
     elapsed = time.perf_counter() - t0
     steps_s = args.steps / elapsed
@@ -154,7 +176,13 @@ def main(argv: list[str] | None = None) -> dict:
             "images": n,
             "params": count_parameters(model, include_auxiliary=True),
         },
-        "switches": {**rt.describe(), "data_path": args.data_path, "deterministic": args.deterministic},
+        "switches": {
+            **rt.describe(),
+            "cuda_graph": args.cuda_graph == "on",
+            "graph_captured": args.cuda_graph == "on" and cuda,
+            "data_path": args.data_path,
+            "deterministic": args.deterministic,
+        },
         "environment": environment(device, SRC),
     }
     if (args.batch_size, args.init_channels, args.layers, args.genotype) == (96, 36, 20, "DARTS_V2"):
