@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     stream = BatchStream(n, args.batch_size, 1, epoch_mode=True)
     aug_gen = torch.Generator().manual_seed(3)
+
     def passes():
         # the loop's own call; a checkout from before data-parallel training (--src) took no rank slice
         if "local" in inspect.signature(data.train_batches).parameters:
