@@ -35,3 +35,9 @@ def test_train_step_benchmark_runs(tmp_path, graph):
     d = _run("train_step.py", *tiny, "--cuda-graph", graph, tmp=tmp_path)
     assert d["steps_per_s"] > 0 and d["switches"]["cuda_graph"] == (graph == "on")
     assert d["switches"]["graph_captured"] is False  # no capture on a CPU
+
+
+def test_rnn_step_benchmark_runs(tmp_path):
+    tiny = ["--search-nhid", "16", "--train-nhid", "16", "--search-batch", "4", "--train-batch", "4"]
+    d = _run("rnn_step.py", *tiny, "--ntoken", "100", "--rows", "60", "--steps", "1", "--warmup", "1", tmp=tmp_path)
+    assert d["results"] and all(r["steps_per_s"] > 0 for r in d["results"].values())
