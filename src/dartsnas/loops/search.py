@@ -78,8 +78,9 @@ class SearchConfig(ConfigBase):
     eval_batch_size: int = 256
     # Speed switches; neither changes the mathematics, parameters or checkpoints (so both are harmless on
     # resume). fused_ops: the fused search-cell forward (supernet/fused.py), equal to the plain one to float
-    # rounding. cuda_graph: replay the whole step as one CUDA graph (loops/graphed.py; CUDA only, ignored
-    # elsewhere); non-finite values are then detected after the fact, at the next logging interval.
+    # rounding. cuda_graph: replay the whole step as one CUDA graph (loops/graphed.py; CUDA, one process and a
+    # graph-safe method, else ignored with a note); non-finite values are then detected after the fact, at the
+    # next logging interval or checkpoint.
     fused_ops: bool = FUSED_DEFAULT
     cuda_graph: bool = False
     # GPU runs repeat bit for bit only with deterministic kernels (slower); CPU runs always do.
