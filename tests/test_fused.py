@@ -261,3 +261,60 @@ def test_fused_forward_launches_far_fewer_operations():
         counts.append(Count.n)
     plain, fused = counts
     assert fused * 2.5 < plain, counts  # about 3x at the paper's network (notes/speed.md)
+
+
+@pytest.mark.parametrize("reduction", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_mixing_matrices_hold_each_weight_once(reduction, training):
+    """The gathered mixing matrices against the layout written out by hand from the edge list: every
+    (edge, operation) weight but ``none`` in exactly one entry, in the row of its edge and the column of its
+    block, every other entry an exact zero; the gradient reaching each weight is that entry's alone."""
+    from dartsnas.space.ops import PRIMITIVES
+    from dartsnas.supernet.fused import AVG, DIL3, DIL5, MAX, SEP3, SEP5, SKIP, CellPlan
+
+    torch.manual_seed(0)
+    net = SearchNetwork(4, 10, 3, 4)
+    cell = next(c for c in net.cells if c.reduction == reduction)
+    plan = CellPlan(cell)
+    E, P = len(cell._ops), len(PRIMITIVES)
+    weights = (torch.arange(E * P, dtype=torch.float64) + 1).reshape(E, P).requires_grad_()
+    mats = plan.mixing_matrices(weights, training)
+    seen = []
+    for src, (m_dil, m_sep, m_pool, m_skip) in zip(plan.sources, mats, strict=True):
+        K = len(src.edges)
+        expect = {"dil": torch.zeros(K, 2 * K), "sep": torch.zeros(K, 2 * K)}
+        expect["pool"] = torch.zeros(K, 2) if training else torch.zeros(K, 2 * K)
+        expect["skip"] = torch.zeros(K, 1) if src.stride == 1 else torch.zeros(K, K)
+        for t, e in enumerate(src.edges):
+            w = weights[e].detach()
+            expect["dil"][t, t], expect["dil"][t, K + t] = w[1 + DIL3], w[1 + DIL5]
+            expect["sep"][t, 2 * t], expect["sep"][t, 2 * t + 1] = w[1 + SEP3], w[1 + SEP5]
+            c = 0 if training else 2 * t
+            expect["pool"][t, c], expect["pool"][t, c + 1] = w[1 + MAX], w[1 + AVG]
+            expect["skip"][t, 0 if src.stride == 1 else t] = w[1 + SKIP]
+            seen.append(e)
+        for name, m in zip(("dil", "sep", "pool", "skip"), (m_dil, m_sep, m_pool, m_skip), strict=True):
+            assert torch.equal(m.detach(), expect[name].double()), (src.state, name)
+    assert sorted(seen) == list(range(E))  # every edge leaves exactly one source
+    assert [s.stride for s in plan.sources[:2]] == [2 if reduction else 1] * 2  # only the inputs reduce
+    # gradient: entry (i) gets the upstream value i + 0.5; each weight must receive its entry's value alone
+    flat = torch.cat([m.reshape(-1) for ms in mats for m in ms])
+    upstream = torch.arange(flat.numel(), dtype=torch.float64) + 0.5
+    (flat * upstream).sum().backward()
+    g = weights.grad
+    assert torch.equal(g[:, 0], torch.zeros(E, dtype=torch.float64))  # ``none`` is never mixed
+    values = weights.detach().reshape(-1)
+    for e in range(E):
+        for k in range(1, P):
+            where = (flat.detach() == values[e * P + k]).nonzero().reshape(-1)
+            assert where.numel() == 1, (e, k)
+            assert g[e, k].item() == upstream[where].item(), (e, k)
+
+
+def test_mixing_matrices_reject_wrong_weight_shape():
+    from dartsnas.supernet.fused import CellPlan
+
+    net = SearchNetwork(4, 10, 3, 4)
+    plan = CellPlan(net.cells[0])
+    with pytest.raises(ValueError, match="weights of shape"):
+        plan.mixing_matrices(torch.zeros(13, 8), True)

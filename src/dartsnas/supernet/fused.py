@@ -27,9 +27,11 @@ inputs of a reduction cell). As soon as a state exists, all its K outgoing edges
 * **FactorizedReduce** (the skip of a stride-2 edge): the two shifted 1x1 stride-2 convs of all K edges are
   one 2x2 stride-2 conv whose kernels sit on taps (0, 0) and (1, 1), on the input padded by one pixel at
   the bottom and right (the zero padding of the shorter branch for odd sizes); one BN.
-* **One weighted sum per node**: node i = Σ_j Σ_k w_jk op_k(h_j) over every incoming edge is one
-  ``[1, 7E] x [7E, N·C·H·W]`` matrix product over the stacked terms (``none`` outputs zeros, so its term
-  is dropped, as in ``MixedOp``).
+* **Weighted sums as batched matrix products**: the K edges' sums Σ_k w_k op_k(x) of one source are four
+  products ``[K, blocks] x [N, blocks, C·H·W]`` (the dilated convs, the SepConvs, the pools, the skip), with
+  no stacking copies; ``none`` outputs zeros, so its term is dropped, as in ``MixedOp``. Every mixing matrix
+  of the cell comes from its weights in one ``index_select`` (copies of the weights and exact zeros; each
+  weight in one entry), so the α gradient flows back through one scatter instead of a zero-fill per slice.
 
 Running statistics: the buffers of every BN of the cell are concatenated once (in the order the grouped BNs
 use them), updated in place slice by slice, and copied back at the end of the cell (one multi-tensor copy);
@@ -126,13 +128,59 @@ class CellPlan:
         if any(b.momentum != self.momentum or b.eps != self.eps for b in self.bns):
             raise ValueError("the fused forward expects one BN momentum and eps per cell")
         self.sizes = [b.num_features for b in self.bns]
-        self._edge_index: dict[torch.device, list[Tensor]] = {}
+        self.weight_shape = (len(cell._ops), len(PRIMITIVES))
+        self._mix_layout = {training: self._layout(training) for training in (True, False)}
+        self._mix_index: dict[tuple[torch.device, bool], Tensor] = {}
 
-    def edge_index(self, device: torch.device) -> list[Tensor]:
-        """Per source, its edges as an index tensor on ``device`` (made once: no copy inside a step)."""
-        if device not in self._edge_index:
-            self._edge_index[device] = [torch.tensor(src.edges, device=device) for src in self.sources]
-        return self._edge_index[device]
+    def _layout(self, training: bool) -> tuple[list[int], list[tuple[int, int]]]:
+        """Where every entry of every source's four mixing matrices comes from, as flat indices into the cell's
+        ``[E, 1 + 7]`` weights followed by one zero (index ``E·8``): per source, in the order
+        ``_source_contributions`` uses them, ``[K, 2K]`` (dil3 of every edge, then dil5), ``[K, 2K]`` (sep3,
+        sep5 by edge), pools (``[K, 2]`` shared in training mode, ``[K, 2K]`` by edge in eval mode) and the skip
+        (``[K, 1]`` shared identity at stride 1, ``[K, K]`` FactorizedReduce by edge at stride 2). Row t is the
+        source's t-th edge; every (edge, operation) appears exactly once in the cell."""
+        E, P = self.weight_shape
+        zero = E * P
+        flat: list[int] = []
+        shapes: list[tuple[int, int]] = []
+
+        def matrix(K: int, cols: int, entries) -> None:
+            m = [[zero] * cols for _ in range(K)]
+            for t, c, k in entries:
+                m[t][c] = src.edges[t] * P + 1 + k
+            flat.extend(i for row in m for i in row)
+            shapes.append((K, cols))
+
+        for src in self.sources:
+            K, rows = len(src.edges), range(len(src.edges))
+            matrix(K, 2 * K, [(t, t, DIL3) for t in rows] + [(t, K + t, DIL5) for t in rows])
+            matrix(K, 2 * K, [(t, 2 * t + o, k) for t in rows for o, k in enumerate((SEP3, SEP5))])
+            if training:
+                matrix(K, 2, [(t, o, k) for t in rows for o, k in enumerate((MAX, AVG))])
+            else:
+                matrix(K, 2 * K, [(t, 2 * t + o, k) for t in rows for o, k in enumerate((MAX, AVG))])
+            if src.stride == 1:
+                matrix(K, 1, [(t, 0, SKIP) for t in rows])
+            else:
+                matrix(K, K, [(t, t, SKIP) for t in rows])
+        return flat, shapes
+
+    def mixing_matrices(self, weights: Tensor, training: bool) -> list[tuple[Tensor, ...]]:
+        """Every source's four mixing matrices from the cell's weights, gathered in one ``index_select`` (the
+        index tensor is made once per device: no copy inside a step). The entries are copies of the weights and
+        exact zeros, and each weight lands in one entry, so its gradient is that entry's, unsummed."""
+        if tuple(weights.shape) != self.weight_shape:
+            got = tuple(weights.shape)
+            raise ValueError(f"the fused forward expects weights of shape {self.weight_shape}, got {got}")
+        flat, shapes = self._mix_layout[training]
+        key = (weights.device, training)
+        if key not in self._mix_index:
+            self._mix_index[key] = torch.tensor(flat, device=weights.device)
+        entries = F.pad(weights.reshape(-1), (0, 1)).index_select(0, self._mix_index[key])
+        # split, not slicing: its backward is one concatenation, not a zero-fill per piece
+        pieces = torch.split(entries, [r * c for r, c in shapes])
+        mats = [t.view(shape) for t, shape in zip(pieces, shapes, strict=True)]
+        return [tuple(mats[4 * j : 4 * j + 4]) for j in range(len(self.sources))]
 
 
 def _dilate3(w: Tensor) -> Tensor:
@@ -175,24 +223,19 @@ def _reduce_weight(cell, src: _Source, C: int, like: Tensor) -> Tensor:
     return z.reshape(len(frs) * C, C, 2, 2)
 
 
-def _diagonal_blocks(w: Tensor) -> Tensor:
-    """[K, k] -> [K, K·k]: row t holds w[t, :] at the columns (t, 0..k-1) of blocks ordered (edge, op)."""
-    return torch.diag_embed(w.transpose(0, 1)).permute(1, 2, 0).reshape(w.shape[0], -1)
-
-
 def _source_contributions(
     cell,
     plan: CellPlan,
     src: _Source,
     x: Tensor,
     W: dict[str, Tensor],
-    w: Tensor,
+    mats: tuple[Tensor, ...],
     rm: Tensor,
     rv: Tensor,
     training: bool,
     pool_stats: list,
 ) -> list[Tensor]:
-    """Σ_k w_ek op_k(x) for every edge e leaving ``x`` (``w``: the edges' rows of the softmaxed alphas), one
+    """Σ_k w_ek op_k(x) for every edge e leaving ``x`` (``mats``: its mixing matrices, ``CellPlan._layout``), one
     ``[N, C, H, W]`` tensor per edge of ``src.edges``. In training mode, appends (pool BNs, batch mean,
     unbiased batch variance) to ``pool_stats`` for the running-statistics update at the end of the cell.
 
@@ -236,23 +279,21 @@ def _source_contributions(
                 p.float() if p.dtype in (torch.float16, torch.bfloat16) else p, dim=(0, 2, 3), correction=1
             )
         pool_stats.append((src.pool_bns, mean, var))
-        w_pool = w[:, 1 + MAX : 1 + AVG + 1]  # [K, 2]
     else:  # running statistics: each edge its own
         pooled = torch.cat([bn(p, src.pools + 2 * e * C) for e in range(K)], dim=1)
-        w_pool = _diagonal_blocks(w[:, 1 + MAX : 1 + AVG + 1])
     if s == 1:
-        skip, w_skip = x, w[:, 1 + SKIP : 2 + SKIP]  # shared identity
+        skip = x  # shared identity
     else:
         skip = bn(F.conv2d(F.pad(r, (0, 1, 0, 1)), _reduce_weight(cell, src, C, r), None, 2), src.reduce)
-        w_skip = torch.diag(w[:, 1 + SKIP])
 
     def mix(m: Tensor, t: Tensor) -> Tensor:  # [K, blocks] x [N, blocks, C·H·W], one batched product
         return torch.bmm(m.to(t.dtype).expand(N, *m.shape), t.reshape(N, m.shape[1], -1))
 
-    out = mix(torch.cat([torch.diag(w[:, 1 + DIL3]), torch.diag(w[:, 1 + DIL5])], dim=1), u)  # dil3, dil5
-    out = out + mix(_diagonal_blocks(w[:, 1 + SEP3 : 1 + SEP5 + 1]), b)
-    out = out + mix(w_pool, pooled)
-    out = out + mix(w_skip, skip)
+    m_dil, m_sep, m_pool, m_skip = mats
+    out = mix(m_dil, u)  # dil3, dil5
+    out = out + mix(m_sep, b)
+    out = out + mix(m_pool, pooled)
+    out = out + mix(m_skip, skip)
     return [t.view(N, C, H, Wd) for t in out.unbind(1)]
 
 
@@ -265,15 +306,14 @@ def fused_cell_forward(cell, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
     rm = torch.cat([b.running_mean for b in bns])
     rv = torch.cat([b.running_var for b in bns])
     W = _assemble(cell, plan)
-    index = plan.edge_index(weights.device)
+    mats = plan.mixing_matrices(weights, training)
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
     parts: dict[int, list[Tensor]] = {i: [] for i in range(cell.num_nodes)}  # contributions to node i
     pool_stats: list = []
 
     def expand(j: int) -> None:
         src = plan.sources[j]
-        w = weights.index_select(0, index[j])
-        contributions = _source_contributions(cell, plan, src, states[j], W, w, rm, rv, training, pool_stats)
+        contributions = _source_contributions(cell, plan, src, states[j], W, mats[j], rm, rv, training, pool_stats)
         for i, c in zip(range(max(0, j - 1), cell.num_nodes), contributions, strict=True):
             parts[i].append(c)
 
