@@ -1,7 +1,9 @@
 """Count the ATen operations that launch kernels (views excluded) in one training forward + backward of the
 search network, plain against fused (``supernet/fused.py``), and the bytes they write; with ``--search-step``
-also in one whole eager search step (``loops.search._search_step``, first and second order). A device-independent
-proxy for the launch-bound GPU step (docs PERFORMANCE.md: the step is bound by kernel launches). Not a test.
+also in one whole eager search step (``loops.search._search_step``, first and second order; SGD and Adam in
+their foreach form, torch's default on CUDA, unless ``--cpu-optimizers``: a foreach call counts as one
+operation, though on a GPU it launches one kernel per chunk of tensors). A device-independent proxy for the
+launch-bound GPU step (docs PERFORMANCE.md: the step is bound by kernel launches). Not a test.
 
     OMP_NUM_THREADS=1 python benchmarks/op_count.py                  # paper network, batch 2, CPU
     OMP_NUM_THREADS=1 python benchmarks/op_count.py --src /other/checkout/src --out ops.json
@@ -52,6 +54,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--search-step", action="store_true", help="also count one eager search step per order")
+    p.add_argument(
+        "--cpu-optimizers",
+        action="store_true",
+        help="count torch's CPU optimizers as they run on a CPU (a per-parameter loop); by default SGD and Adam "
+        "are switched to their foreach form, torch's default on CUDA, so that the count is the GPU step's",
+    )
     p.add_argument("--src", default=None)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
@@ -62,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
             "layers": a.layers,
             "batch_size": a.batch_size,
             "pass": "train forward + backward",
+            "optimizers": "per-parameter loop (CPU default)" if a.cpu_optimizers else "foreach (the CUDA default)",
         },
         "environment": environment(torch.device("cpu"), SRC),
         "results": {},
@@ -104,6 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
                 )
                 torch.manual_seed(0)
                 st = _State(cfg, data, torch.device("cpu"))
+                if not a.cpu_optimizers:  # on CUDA, torch's SGD and Adam default to foreach=True
+                    for opt in (st.w_opt, st.a_opt):
+                        for group in opt.param_groups:
+                            group["foreach"] = True
                 x = torch.randn(2, a.batch_size, 3, 32, 32)
                 y = torch.randint(0, 10, (2, a.batch_size))
                 _search_step(st, torch.nn.CrossEntropyLoss(), x[0], y[0], x[1], y[1], 0.025)  # optimizer state

@@ -260,7 +260,9 @@ def test_fused_forward_launches_far_fewer_operations():
             net(x).sum().backward()
         counts.append(Count.n)
     plain, fused = counts
-    assert fused * 2.5 < plain, counts  # about 3x at the paper's network (notes/speed.md)
+    # 4.7x here (3.1x before the mixing matrices were gathered and the first-unit kernels stacked in place);
+    # 4.8x at the paper's network (benchmarks/results/op-count-2026-12-01.json)
+    assert fused * 4 < plain, counts
 
 
 @pytest.mark.parametrize("reduction", [False, True])

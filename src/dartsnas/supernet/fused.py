@@ -190,37 +190,57 @@ def _dilate3(w: Tensor) -> Tensor:
     return z
 
 
-def _assemble(cell, plan: CellPlan) -> dict[str, Tensor]:
-    """Stacked weights of the cell's edges, per source (gradients flow back to the stored weights only)."""
+def _assemble(cell, plan: CellPlan) -> list[dict[str, Tensor]]:
+    """The weights of the cell's edges in the layouts the grouped convs take, one dict per source (gradients flow
+    back to the stored weights only). Each source's first-unit kernels are stacked straight into their final
+    order, so neither the forward nor the backward re-lays them out (stack and cat go back as views)."""
     m = [cell._ops[e]._ops for e in plan.order]
-    s3 = F.pad(torch.stack([o[SEP3][0][1].weight for o in m]), (1, 1, 1, 1))  # [E, C, 1, 5, 5]
-    s5 = torch.stack([o[SEP5][0][1].weight for o in m])
-    d3 = _dilate3(torch.stack([o[DIL3][1].weight for o in m]))
-    pw = torch.stack(
-        [w for o in m for w in (o[SEP3][0][2].weight, o[SEP5][0][2].weight, o[DIL3][2].weight, o[DIL5][2].weight)]
-    )  # [4E, C, C, 1, 1]
+    E, C = len(m), plan.C
+    s3 = F.pad(torch.stack([o[SEP3][0][1].weight for o in m]), (1, 1, 1, 1)).unbind(0)  # E x [C, 1, 5, 5]
+    d3 = _dilate3(torch.stack([o[DIL3][1].weight for o in m])).unbind(0)
+    # (stacked and unbound, not used directly: the backward then gathers their gradients, which the channel-major
+    # stacks below leave strided, with one copy per cell instead of one per parameter)
+    s5 = torch.stack([o[SEP5][0][1].weight for o in m]).unbind(0)
+    d5 = torch.stack([o[DIL5][1].weight for o in m]).unbind(0)
     s3b = F.pad(torch.stack([o[SEP3][1][1].weight for o in m]), (1, 1, 1, 1))
     s5b = torch.stack([o[SEP5][1][1].weight for o in m])
-    E, C = len(m), plan.C
-    stacked = {
-        "dw1": torch.cat([s3, s5, d3], dim=2),  # [E, C, 3, 5, 5]
-        "dw5": torch.stack([o[DIL5][1].weight for o in m]).reshape(E, C, 5, 5),  # [E, C, 5, 5]
-        "pw1": pw.reshape(E, 4, C, C),  # sep3, sep5, dil3, dil5
-        "dw2": torch.stack([s3b, s5b], dim=1).reshape(E, 2 * C, 1, 5, 5),
-        "pw2": torch.stack([w for o in m for w in (o[SEP3][1][2].weight, o[SEP5][1][2].weight)]).reshape(E, 2, C, C),
-    }
-    # one chunk per source (split, not slicing: its backward is one concatenation, not a zero-fill per slice)
     sizes = [len(src.edges) for src in plan.sources]
-    return {key: torch.split(t, sizes) for key, t in stacked.items()}
+    # second units: one chunk per source (split, not slicing: its backward is one concatenation)
+    dw2 = torch.split(torch.stack([s3b, s5b], dim=1).reshape(E, 2 * C, 1, 5, 5), sizes)
+    pw2 = torch.stack([w for o in m for w in (o[SEP3][1][2].weight, o[SEP5][1][2].weight)]).reshape(E, 2, C, C)
+    pw2 = torch.split(pw2, sizes)
+    out = []
+    first = 0
+    for j, K in enumerate(sizes):
+        at = range(first, first + K)  # this source's edges in plan.order
+        first += K
+        out.append(
+            {
+                # depthwise, channel g's 3K outputs: (sep3, sep5) of every edge, then dil3 of every edge
+                "dw1": torch.stack([w for i in at for w in (s3[i], s5[i])] + [d3[i] for i in at], dim=1).reshape(
+                    3 * K * C, 1, 5, 5
+                ),
+                "dw5": torch.stack([d5[i] for i in at], dim=1).reshape(K * C, 1, 5, 5),
+                # pointwise blocks: (sep3, sep5) of every edge, dil3 of every edge, dil5 of every edge
+                "pw1": torch.cat(
+                    [w for i in at for w in (m[i][SEP3][0][2].weight, m[i][SEP5][0][2].weight)]
+                    + [m[i][DIL3][2].weight for i in at]
+                    + [m[i][DIL5][2].weight for i in at]
+                ),  # [4KC, C, 1, 1]
+                "dw2": dw2[j],  # [K, 2C, 1, 5, 5]
+                "pw2": pw2[j],  # [K, 2, C, C]
+            }
+        )
+    return out
 
 
-def _reduce_weight(cell, src: _Source, C: int, like: Tensor) -> Tensor:
-    """The K FactorizedReduce convs of a stride-2 source as one [K·C, C, 2, 2] kernel (taps (0,0) and (1,1))."""
+def _reduce_weight(cell, src: _Source) -> Tensor:
+    """The K FactorizedReduce convs of a stride-2 source as one [K·C, C, 2, 2] kernel: conv_1 on tap (0, 0),
+    conv_2 on tap (1, 1) (zero padding puts each 1x1 kernel in its corner)."""
     frs = [cell._ops[e]._ops[SKIP] for e in src.edges]
-    z = like.new_zeros(len(frs), 2, C // 2, C, 2, 2)
-    z[:, 0, :, :, 0, 0] = torch.stack([fr.conv_1.weight[:, :, 0, 0] for fr in frs])
-    z[:, 1, :, :, 1, 1] = torch.stack([fr.conv_2.weight[:, :, 0, 0] for fr in frs])
-    return z.reshape(len(frs) * C, C, 2, 2)
+    a = F.pad(torch.stack([fr.conv_1.weight for fr in frs]), (0, 1, 0, 1))  # [K, C/2, C, 2, 2]
+    b = F.pad(torch.stack([fr.conv_2.weight for fr in frs]), (1, 0, 1, 0))
+    return torch.stack([a, b], dim=1).reshape(-1, *a.shape[-3:])
 
 
 def _source_contributions(
@@ -243,7 +263,6 @@ def _source_contributions(
     The weighted sums are matrix products ``[K, blocks] x [N, blocks, C·H·W]`` (one kernel each, no copies).
     """
     C, s, K = plan.C, src.stride, len(src.edges)
-    W = {key: chunks[src.state] for key, chunks in W.items()}  # this source's K edges
     N = x.shape[0]
     momentum, eps = plan.momentum, plan.eps
 
@@ -254,17 +273,13 @@ def _source_contributions(
     r = F.relu(x)
     # First units of all K edges. One depthwise conv with 3K outputs per channel, in the order (sep3, sep5)
     # of every edge, then dil3 of every edge; one with K outputs for dil5 (dilation 2).
-    dw1 = W["dw1"].transpose(0, 1)  # [C, K, 3, 5, 5]
-    dw1 = torch.cat([dw1[:, :, :2].reshape(C, 2 * K, 5, 5), dw1[:, :, 2]], dim=1).reshape(3 * K * C, 1, 5, 5)
-    a = F.conv2d(r, dw1, None, s, 2, 1, C)  # channel g·3K + block
-    d = F.conv2d(r, W["dw5"].transpose(0, 1).reshape(K * C, 1, 5, 5), None, s, 4, 2, C)
+    a = F.conv2d(r, W["dw1"], None, s, 2, 1, C)  # channel g·3K + block
+    d = F.conv2d(r, W["dw5"], None, s, 4, 2, C)
     H, Wd = a.shape[-2:]
     u = torch.cat(
         [a.reshape(N, C, 3 * K, H * Wd).transpose(1, 2), d.reshape(N, C, K, H * Wd).transpose(1, 2)], dim=1
     ).reshape(N, 4 * K * C, H, Wd)  # one copy; blocks (sep3, sep5) by edge, dil3, dil5
-    pw1 = W["pw1"]
-    pw1 = torch.cat([pw1[:, :2].reshape(2 * K * C, C), pw1[:, 2].reshape(K * C, C), pw1[:, 3].reshape(K * C, C)])
-    u = bn(F.conv2d(u, pw1.reshape(4 * K * C, C, 1, 1), None, 1, 0, 1, 4 * K), src.units)
+    u = bn(F.conv2d(u, W["pw1"], None, 1, 0, 1, 4 * K), src.units)
     sep_first, u = torch.split(u.reshape(N, 4 * K, C * H * Wd), [2 * K, 2 * K], dim=1)  # (split: no zero-fill
     # in the backward, unlike slicing). Second units of sep3 and sep5 of all K edges, blocks (sep3, sep5) by edge:
     y = F.relu(sep_first).reshape(N, 2 * K * C, H, Wd)
@@ -284,7 +299,7 @@ def _source_contributions(
     if s == 1:
         skip = x  # shared identity
     else:
-        skip = bn(F.conv2d(F.pad(r, (0, 1, 0, 1)), _reduce_weight(cell, src, C, r), None, 2), src.reduce)
+        skip = bn(F.conv2d(F.pad(r, (0, 1, 0, 1)), _reduce_weight(cell, src), None, 2), src.reduce)
 
     def mix(m: Tensor, t: Tensor) -> Tensor:  # [K, blocks] x [N, blocks, C·H·W], one batched product
         return torch.bmm(m.to(t.dtype).expand(N, *m.shape), t.reshape(N, m.shape[1], -1))
@@ -313,7 +328,7 @@ def fused_cell_forward(cell, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
 
     def expand(j: int) -> None:
         src = plan.sources[j]
-        contributions = _source_contributions(cell, plan, src, states[j], W, mats[j], rm, rv, training, pool_stats)
+        contributions = _source_contributions(cell, plan, src, states[j], W[j], mats[j], rm, rv, training, pool_stats)
         for i, c in zip(range(max(0, j - 1), cell.num_nodes), contributions, strict=True):
             parts[i].append(c)
 
