@@ -42,3 +42,24 @@ def test_no_submodule_shadows_an_api_name():
     assert not modules & set(dartsnas.__all__)
     importlib.import_module("dartsnas.report_table")  # the implementation of dartsnas.report
     assert callable(dartsnas.report) and dartsnas.report.__module__ == "dartsnas"
+
+
+def test_build_model_names_its_dataset_or_refuses():
+    """An unknown dataset name is refused (it used to give the CIFAR-10 or PTB network silently); the data
+    folders' spellings are accepted; the recurrent default is PTB."""
+    import pytest
+
+    from dartsnas.errors import ConfigError
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    with pytest.raises(ConfigError, match="unknown dataset 'cifar100' for a CNN cell.*num_classes"):
+        dartsnas.build_model("DARTS_V2", dataset="cifar100")
+    with pytest.raises(ConfigError, match="unknown dataset 'cifar10' for a recurrent cell"):
+        dartsnas.build_model("RNN_DARTS_V2", dataset="cifar10")
+    assert count(dartsnas.build_model("DARTS_V2")) == count(dartsnas.build_model("DARTS_V2", "cifar-10")) == 3349342
+    ptb = count(dartsnas.build_model("RNN_DARTS_V2"))
+    assert ptb == count(dartsnas.build_model("RNN_DARTS_V2", dataset="ptb")) == 22_960_000  # spec §7.4
+    wt2 = count(dartsnas.build_model("RNN_DARTS_V2", dataset="wikitext-2", ntoken=33278))
+    assert wt2 == count(dartsnas.build_model("RNN_DARTS_V2", dataset="wikitext2", ntoken=33278)) == 33_127_878

@@ -35,11 +35,21 @@ FORMATS = ("torchscript", "onnx", "state_dict")
 # Evaluation settings per dataset (spec §5 CIFAR-10: C 36, 20 cells; §6 ImageNet mobile: C 48, 14 cells).
 _CNN_DEFAULTS = {"cifar10": (36, 20, 10, 32), "imagenet": (48, 14, 1000, 224)}
 _IMAGE_SIZE = {"cifar10": 32, "imagenet": 224, "builtin": 16}
+# The dataset names build_model takes (the spellings of the data folders too); builtin is the CIFAR network.
+_CNN_ALIASES = {"cifar10": "cifar10", "cifar-10": "cifar10", "imagenet": "imagenet", "builtin": "builtin"}
+_RNN_ALIASES = {
+    "ptb": "ptb",
+    "penn": "ptb",
+    "builtin": "ptb",
+    "wikitext2": "wikitext2",
+    "wikitext-2": "wikitext2",
+    "wt2": "wikitext2",
+}
 
 
 def build_model(
     genotype: AnyGenotype | str,
-    dataset: str = "cifar10",
+    dataset: str | None = None,
     *,
     init_channels: int | None = None,
     layers: int | None = None,
@@ -52,18 +62,25 @@ def build_model(
 ) -> nn.Module:
     """The evaluation network of ``genotype`` (a Genotype, or a name / file / text ``load_genotype`` reads).
 
-    CNN genotypes: ``dataset`` ``"cifar10"`` (NetworkCIFAR, C=36, 20 cells, 10 classes) or ``"imagenet"``
-    (NetworkImageNet, C=48, 14 cells, 1000 classes); ``init_channels``, ``layers``, ``num_classes`` override.
-    Recurrent genotypes: an RNNEvalModel with the §7.4 settings of ``dataset`` (``"ptb"``, the default for
-    any other name, or ``"wikitext2"``) for a vocabulary of ``ntoken``; ``rnn_settings`` (``n``, ``dropout``,
-    ...) override. Bad sizes raise ConfigError.
+    CNN genotypes: ``dataset`` ``"cifar10"`` (the default; NetworkCIFAR, C=36, 20 cells, 10 classes) or
+    ``"imagenet"`` (NetworkImageNet, C=48, 14 cells, 1000 classes); ``init_channels``, ``layers``,
+    ``num_classes`` override. Recurrent genotypes: an RNNEvalModel with the §7.4 settings of ``dataset``
+    (``"ptb"``, the default, or ``"wikitext2"``; ``"builtin"`` gets the PTB ones) for a vocabulary of
+    ``ntoken``; ``rnn_settings`` (``n``, ``dropout``, ...) override. An unknown dataset name or bad sizes
+    raise ConfigError.
     """
     g = load_genotype(genotype) if isinstance(genotype, (str, Path)) else genotype
     if isinstance(g, RNNGenotype):
         from .evalnet.rnn import RNNEvalModel
 
+        corpus = _RNN_ALIASES.get(str(dataset or "ptb").lower())
+        if corpus is None:
+            raise ConfigError(
+                f"build_model: unknown dataset {dataset!r} for a recurrent cell; one of ptb, wikitext2 "
+                "(the §7.4 settings; override them with n=..., dropout=...)"
+            )
         try:
-            return RNNEvalModel.for_corpus(dataset, ntoken, g, **rnn_settings)
+            return RNNEvalModel.for_corpus(corpus, ntoken, g, **rnn_settings)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"build_model: {e}") from None
     if not isinstance(g, Genotype):
@@ -72,8 +89,14 @@ def build_model(
         raise ConfigError(f"build_model: {sorted(rnn_settings)} apply to recurrent genotypes only")
     from .evalnet.cnn import NetworkCIFAR, NetworkImageNet
 
-    C, L, K, _ = _CNN_DEFAULTS.get(dataset, _CNN_DEFAULTS["cifar10"])
-    cls = NetworkImageNet if dataset == "imagenet" else NetworkCIFAR
+    name = _CNN_ALIASES.get(str(dataset or "cifar10").lower())
+    if name is None:
+        raise ConfigError(
+            f"build_model: unknown dataset {dataset!r} for a CNN cell; one of cifar10, imagenet, builtin "
+            "(for another class count pass num_classes=N, e.g. the CIFAR network with num_classes=100)"
+        )
+    C, L, K, _ = _CNN_DEFAULTS["imagenet" if name == "imagenet" else "cifar10"]
+    cls = NetworkImageNet if name == "imagenet" else NetworkCIFAR
     try:
         return cls(
             g,

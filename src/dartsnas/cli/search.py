@@ -17,6 +17,7 @@ from .common import (
 
 
 def _search_parser(sub) -> None:
+    from ..loops.rnn_search import RNNSearchConfig
     from ..loops.search import SearchConfig
 
     p = sub.add_parser(
@@ -26,7 +27,7 @@ def _search_parser(sub) -> None:
         "with no dataset and no --data-dir given, a quick search on the built-in data. "
         "--data-dir without --dataset takes the dataset the folder holds.",
     )
-    add_config_options(p, list(SearchConfig.PRESETS))
+    add_config_options(p, [*SearchConfig.PRESETS, "with --space rnn: " + ", ".join(RNNSearchConfig.PRESETS)])
     p.add_argument(
         "--space",
         choices=["cnn", "darts-7", "rnn", "nb201"],
@@ -53,6 +54,16 @@ def _search_parser(sub) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    if args.resume:  # the run's own kind decides (a recurrent run resumes without --space rnn)
+        kind = _run_kind(Path(args.resume))
+        if kind in ("cnn-train", "rnn-train"):
+            raise ConfigError(
+                f"{args.resume} is a training run ({kind}), not a search; continue it with dartsnas train --resume"
+            )
+        if kind == "rnn-search":
+            args.space = "rnn"
+        elif kind == "cnn-search" and args.space == "rnn":
+            args.space = "cnn"
     if args.space == "rnn":
         return _rnn_search(args)
     from ..data.images import DATASETS

@@ -22,6 +22,7 @@ from .common import (
 
 
 def _train_parser(sub) -> None:
+    from ..loops.rnn_train import RNNTrainConfig
     from ..loops.train import TrainConfig
 
     p = sub.add_parser(
@@ -33,7 +34,7 @@ def _train_parser(sub) -> None:
         "on the built-in data; --data-dir without --dataset takes the dataset the folder holds. "
         "Data-parallel: torchrun --nproc_per_node=K -m dartsnas train ...",
     )
-    add_config_options(p, list(TrainConfig.PRESETS))
+    add_config_options(p, [*TrainConfig.PRESETS, "with --space rnn: " + ", ".join(RNNTrainConfig.PRESETS)])
     p.add_argument("--space", choices=["cnn", "rnn"], default="cnn", help="cell type (default cnn)")
     p.add_argument("--genotype", help="DARTS_V2, DARTS_V1, NASNet, AmoebaNet, a genotype.json or a search run folder")
     p.add_argument("--dataset", help="cifar10, imagenet or builtin (rnn: ptb, wikitext2, builtin)")
@@ -65,6 +66,16 @@ _NAMES = [
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:  # the run's own kind decides (a recurrent run resumes without --space rnn)
+        from .search import _run_kind
+
+        kind = _run_kind(Path(args.resume))
+        if kind in ("cnn-search", "rnn-search"):
+            raise ConfigError(
+                f"{args.resume} is a search run ({kind}), not a training; continue it with dartsnas search --resume"
+            )
+        if kind in ("cnn-train", "rnn-train"):
+            args.space = "rnn" if kind == "rnn-train" else "cnn"
     if args.space == "rnn":
         return _rnn_train(args)
     from ..loops.train import TrainConfig, run_train
