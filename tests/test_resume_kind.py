@@ -43,3 +43,22 @@ def test_run_of_the_other_command_is_refused_in_one_line(runs, cli_main, kind, c
     assert r.returncode == 2
     assert says in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_runs_own_config_file_is_read_back(tmp_path):
+    """``--config RUN/config.json`` (the run's own file, which names its kind) builds the same config; a config
+    of another kind of run is refused by name; ``space=cnn`` (the CLI's spelling) means the DARTS space."""
+    import json
+
+    from dartsnas.errors import ConfigError
+    from dartsnas.loops.rnn_train import RNNTrainConfig
+    from dartsnas.loops.search import SearchConfig
+
+    cfg = SearchConfig.build("tiny", ["seed=5"])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"kind": "cnn-search", **cfg.to_dict()}))
+    assert SearchConfig.build(config_file=path) == cfg
+    with pytest.raises(ConfigError, match="the config of a 'cnn-search' run; this command takes 'rnn-train'"):
+        RNNTrainConfig.build(config_file=path)
+    assert SearchConfig.build(overrides=["space=cnn"]).space == "darts"
+    assert SearchConfig.build(overrides={"space": "cnn"}).space == "darts"

@@ -87,6 +87,10 @@ class ConfigBase:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     # Fields that may change on resume without making the checkpoint incompatible.
     HARMLESS: ClassVar[frozenset[str]] = frozenset({"log_interval", "device", "progress", "eval_batch_size"})
+    # The run kind written into a run's config.json ("kind"), so that a run's own config file can be read back.
+    KIND: ClassVar[str | None] = None
+    # Other spellings accepted for a field's values, e.g. {"space": {"cnn": "darts"}}.
+    ALIASES: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def check(self) -> list[str]:
         return []
@@ -116,6 +120,11 @@ class ConfigBase:
         return f"{key}: unknown field{hint}"
 
     @classmethod
+    def _alias(cls, key: str, value: Any) -> Any:
+        names = cls.ALIASES.get(key, {})
+        return names[value] if isinstance(value, str) and value in names else value
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any], from_string: bool = False):
         if not isinstance(data, dict):
             raise ConfigError(f"config: expected an object, got {type(data).__name__}")
@@ -127,7 +136,7 @@ class ConfigBase:
                 problems.append(cls._unknown(key))
                 continue
             try:
-                values[key] = _coerce(value, hints[key], key, from_string)
+                values[key] = _coerce(cls._alias(key, value), hints[key], key, from_string)
             except ValueError as e:
                 problems.append(str(e))
         if problems:
@@ -155,6 +164,11 @@ class ConfigBase:
                 raise ConfigError(f"{config_file}: cannot read config file ({e})") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{config_file}: expected a JSON object")
+            kind = loaded.pop("kind", None)  # a run's own config.json names its kind
+            if kind is not None and cls.KIND is not None and kind != cls.KIND:
+                raise ConfigError(
+                    f"{config_file}: the config of a {kind!r} run; this command takes {cls.KIND!r} configs"
+                )
             data.update(loaded)
         strings: dict[str, Any] = {}
         problems = []
@@ -178,7 +192,7 @@ class ConfigBase:
                 problems.append(cls._unknown(key))
                 continue
             try:
-                merged[key] = _coerce(value, hints[key], key, from_string=isinstance(value, str))
+                merged[key] = _coerce(cls._alias(key, value), hints[key], key, from_string=isinstance(value, str))
             except ValueError as e:
                 problems.append(str(e))
         unknown = [cls._unknown(k) for k in merged if k not in names]

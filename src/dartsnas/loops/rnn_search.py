@@ -64,6 +64,7 @@ KIND = "rnn-search"
 class RNNSearchConfig(ConfigBase):
     """Recurrent search with the reference's PTB defaults (spec §7.4, §7.5). emsize = nhid = ``nhid``."""
 
+    KIND = KIND  # the module's run kind (config.json "kind")
     dataset: str = "ptb"  # ptb, wikitext2 or builtin
     data_dir: str | None = None
     nhid: int = 300  # embedding and hidden size (the reference requires them equal)

@@ -70,6 +70,7 @@ BEST = "best.pt"
 class RNNTrainConfig(ConfigBase):
     """Recurrent training from scratch with the PTB settings as defaults (§7.4); preset paper-wt2 for WikiText-2."""
 
+    KIND = KIND  # the module's run kind (config.json "kind")
     genotype: str = "DARTS"  # a published name (DARTS, DARTS_V1, ENAS), a genotype.json or a search run
     dataset: str = "ptb"  # ptb, wikitext2, builtin
     data_dir: str | None = None

@@ -49,6 +49,8 @@ FUSED_DEFAULT = False
 class SearchConfig(ConfigBase):
     """CNN search on CIFAR-10 with the reference's defaults (spec §1.4, §3)."""
 
+    KIND = KIND  # the module's run kind (config.json "kind")
+    ALIASES = {"space": {"cnn": "darts"}}  # the CLI spells the DARTS space --space cnn
     dataset: str = "cifar10"
     data_dir: str | None = None
     download: bool = False

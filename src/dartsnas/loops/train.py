@@ -55,6 +55,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class TrainConfig(ConfigBase):
     """Training from scratch with the paper's CIFAR-10 recipe as defaults (spec §5); preset "imagenet" is §6."""
 
+    KIND = KIND  # the module's run kind (config.json "kind")
     genotype: str = "DARTS_V2"  # a published name, a genotype.json, or a search run folder
     dataset: str = "cifar10"  # cifar10, builtin, imagenet
     data_dir: str | None = None

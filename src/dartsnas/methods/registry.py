@@ -71,7 +71,10 @@ class PCDartsParams(MethodParams):
         return (
             []
             if self.warmup_epochs < epochs
-            else [f"warmup_epochs: {self.warmup_epochs} leaves no α step in {epochs} epochs (set method_args)"]
+            else [
+                f"warmup_epochs: {self.warmup_epochs} leaves no α step in {epochs} epochs "
+                f"(shorten it, e.g. --set method_args=warmup_epochs={max(0, epochs // 2)})"
+            ]
         )
 
 
