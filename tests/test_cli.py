@@ -50,12 +50,49 @@ def one_line(err: str) -> str:
         (["eval", "/nonexistent/run"], 5, "no such checkpoint"),
         (["genotype", "NOT_A_GENOTYPE"], 3, "not a published genotype name"),
         (["search", "--data-dir", "/nonexistent/data"], 4, "no such folder"),
+        # non-positive numbers are refused by the option's type, naming the option
+        (["eval", "/nonexistent/run", "--batch-size", "0"], 2, "--batch-size: must be a positive integer, got 0"),
+        (["eval", "/nonexistent/run", "--batch-size", "-3"], 2, "--batch-size: must be a positive integer"),
+        (["search", "--preset", "tiny", "--threads", "0"], 2, "--threads: must be a positive integer"),
+        (["select", "--preset", "tiny", "--threads", "0"], 2, "--threads: must be a positive integer"),
+        (["train", "--preset", "tiny", "--threads", "x"], 2, "--threads: expected a positive integer"),
+        (["export", "r", "--format", "torchscript", "--out", "m", "--image-size", "0"], 2, "--image-size: must be"),
+        (["export", "r", "--format", "torchscript", "--out", "m", "--seq-len", "0"], 2, "--seq-len: must be"),
+        # no prefix abbreviations: --epoch is not silently --epochs
+        (["train", "--preset", "tiny", "--epoch", "1"], 2, "unrecognized arguments: --epoch 1"),
+        (["select", "--preset", "tiny", "--search", "1"], 2, "unrecognized arguments: --search 1"),
     ],
 )
 def test_bad_input_is_one_line(capsys, argv, code, needle):
     got, _, err = run(capsys, *argv)
     assert got == code, err
     assert needle in one_line(err)
+
+
+def test_usage_errors_are_labelled_usage_errors(capsys):
+    code, _, err = run(capsys, "train", "--bogus")
+    assert code == 2 and one_line(err).startswith("dartsnas: usage error: dartsnas: unrecognized arguments: --bogus")
+    code, _, err = run(capsys, "eval", "r", "--batch-size", "x")
+    assert code == 2 and one_line(err).startswith("dartsnas: usage error: dartsnas eval: argument --batch-size")
+    code, _, err = run(capsys, "train", "--preset", "tiny", "--set", "layres=4")  # a config error stays one
+    assert code == 2 and one_line(err).startswith("dartsnas: config error:")
+
+
+def test_output_folders_that_cannot_be_made_are_one_line(tmp_path, capsys):
+    """report --out and genotype --svg: a file in the way, or a parent that cannot hold folders."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "experiment.json").write_text(json.dumps({"kind": "select", "space": "cnn"}))
+    for argv in (["report", str(exp), "--out"], ["genotype", "DARTS_V2", "--svg"]):
+        for out in (afile, afile / "sub"):
+            code, stdout, err = run(capsys, *argv, str(out))
+            assert code == 7 and str(out) in one_line(err), (argv, out, err)
+            assert stdout == ""
+    assert afile.read_text() == ""
+    code, _, _ = run(capsys, "report", str(exp), "--out", str(tmp_path / "rep"))
+    assert code == 0 and (tmp_path / "rep" / "report.md").exists()
 
 
 def test_help_and_version_return_zero(capsys):
@@ -177,6 +214,44 @@ def test_protocol_data_dir_alone_infers_the_dataset(tmp_path, capsys):
     assert cfg["dataset"] == "cifar10" and cfg["data_dir"] == str(tmp_path / "cifar-10-batches-py")
 
 
+def _readable_cifar_root(root: Path) -> Path:
+    """root/cifar10/cifar-10-batches-py with real-format batches (one random batch of 10,000 images, linked 6 times),
+    the README's data-root layout."""
+    import pickle
+
+    d = root / "cifar10" / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    batch = {b"data": rng.integers(0, 256, (10_000, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 10_000)}
+    (root / "one_batch").write_bytes(pickle.dumps({**batch, b"labels": batch[b"labels"].tolist()}, protocol=2))
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        (d / name).symlink_to(Path("..", "..", "one_batch"))  # relative: the tree can move
+    return d
+
+
+def test_data_root_with_an_explicit_dataset_and_runs_that_work_from_anywhere(tmp_path, capsys, monkeypatch):
+    """--dataset cifar10 --data-dir ROOT (a folder holding cifar10/cifar-10-batches-py/) runs; the run's config
+    stores the folder absolute, so eval works from another directory; a moved folder says to pass --data-dir."""
+    _readable_cifar_root(tmp_path / "data")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.delenv("DARTSNAS_DATA", raising=False)
+    for cmd in ("search", "train"):
+        code, _, err = run(
+            capsys, cmd, "--preset", "tiny", "--dataset", "cifar10", "--data-dir", "../data", "--run-dir", cmd
+        )
+        assert code == 0, err
+        assert json.loads(Path(cmd, "config.json").read_text())["data_dir"] == str(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)  # another working directory: "../data" would now name nothing
+    code, out, err = run(capsys, "eval", str(tmp_path / "work" / "train"))
+    assert code == 0 and "test_error_percent" in out, err
+    (tmp_path / "data").rename(tmp_path / "moved")
+    code, _, err = run(capsys, "eval", str(tmp_path / "work" / "train"))
+    assert code == 4 and str(tmp_path / "data") in one_line(err) and "--data-dir" in err
+    code, out, err = run(capsys, "eval", str(tmp_path / "work" / "train"), "--data-dir", "moved")
+    assert code == 0 and "test_error_percent" in out, err
+
+
 # ------------------------------------------------------------------------------------------- flags, --show-config
 
 
@@ -269,6 +344,76 @@ def test_protocol_checks_data_once_before_any_run(tmp_path, capsys):
     assert code == 2 and "layres" in one_line(err) and not exp.exists()
 
 
+def _no_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def test_protocol_devices_that_do_not_exist_are_refused_up_front(tmp_path, capsys, monkeypatch):
+    """--devices naming a GPU this machine lacks: one config error before the experiment exists (not runs
+    recorded on cuda:0 that ran on the CPU)."""
+    import torch
+
+    exp = tmp_path / "e"
+    n = torch.cuda.device_count()
+    starts = (
+        ["random", "--samples", "2"],
+        ["select", "--searches", "1"],
+        ["evaluate-final", "--genotype", "DARTS_V2"],
+        ["compare", "--methods", "darts", "--seeds", "1"],
+    )
+    for cmd in starts:
+        code, _, err = run(capsys, *cmd, "--preset", "tiny", "--devices", f"0,{n + 3}", "-e", str(exp))
+        line = one_line(err)
+        assert code == 2 and "config error: devices:" in line, (cmd, err)
+        assert (f"no GPU {n + 3} here" if n else "CUDA is not available") in line
+        assert not exp.exists()
+    _no_cuda(monkeypatch)
+    code, _, err = run(capsys, "random", "--preset", "tiny", "--samples", "2", "--devices", "0", "-e", str(exp))
+    assert code == 2 and "GPU 0 requested but CUDA is not available" in one_line(err) and not exp.exists()
+
+
+def test_protocol_refuses_a_run_device_it_cannot_give_before_creating_anything(tmp_path, capsys, monkeypatch):
+    """A device in --search-set/--train-set that every run would fail on is a config error up front (exit 2),
+    not N failed runs and the genotype-error exit code."""
+    import torch
+
+    exp = tmp_path / "e"
+    base = ["--preset", "tiny", "-e", str(exp)]
+    with monkeypatch.context() as m:  # a machine with CUDA, whose runs --devices cpu keeps on the CPU
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        code, _, err = run(
+            capsys, "select", *base, "--searches", "1", "--devices", "cpu", "--search-set", "device=cuda"
+        )
+    assert code == 2 and "run on the CPU (--devices cpu)" in one_line(err) and not exp.exists(), err
+    _no_cuda(monkeypatch)
+    for cmd in (["select", "--searches", "1", "--search-set"], ["random", "--samples", "1", "--train-set"]):
+        code, _, err = run(capsys, *cmd, "device=cuda", *base)
+        assert code == 2 and "'cuda' requested but CUDA is not available" in one_line(err), err
+        assert not exp.exists()
+
+
+def test_resume_of_a_missing_experiment_says_so_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    exp = tmp_path / "nothere"
+    monkeypatch.delenv("DARTSNAS_DATA", raising=False)  # no data folder is needed to say there is no experiment
+    starts = (["select"], ["random"], ["evaluate-final", "--genotype", "DARTS_V2"], ["compare"])
+    for cmd in starts:
+        code, _, err = run(capsys, *cmd, "--resume", "-e", str(exp))
+        assert code == 7 and "nothing to resume: no experiment.json" in one_line(err), (cmd, err)
+        assert not exp.exists()
+    monkeypatch.setenv("DARTSNAS_DATA", str(tmp_path))
+    code, _, err = run(capsys, "select", "--resume", "-e", str(exp))
+    assert code == 7 and not exp.exists()  # no directory, no .lock left behind
+    from dartsnas.errors import RunDirError
+    from dartsnas.protocol import ProtocolConfig, select
+
+    with pytest.raises(RunDirError, match="nothing to resume"):  # the library checks first too
+        select(ProtocolConfig.build("tiny"), exp, resume=True)
+    assert not exp.exists()
+
+
 # ------------------------------------------------------------------------------------------- threads
 
 
@@ -335,6 +480,19 @@ def test_derive_on_a_training_run_names_the_mistake(tmp_path, capsys):
     code, _, err = run(capsys, "derive", str(run_dir))
     line = one_line(err)
     assert code == 5 and "cnn-train run, not a search" in line and ".prev" not in line
+
+
+def test_eval_of_a_search_run_says_train_it_first(tmp_path, capsys):
+    from dartsnas.checkpoint import save_checkpoint
+
+    run_dir = tmp_path / "search"
+    run_dir.mkdir()
+    for _ in range(2):  # and a .prev beside it: not the advice for a run of another kind
+        save_checkpoint(run_dir / "checkpoint.pt", {"kind": "cnn-search", "config": {}})
+    code, _, err = run(capsys, "eval", str(run_dir))
+    line = one_line(err)
+    assert code == 5 and "is a search run (cnn-search)" in line and ".prev" not in line
+    assert f"dartsnas train --genotype {run_dir / 'genotype.json'}" in line
 
 
 def test_resume_of_a_finished_training_run_says_complete(tmp_path, capsys):

@@ -260,10 +260,10 @@ def test_real_cifar_search_split_is_25000_25000_by_index(real_cifar):
 
 def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("DARTSNAS_DATA", str(tmp_path))
-    assert default_data_dir("cifar10") == tmp_path / "cifar10" / "cifar-10-batches-py"
+    assert default_data_dir("cifar10") == tmp_path  # the root; the loader finds cifar10/cifar-10-batches-py in it
     with pytest.raises(DataError) as info:
         load_images("cifar10")  # nothing there
-    assert "cifar10" in str(info.value)
+    assert str(tmp_path / "cifar10" / "cifar-10-batches-py") in str(info.value)
     monkeypatch.delenv("DARTSNAS_DATA")
     assert default_data_dir("cifar10") is None
     with pytest.raises(DataError):
@@ -413,7 +413,60 @@ def test_code_running_pickle_is_refused_and_not_run(tmp_path, good_batch):
 def test_no_such_folder(tmp_path):
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path / "absent")
-    assert str(tmp_path / "absent") in str(info.value)
+    assert str(tmp_path / "absent") in str(info.value) and "--data-dir" in str(info.value)
+
+
+def test_a_data_root_finds_the_batches_in_each_layout(tmp_path, good_batch, monkeypatch):
+    """``--data-dir``/``$DARTSNAS_DATA``: the batch folder, or a root holding cifar-10-batches-py/ or
+    cifar10/cifar-10-batches-py/ (the README's data root); one search (``find_cifar_batches``) for all."""
+    from dartsnas.data.cifar import find_cifar_batches
+
+    (tmp_path / "root" / "cifar10").mkdir(parents=True)
+    batches = _folder(tmp_path / "root" / "cifar10", good_batch)
+    (tmp_path / "flat").mkdir()
+    flat = _folder(tmp_path / "flat", good_batch)
+    for given, found in (
+        (batches, batches),
+        (tmp_path / "root", batches),
+        (tmp_path / "root" / "cifar10", batches),
+        (tmp_path / "flat", flat),
+    ):
+        assert find_cifar_batches(given) == found
+    tx, _, vx, _ = load_cifar10(tmp_path / "root")
+    assert tx.shape == (50_000, 3, 32, 32) and vx.shape == (10_000, 3, 32, 32)
+    monkeypatch.setenv("DARTSNAS_DATA", str(tmp_path / "root"))
+    assert load_images("cifar10").test_x.shape == (10_000, 3, 32, 32)
+    # a folder holding none of them: the error names every place looked in, and --data-dir
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError) as info:
+        load_images("cifar10", tmp_path / "empty")
+    msg = str(info.value)
+    for place in ("empty", "empty/cifar-10-batches-py", "empty/cifar10/cifar-10-batches-py"):
+        assert str(tmp_path / place) in msg, msg
+    assert "--data-dir" in msg and info.value.exit_code == 4
+
+
+def test_configs_store_the_data_folder_absolute(tmp_path, monkeypatch):
+    """A relative data folder is stored absolute (config.json works from any working directory), and a
+    checkpoint of an older run holding the relative spelling resumes without a config difference."""
+    from dartsnas.loops.common import check_resume_config
+    from dartsnas.loops.rnn_search import RNNSearchConfig
+    from dartsnas.loops.rnn_train import RNNTrainConfig
+    from dartsnas.loops.search import SearchConfig
+    from dartsnas.loops.train import TrainConfig
+    from dartsnas.protocol.compare import CompareConfig
+    from dartsnas.protocol.config import ProtocolConfig
+
+    monkeypatch.chdir(tmp_path)
+    for cls in (SearchConfig, TrainConfig, RNNSearchConfig, RNNTrainConfig, ProtocolConfig, CompareConfig):
+        assert cls.build(overrides=["data_dir=data/x"]).data_dir == str(tmp_path / "data" / "x"), cls
+        assert cls.build().data_dir is None
+    cfg = SearchConfig.build("tiny", dataset="cifar10", data_dir="data/x")
+    assert cfg.data_dir == str(tmp_path / "data" / "x")
+    old = {**cfg.to_dict(), "data_dir": "data/x"}  # what an older run's checkpoint holds
+    notes: list[str] = []
+    check_resume_config(cfg, {"config": old}, tmp_path / "checkpoint.pt", log=notes.append)
+    assert notes == []
 
 
 def test_small_tensors_reach_the_device_without_a_blocking_copy():

@@ -176,3 +176,10 @@ def test_cli_export(runs, tmp_path, cli_main):
     assert r.returncode == ConfigError.exit_code and "Traceback" not in r.stderr
     r = cli(str(tmp_path), "--format", "onnx", "--out", str(tmp_path / "x.onnx"))
     assert r.returncode == RunDirError.exit_code and len(r.stderr.strip().splitlines()) == 1
+    # an image size the network's reductions shrink to nothing: one line with the smallest size it takes
+    r = cli(str(runs["cnn"]), "--format", "torchscript", "--out", str(tmp_path / "s.pt"), "--image-size", "1")
+    assert r.returncode == ConfigError.exit_code and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--image-size 1: too small" in r.stderr and not (tmp_path / "s.pt").exists()
+    smallest = int(r.stderr.strip().rsplit(" ", 1)[1])
+    r = cli(str(runs["cnn"]), "--format", "torchscript", "--out", str(tmp_path / "s.pt"), "--image-size", str(smallest))
+    assert r.returncode == 0 and (tmp_path / "s.pt").exists(), r.stderr

@@ -158,6 +158,37 @@ def test_cli_lookup(tmp_path, cli_main, monkeypatch):
     assert r.returncode == 3 and "nb201" in r.stderr.lower()
 
 
+def test_cli_lookup_of_a_run_finds_the_table_from_the_runs_data_folder(tmp_path, cli_main, monkeypatch):
+    """No --data-dir and no $DARTSNAS_DATA: the run's config.json names its data folder, the table is beside it."""
+    import json
+
+    rows = _fake_rows()
+    i = next(k for k, r in enumerate(rows) if r[1] == ALL_SKIP)
+    rows[i][2] = "54.2967"
+    (tmp_path / "data" / "nasbench201").mkdir(parents=True)
+    (tmp_path / "data" / "cifar10" / "cifar-10-batches-py").mkdir(parents=True)
+    _write(tmp_path / "data" / "nasbench201" / "nb201_accuracies.csv", rows)
+    monkeypatch.setenv("DARTSNAS_DATA", "")
+    monkeypatch.chdir(tmp_path)
+    for recorded in ("data", "data/cifar10/cifar-10-batches-py"):  # the root, or the dataset folder below it
+        run = tmp_path / "runs" / recorded.replace("/", "_")
+        run.mkdir(parents=True)
+        save_genotype(parse_arch_str(ALL_SKIP), run / "genotype.json")
+        (run / "config.json").write_text(json.dumps({"kind": "search", "data_dir": str(tmp_path / recorded)}))
+        for arg in (str(run), str(run / "genotype.json")):
+            r = cli_main("lookup", arg)
+            assert r.returncode == 0, r.stderr
+            assert f"row {i})" in r.stdout and "54.2967" in r.stdout
+    # --data-dir still comes first; an architecture string has no run to read
+    rows[i][2] = "11.1111"
+    (tmp_path / "other" / "nasbench201").mkdir(parents=True)
+    _write(tmp_path / "other" / "nasbench201" / "nb201_accuracies.csv", rows)
+    r = cli_main("lookup", str(run), "--data-dir", str(tmp_path / "other"))
+    assert r.returncode == 0 and "11.1111" in r.stdout, r.stderr
+    r = cli_main("lookup", ALL_SKIP)
+    assert r.returncode == 4 and "nowhere" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 @needs_table
 def test_lookup_command_on_the_real_table(tmp_path):
     from dartsnas.cli.lookup import lookup_command

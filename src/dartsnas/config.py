@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -87,6 +88,9 @@ class ConfigBase:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     # Fields that may change on resume without making the checkpoint incompatible.
     HARMLESS: ClassVar[frozenset[str]] = frozenset({"log_interval", "device", "progress", "eval_batch_size"})
+    # Folder fields, stored absolute: a run's config then names the same data from any working directory, and a
+    # relative path in an older run's config compares equal to the same folder given absolute.
+    PATHS: ClassVar[frozenset[str]] = frozenset({"data_dir"})
     # The run kind written into a run's config.json ("kind"), so that a run's own config file can be read back.
     KIND: ClassVar[str | None] = None
     # Other spellings accepted for a field's values, e.g. {"space": {"cnn": "darts"}}.
@@ -103,6 +107,10 @@ class ConfigBase:
                 setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name, from_string=False))
             except ValueError as e:
                 problems.append(str(e))
+        for name in self.PATHS & {f.name for f in fields(self)}:
+            value = getattr(self, name)
+            if isinstance(value, str) and value:  # absolute, so that the run's config.json works from anywhere
+                setattr(self, name, os.path.abspath(os.path.expanduser(value)))
         if not problems:
             problems = self.check()
         if problems:

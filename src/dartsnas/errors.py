@@ -28,6 +28,12 @@ class ConfigError(DartsError):
         super().__init__("; ".join(self.problems))
 
 
+class UsageError(ConfigError):
+    """A command line argparse refuses (an unknown option, a missing argument, a bad value of an option)."""
+
+    kind = "usage error"
+
+
 class GenotypeError(DartsError):
     exit_code = 3
     kind = "genotype error"

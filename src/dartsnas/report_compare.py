@@ -496,8 +496,7 @@ def write_compare_report(
     cmp = [summarize_compare(p) for p in cmp_paths]
     protocol = [base.summarize(p) for p in other]
     rows = base.table_rows(protocol, include_paper) if protocol else []
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = base.make_out_dir(out_dir)
     md = "\n".join(markdown(s) for s in cmp)
     if rows:
         md += "\n" + base.markdown_table(rows)

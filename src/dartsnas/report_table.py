@@ -19,6 +19,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from .errors import RunDirError
 from .plot import cnn_cell_svg, curves_svg, heatmap_svg, rnn_cell_svg
 from .protocol import Experiment, summarize
 from .space.genotype import RNN_PRIMITIVES, Genotype, RNNGenotype, genotype_from_dict
@@ -216,6 +217,8 @@ def _mean_std(r: dict[str, Any]) -> str:
     if r.get("std") is None:
         return _fmt(r["mean"])
     runs = r.get("runs")
+    if runs == 1:  # one run: no spread to show (a "± 0.00" would read as a measured std)
+        return f"{r['mean']:.2f} (1 run)"
     return f"{r['mean']:.2f} ± {r['std']:.2f}" + (f" ({runs} runs)" if runs else "")
 
 
@@ -523,6 +526,18 @@ def html_page(rows: Sequence[dict[str, Any]], summaries: Sequence[dict[str, Any]
     return head + "\n".join(body) + "\n</body></html>\n"
 
 
+def make_out_dir(out_dir: str | Path) -> Path:
+    """Create the report folder, or raise RunDirError (a file in the way, a parent that cannot hold folders)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunDirError("exists and is not a folder (the report is written into a folder)", str(out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create the report folder ({e.strerror or e})", str(out)) from None
+    return out
+
+
 def write_report(
     experiments: Sequence[str | Path],
     out_dir: str | Path,
@@ -539,8 +554,7 @@ def write_report(
         return write_compare_report(experiments, out_dir, include_paper, title)
     summaries = [summarize(p) for p in experiments]
     rows = table_rows(summaries, include_paper)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out_dir(out_dir)
     md = markdown_table(rows)
     paths = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html"}
     atomic_write_text(paths["md"], f"# {title}\n\n" + md)

@@ -12,15 +12,45 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, DartsError, DataError, NonFiniteError, RunDirError
+from ..errors import ConfigError, DartsError, DataError, NonFiniteError, RunDirError, UsageError
 from ..lock import release_run_dir
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage and exiting, so errors stay one line."""
+    """argparse that raises instead of printing usage and exiting, so errors stay one line (a usage error,
+    exit code 2), and that takes no abbreviated option (``--epoch`` is not silently ``--epochs``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of the integer options that must be positive (--threads, --batch-size, ...):
+    argparse names the option in the one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def output_dir(path: str | Path, option: str) -> Path:
+    """Create the folder ``path`` a command writes into (``option`` names it in the error), or stop with one
+    line: a file in the way, a parent that cannot hold folders (``/proc``), no permission."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{option}: exists and is not a folder", str(out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"{option}: cannot create ({e.strerror or e})", str(out)) from None
+    return out
 
 
 def add_config_options(p: argparse.ArgumentParser, presets: list[str]) -> None:
@@ -58,7 +88,7 @@ def add_show_config(p: argparse.ArgumentParser) -> None:
 def add_threads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="CPU intra-op threads (default: OMP_NUM_THREADS if set, else 1 for runs on the built-in "
         "data or with fewer than 4 cores, up to 4 otherwise)",
@@ -162,10 +192,6 @@ _TEXT_FILES = ("train.txt", "valid.txt", "test.txt")
 _CIFAR_KEYS = {"train_data", "train_labels", "test_data", "test_labels"}
 
 
-def _is_cifar_batches(d: Path) -> bool:
-    return d.is_dir() and (d / "data_batch_1").is_file() and (d / "test_batch").is_file()
-
-
 def _is_cifar_npz(f: Path) -> bool:
     if not (f.is_file() and f.suffix == ".npz"):
         return False
@@ -194,10 +220,11 @@ def _candidates(root: Path) -> list[tuple[str, Path, str]]:
         if _is_cifar_npz(root):
             found.append(("cifar10", root, "a CIFAR-10 .npz subset"))
         return found
-    for d in (root, root / "cifar-10-batches-py", root / "cifar10" / "cifar-10-batches-py"):
-        if _is_cifar_batches(d):
-            found.append(("cifar10", d, f"CIFAR-10 batches in {d}"))
-            break
+    from ..data.cifar import find_cifar_batches  # the loader's own search (cifar_places), not a copy of it
+
+    batches = find_cifar_batches(root)
+    if batches is not None:
+        found.append(("cifar10", batches, f"CIFAR-10 batches in {batches}"))
     if _is_text(root):
         name = _text_name(root)
         if name:

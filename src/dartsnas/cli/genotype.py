@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def _genotype_parser(sub) -> None:
@@ -21,12 +20,15 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
             print(f"{name:14s} {g.kind}")
         return 0
     g = load_genotype(args.genotype)
+    if args.svg:
+        from .common import output_dir
+
+        folder = output_dir(args.svg, "--svg")  # a file in the way stops before anything is printed
     print(genotype_to_json(g))
     if args.svg:
         from ..plot import save_cell_pictures
 
-        Path(args.svg).mkdir(parents=True, exist_ok=True)
-        for path in save_cell_pictures(g, args.svg):
+        for path in save_cell_pictures(g, folder):
             print(f"wrote {path}")
     return 0
 

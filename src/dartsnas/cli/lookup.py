@@ -6,6 +6,8 @@ The work is ``lookup_command``; ``add_parser``/``run`` are the thin CLI pair.
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from ..space.genotype import load_genotype
 from ..space.lookup import load_table, lookup, resolve_table
@@ -21,10 +23,24 @@ def resolve_nb201_genotype(arg: str) -> NB201Genotype:
     return g
 
 
+def recorded_data_dir(arg: str) -> str | None:
+    """The data folder recorded in the ``config.json`` of the run ``arg`` names (the run directory or a file in
+    it, such as its genotype.json); None for an architecture string or when there is none to read."""
+    p = Path(arg)
+    run_dir = p if p.is_dir() else p.parent
+    try:
+        value = json.loads((run_dir / "config.json").read_text()).get("data_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
 def lookup_command(arg: str, data_dir: str | None = None, table: str | None = None) -> str:
-    """The text ``dartsnas lookup`` prints: the cell, its row and its three test accuracies."""
+    """The text ``dartsnas lookup`` prints: the cell, its row and its three test accuracies. The table is found
+    from ``data_dir``, else ``$DARTSNAS_DATA``, else the data folder in the run's own config.json."""
     g = resolve_nb201_genotype(arg)
-    path = resolve_table(table, data_dir)
+    recorded = None if arg.lstrip().startswith("|") else recorded_data_dir(arg)
+    path = resolve_table(table, data_dir, recorded)
     row = lookup(g, load_table(path))
     return "\n".join(
         [
@@ -44,7 +60,8 @@ def add_parser(sub) -> None:
         "--data-dir",
         dest="data_dir",
         metavar="DIR",
-        help="folder holding nasbench201/nb201_accuracies.csv, or a dataset folder beside it (or $DARTSNAS_DATA)",
+        help="folder holding nasbench201/nb201_accuracies.csv, or a dataset folder beside it (or $DARTSNAS_DATA, "
+        "else the data folder in the run's config.json)",
     )
     p.add_argument("--table", metavar="FILE", help="the table file itself")
     p.set_defaults(func=run)

@@ -10,13 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .common import (
     add_config_options,
     add_model_options,
     apply_dataset_inference,
     launch,
     named_dataset,
+    positive_int,
     resolve_config,
 )
 
@@ -137,7 +138,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("run", metavar="RUN", help="a training run folder (or its checkpoint.pt)")
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="dataset folder, if it moved")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="evaluation batch size")
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, help="evaluation batch size")
     p.add_argument(
         "--full",
         action="store_true",
@@ -153,6 +154,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     kind = load_checkpoint(run / CHECKPOINT if run.is_dir() else run).get("kind")
+    if kind in ("cnn-search", "rnn-search"):  # a search, not a damaged training checkpoint: no .prev advice
+        folder = run if run.is_dir() else run.parent
+        space = " --space rnn" if kind == "rnn-search" else ""
+        raise CheckpointError(
+            f"is a search run ({kind}), not a training run; train its cell first (dartsnas train{space} "
+            f"--genotype {folder / 'genotype.json'} ...) and evaluate that training run",
+            str(folder),
+        )
     if kind == "rnn-train":
         from ..loops.rnn_train import eval_run
 

@@ -18,6 +18,7 @@ from ..errors import DataError
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
+BATCH_FOLDER = "cifar-10-batches-py"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 
@@ -93,16 +94,35 @@ def _download(folder: Path) -> None:
                     (folder / name).write_bytes(src.read())
 
 
+def cifar_places(root: str | Path) -> list[Path]:
+    """Where the CIFAR-10 python batches are looked for from ``root`` (``--data-dir`` or ``$DARTSNAS_DATA``):
+    the folder itself, ``root/cifar-10-batches-py`` and ``root/cifar10/cifar-10-batches-py``, in that order."""
+    root = Path(root).expanduser()
+    return [root, root / BATCH_FOLDER, root / "cifar10" / BATCH_FOLDER]
+
+
+def find_cifar_batches(root: str | Path) -> Path | None:
+    """The first of ``cifar_places(root)`` holding any CIFAR-10 batch file, else None. A folder with only some
+    of the files is still the one: reading it names each missing file."""
+    for d in cifar_places(root):
+        if d.is_dir() and any((d / f).is_file() for f in TRAIN_FILES + (TEST_FILE,)):
+            return d
+    return None
+
+
 def _to_tensor(data: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32)))
 
 
 def load_cifar10(path: Path, download: bool = False):
-    """Return (train_x, train_y, test_x, test_y) as CPU tensors, train in file order (spec §3.1)."""
+    """Return (train_x, train_y, test_x, test_y) as CPU tensors, train in file order (spec §3.1).
+
+    ``path``: a ``.npz`` subset, the folder of python batches, or a folder holding it (``cifar_places``).
+    """
     path = Path(path)
     if path.suffix == ".npz":
         if not path.is_file():
-            raise DataError("no such file", str(path))
+            raise DataError("no such file (pass --data-dir to point at the CIFAR-10 data)", str(path))
         try:
             z = np.load(path)
             arrays = [z[k] for k in ("train_data", "train_labels", "test_data", "test_labels")]
@@ -117,12 +137,24 @@ def load_cifar10(path: Path, download: bool = False):
             _to_tensor(vx.astype(np.uint8)),
             torch.from_numpy(vy.astype(np.int64)),
         )
-    if (path / "cifar-10-batches-py").is_dir():
-        path = path / "cifar-10-batches-py"
-    if download and not all((path / f).is_file() for f in TRAIN_FILES + (TEST_FILE,)):
-        _download(path)
-    if not path.is_dir():
-        raise DataError("no such folder (expected the CIFAR-10 python batches; --download fetches them)", str(path))
+    root = path.expanduser()
+    found = find_cifar_batches(root)
+    if download and (found is None or not all((found / f).is_file() for f in TRAIN_FILES + (TEST_FILE,))):
+        found = found or (root / BATCH_FOLDER if (root / BATCH_FOLDER).is_dir() else root)
+        _download(found)
+    if not root.is_dir():
+        raise DataError(
+            "no such folder (pass --data-dir to point at the CIFAR-10 python batches, or --download to fetch them)",
+            str(root),
+        )
+    if found is None:
+        raise DataError(
+            "no CIFAR-10 python batches (data_batch_1..5, test_batch); looked in "
+            + ", ".join(str(d) for d in cifar_places(root))
+            + " (pass --data-dir to point at them, or --download to fetch them)",
+            str(root),
+        )
+    path = found
     parts = [_read_batch(path / f) for f in TRAIN_FILES]
     test = _read_batch(path / TEST_FILE)
     tx = np.concatenate([p[0] for p in parts])

@@ -54,12 +54,10 @@ class ImageData:
 
 
 def default_data_dir(name: str) -> Path | None:
-    """``$DARTSNAS_DATA/<name-folder>`` when the variable is set."""
+    """``$DARTSNAS_DATA`` when the variable is set: the data root, where the loader of ``name`` finds its folder
+    (for CIFAR-10 ``cifar10/cifar-10-batches-py``, see ``cifar.cifar_places``)."""
     root = os.environ.get("DARTSNAS_DATA")
-    if not root:
-        return None
-    sub = {"cifar10": "cifar10/cifar-10-batches-py"}.get(name, name)
-    return Path(root) / sub
+    return Path(root) if root else None
 
 
 def load_images(
@@ -77,7 +75,7 @@ def load_images(
         if path is None:
             raise DataError(
                 "no data folder given: pass --data-dir (the folder holding data_batch_1..5 and "
-                "test_batch, or a .npz subset) or set DARTSNAS_DATA",
+                "test_batch, a folder holding cifar10/cifar-10-batches-py/, or a .npz subset) or set DARTSNAS_DATA",
                 "cifar10",
             )
         tx, ty, vx, vy = load_cifar10(path, download=download)

@@ -130,7 +130,7 @@ def corpus_dir(name: str, data_dir: str | Path | None = None) -> Path:
         data_dir = env
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise DataError("no such folder", str(root))
+        raise DataError("no such folder (pass --data-dir to point at the corpus)", str(root))
     if (root / "train.txt").is_file():
         return root
     for sub in _FOLDERS[name]:

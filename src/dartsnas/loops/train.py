@@ -473,6 +473,8 @@ def load_image_folder(data_dir: str | Path | None):
             "imagenet",
         )
     root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError("no such folder (pass --data-dir to point at the ImageNet train/ and val/ folders)", str(root))
     for part in ("train", "val"):
         if not (root / part).is_dir():
             raise DataError(

@@ -44,7 +44,7 @@ from .experiment import (
     _read_json,
 )
 from .random_search import RANDOM_SEARCH_EPOCHS
-from .runner import Runner
+from .runner import Runner, check_devices
 
 KIND = "compare"
 RANDOM_FILE = "random.json"
@@ -295,6 +295,7 @@ def _check(cfg: CompareConfig) -> bool:
             problems += [f"final training: {x}" for x in e.problems]
     if problems:
         raise ConfigError(problems)
+    check_devices(cfg, [c.device for c in configs] + ([train.device] if cfg.final else []))
     for dataset, data_dir in sorted({(c.dataset, c.data_dir) for c in configs}, key=str):
         if dataset != "builtin":
             from ..data.images import load_images
@@ -364,6 +365,11 @@ def compare(
     """Search every method with every seed (one run each, ``cfg.jobs`` at a time), add the NB201 random
     baseline when asked, and summarize per method (``summary.json``)."""
     exp = Experiment(experiment or Path("experiments") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    if resume and not exp.exists():  # a mistyped --experiment: nothing read, nothing created
+        raise RunDirError(
+            f"nothing to resume: no {EXPERIMENT_FILE} here (not an experiment directory; check --experiment)",
+            str(exp.path),
+        )
     small = _check(cfg)
     with exp.lock():
         _create(exp, cfg, resume)
@@ -392,7 +398,7 @@ def compare(
         acc = rsearch["cifar10"]
         log(
             f"random search ({rsearch['samples']} cells × {rsearch['epochs_each']} epochs): {rsearch['seeds']} "
-            f"seed(s), CIFAR-10 table accuracy {acc['mean']:.2f} ± {acc['std']:.2f} %"
+            f"seed(s), CIFAR-10 table accuracy {_pm(acc)} %"
         )
     if summary["failed"]:
         log(f"failed (excluded): {', '.join(summary['failed'])}")
@@ -403,8 +409,13 @@ def _method_line(m: dict[str, Any], space: str) -> str:
     head = f"{m['method']}: {m['n']} of {m['runs']} run(s) done"
     if space == "nb201" and m.get("cifar10"):
         acc = m["cifar10"]
-        head += f", CIFAR-10 table accuracy {acc['mean']:.2f} ± {acc['std']:.2f} %"
+        head += f", CIFAR-10 table accuracy {_pm(acc)} %"
     return head
+
+
+def _pm(stat: dict[str, Any]) -> str:
+    """mean ± std, or the mean alone for one value (a "± 0.00" would read as a measured std)."""
+    return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat.get("n", 2) > 1 else "")
 
 
 # ============================================================================================ random baseline

@@ -49,6 +49,52 @@ def _device_slots(cfg: ProtocolConfig) -> list[str]:
     return [gpus[i % len(gpus)] for i in range(cfg.jobs)]
 
 
+def check_devices(cfg, run_devices: list[str] = ()) -> None:
+    """Refuse, before anything is created, what would only fail (or silently run elsewhere) once the runs start:
+    ``devices`` naming GPUs this machine does not have (no CUDA, or an id that is not visible), and a run
+    ``device`` (a ``--search-set``/``--train-set`` override, a preset) that its slot cannot give it. Each local
+    run sees one GPU, as ``cuda:0`` (``CUDA_VISIBLE_DEVICES``), or none on a CPU slot. ``cfg``: a ProtocolConfig
+    or CompareConfig; runs on SLURM (``launcher``) get their devices there and are not checked here."""
+    if cfg.launcher != "local":
+        return
+    if cfg.devices and cfg.devices != "cpu":
+        wanted = [s.strip() for s in cfg.devices.split(",")]
+        visible = _visible_gpus()
+        if not visible:
+            raise ConfigError(
+                f"devices: GPU {','.join(wanted)} requested but CUDA is not available here (use --devices cpu, "
+                "or leave it out: every visible GPU, else the CPU)"
+            )
+        missing = [g for g in wanted if g not in visible]
+        if missing:
+            raise ConfigError(
+                f"devices: no GPU {','.join(missing)} here (visible GPUs: {','.join(visible)}; "
+                "CUDA_VISIBLE_DEVICES limits them)"
+            )
+    from ..loops.common import resolve_device
+
+    on_cpu = "cpu" in _device_slots(cfg)
+    for name in dict.fromkeys(run_devices):  # each distinct device once
+        if name in ("auto", "cpu"):
+            continue
+        try:
+            dev = resolve_device(name)  # not a device, or CUDA requested where there is none
+        except ConfigError as e:
+            raise ConfigError(f"{e} (the runs' device, from --search-set/--train-set/--set or a preset)") from None
+        if dev.type != "cuda":
+            continue
+        if on_cpu:
+            raise ConfigError(
+                f"device: {name!r} requested for the runs but they run on the CPU (--devices cpu); "
+                "use device=auto, or give them GPUs with --devices"
+            )
+        if dev.index:
+            raise ConfigError(
+                f"device: {name!r}: each run sees only the one GPU --devices gives it, as cuda:0; "
+                "choose the GPUs with --devices instead"
+            )
+
+
 def _visible_gpus() -> list[str]:
     try:
         import torch

@@ -13,8 +13,8 @@ from ..errors import ConfigError, RunDirError
 from ..space.genotype import genotype_from_dict, genotype_to_dict, save_genotype
 from ..space.sample import sample_genotypes
 from .config import ProtocolConfig, loop_configs
-from .experiment import Experiment, ExperimentResult, Task
-from .runner import Runner
+from .experiment import EXPERIMENT_FILE, Experiment, ExperimentResult, Task
+from .runner import Runner, check_devices
 from .summary import summarize
 
 
@@ -76,8 +76,9 @@ def _train_argv(
 
 def _check_loop_configs(cfg: ProtocolConfig, what: str) -> bool:
     """Build the configs the child processes will build and read their data once, so a bad override, a
-    missing preset or missing / truncated data fails here, before any run (and before the experiment
-    directory is created), not once per run. Returns whether every run is small (built-in data)."""
+    missing preset, a device the runs cannot have (``check_devices``) or missing / truncated data fails here,
+    before any run (and before the experiment directory is created), not once per run. Returns whether every
+    run is small (built-in data)."""
     _, t_cls = loop_configs(cfg.space)
     checked = []
     if what == "select":
@@ -92,9 +93,20 @@ def _check_loop_configs(cfg: ProtocolConfig, what: str) -> bool:
         if cfg.final_epochs is not None:
             over.append(f"epochs={cfg.final_epochs}")
     checked.append(t_cls.build(cfg.resolved_train_preset(), over))
+    check_devices(cfg, [c.device for c in checked])  # --devices, and a run device its slot cannot give it
     for source in sorted({(c.dataset, c.data_dir) for c in checked}, key=str):
         _check_data(cfg.space, *source)
     return all(c.dataset == "builtin" for c in checked)
+
+
+def _check_resumable(exp: Experiment, resume: bool) -> None:
+    """``resume`` of a path that holds no experiment (a mistyped ``--experiment``) stops first, with nothing
+    read and nothing created (no directory, no ``.lock``)."""
+    if resume and not exp.exists():
+        raise RunDirError(
+            f"nothing to resume: no {EXPERIMENT_FILE} here (not an experiment directory; check --experiment)",
+            str(exp.path),
+        )
 
 
 def _check_data(space: str, dataset: str, data_dir: str | None) -> None:
@@ -126,6 +138,7 @@ def select(
     """DARTS with selection (spec §9): S searches, a short training of each derived cell, the best by
     validation performance; optionally (``run_final``) the full evaluation of the pick."""
     exp = Experiment(experiment or _default_path("select"))
+    _check_resumable(exp, resume)
     small = _check_loop_configs(cfg, "select")
     with exp.lock():
         exp.create("select", cfg, resume)  # under the lock: two starts never both write experiment.json
@@ -163,6 +176,7 @@ def random_baseline(
 ) -> ExperimentResult:
     """The random-search baseline (spec §9): N uniformly sampled cells, the same short training, the same pick."""
     exp = Experiment(experiment or _default_path("random"))
+    _check_resumable(exp, resume)
     small = _check_loop_configs(cfg, "random")
     with exp.lock():
         exp.create("random", cfg, resume)  # under the lock: two starts never both write experiment.json
@@ -201,6 +215,7 @@ def evaluate_final(
     from ..space.genotype import load_genotype
 
     exp = Experiment(experiment or _default_path("final"))
+    _check_resumable(exp, resume)
     if exp.exists() and exp.read().get("kind") in ("select", "random"):
         data = exp.read()
         stored = ProtocolConfig.from_dict(data["config"])
@@ -293,7 +308,8 @@ def evaluate_final(
     if fin.get("n"):
         m = fin["metric"]
         log(
-            f"final: {m} {fin['mean']:.3f} ± {fin['std']:.3f} over {fin['n']} run(s)"
+            f"final: {m} {fin['mean']:.3f}"
+            + (f" ± {fin['std']:.3f} over {fin['n']} runs" if fin["n"] > 1 else " (1 run)")
             + (f"; {len(fin['failed'])} failed" if fin.get("failed") else "")
         )
     return ExperimentResult(exp.path, summary)

@@ -56,8 +56,11 @@ class NB201Table:
     by_arch: dict[str, TableRow]
 
 
-def resolve_table(path: str | Path | None = None, data_dir: str | Path | None = None) -> Path:
-    """The table file: an explicit ``path``, else found from ``data_dir``, else from ``$DARTSNAS_DATA``.
+def resolve_table(
+    path: str | Path | None = None, data_dir: str | Path | None = None, run_data_dir: str | Path | None = None
+) -> Path:
+    """The table file: an explicit ``path``, else found from ``data_dir``, else from ``$DARTSNAS_DATA``, else
+    from ``run_data_dir`` (the data folder a run's config records, for ``dartsnas lookup RUN``).
 
     From a folder, ``nasbench201/nb201_accuracies.csv`` is looked for in it and in its two parents, so a
     dataset folder such as ``data/cifar10`` (or ``data/cifar10/subset-15k.npz``) finds ``data/nasbench201``.
@@ -79,6 +82,9 @@ def resolve_table(path: str | Path | None = None, data_dir: str | Path | None = 
     env = os.environ.get("DARTSNAS_DATA")
     if env:
         roots.append(Path(env))
+    if run_data_dir:
+        d = Path(run_data_dir)
+        roots += [d, *list(d.parents)[:2]]
     for root in roots:
         for cand in (root / TABLE_SUBPATH, root / TABLE_NAME):
             if cand.is_file():

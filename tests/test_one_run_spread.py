@@ -1,0 +1,15 @@
+"""One run has no spread: tables and log lines show the mean alone, never a "± 0.00" that reads as a measured
+standard deviation."""
+
+from dartsnas.protocol.compare import _pm, mean_std
+from dartsnas.report_table import _mean_std
+
+
+def test_table_cell_one_run_and_several():
+    assert _mean_std({"mean": 2.761, "std": 0.0, "runs": 1}) == "2.76 (1 run)"
+    assert _mean_std({"mean": 2.761, "std": 0.09, "runs": 4}) == "2.76 ± 0.09 (4 runs)"
+
+
+def test_compare_line_one_seed_and_several():
+    assert _pm(mean_std([93.5])) == "93.50"
+    assert _pm(mean_std([93.0, 94.0])) == "93.50 ± 0.71"
