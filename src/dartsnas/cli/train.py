@@ -66,6 +66,11 @@ _NAMES = [
 ]
 
 
+def _count(n: int, digits: int = 2) -> str:
+    """3.35M (574M with digits=0), or the exact number below 100,000 (a tiny network is not "0.00M")."""
+    return f"{n / 1e6:.{digits}f}M" if n >= 1e5 else f"{n:,}"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:  # the run's own kind decides (a recurrent run resumes without --space rnn)
         from .search import _run_kind
@@ -95,8 +100,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.history:
         print(
             f"test error {r['test_error_percent']:.2f}% (top-5 {r['test_top5_error_percent']:.2f}%), "
-            f"{r['params'] / 1e6:.2f}M params ({r['params_with_auxiliary'] / 1e6:.2f}M with aux), "
-            f"{r['multiply_adds'] / 1e6:.0f}M multiply-adds"
+            f"{_count(r['params'])} params ({_count(r['params_with_auxiliary'])} with aux), "
+            f"{_count(r['multiply_adds'], 0)} multiply-adds"
         )
         print(f"results:  {result.run_dir / 'results.json'}")
         print(f"curves:   {result.run_dir / 'loss.svg'}, {result.run_dir / 'accuracy.svg'}")
@@ -127,7 +132,7 @@ def _rnn_train(args: argparse.Namespace) -> int:
         return 0
     r = result.results
     test = f"test ppl {r['test_ppl']:.2f}" if r["test_ppl"] is not None else "test set not evaluated (eval_test=false)"
-    print(f"valid ppl {r['valid_ppl']:.2f}, {test}, {r['params'] / 1e6:.2f}M params")
+    print(f"valid ppl {r['valid_ppl']:.2f}, {test}, {_count(r['params'])} params")
     print(f"results:  {result.run_dir / 'results.json'}")
     print(f"curves:   {result.run_dir / 'perplexity.svg'}; cell: {result.run_dir / 'recurrent.svg'}")
     return 0
