@@ -184,7 +184,9 @@ def test_foreign_checkpoint_refused(tmp_path, cli_main):
     save_checkpoint(run / "checkpoint.pt", {"kind": "cnn-search", "config": {}})
     proc = cli_main("eval", str(run))
     assert proc.returncode == 5
-    assert "expected 'cnn-train'" in _one_line_error(proc)
+    line = _one_line_error(proc)
+    assert "is a search run (cnn-search), not a training run; train its cell first" in line
+    assert ".prev" not in line  # the fallback advice is for damaged checkpoints, not for another kind of run
 
 
 def test_imagenet_missing_folder_and_torchvision_errors(tmp_path, cli_main):
@@ -199,7 +201,12 @@ def test_imagenet_missing_folder_and_torchvision_errors(tmp_path, cli_main):
         str(tmp_path / "r1"),
     )
     assert proc.returncode == 4
-    assert "missing the train/ folder" in _one_line_error(proc)
+    assert "nope: no such folder (pass --data-dir" in _one_line_error(proc)
+    (tmp_path / "empty").mkdir()
+    proc = cli_main(
+        "train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "r2")
+    )
+    assert proc.returncode == 4 and "missing the train/ folder" in _one_line_error(proc)
     proc = cli_main("train", "--dataset", "imagenet", "--no-progress", "--run-dir", str(tmp_path / "r0"))
     assert proc.returncode == 4 and "--data-dir" in _one_line_error(proc)
     try:
