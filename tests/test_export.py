@@ -183,3 +183,9 @@ def test_cli_export(runs, tmp_path, cli_main):
     smallest = int(r.stderr.strip().rsplit(" ", 1)[1])
     r = cli(str(runs["cnn"]), "--format", "torchscript", "--out", str(tmp_path / "s.pt"), "--image-size", str(smallest))
     assert r.returncode == 0 and (tmp_path / "s.pt").exists(), r.stderr
+    # the same check from Python (export_model), not only on the command line
+    from dartsnas.export import export_model
+
+    with pytest.raises(ConfigError, match=f"the smallest size it takes is {smallest}"):
+        export_model(runs["cnn"], "torchscript", tmp_path / "api.pt", image_size=smallest - 1)
+    assert not (tmp_path / "api.pt").exists()

@@ -235,6 +235,30 @@ def example_inputs(
     return (torch.randn(batch_size, channels, size, size, generator=gen),)
 
 
+def _check_image_size(run_dir: str | Path, model: nn.Module, size: int) -> None:
+    """Refuse an image size the CNN cannot take (its stride-2 reductions shrink the image to nothing) with
+    the smallest size it does take, instead of the tracer's error."""
+
+    def failure(s: int) -> str | None:
+        try:
+            with torch.no_grad():
+                model(*example_inputs(run_dir, model, batch_size=1, image_size=s))
+        except RuntimeError as e:
+            return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return None
+
+    why = failure(size)
+    if why is None:
+        return
+    smallest = next((s for s in range(size + 1, max(size + 1, 65)) if failure(s) is None), None)
+    if smallest is None:
+        raise ConfigError(f"--image-size {size}: the network cannot run on {size}x{size} images ({why})")
+    raise ConfigError(
+        f"--image-size {size}: too small for this network (its stride-2 reductions shrink it to nothing); "
+        f"the smallest size it takes is {smallest}"
+    )
+
+
 def export_model(
     run_dir: str | Path, format: str, out: str | Path, seq_len: int = 1, image_size: int | None = None
 ) -> Path:
@@ -259,6 +283,10 @@ def export_model(
         return out
     rnn = isinstance(model.genotype, RNNGenotype)
     wrapped = (LanguageModel(model) if rnn else ImageClassifier(model)).eval()
+    if image_size is not None and not rnn:
+        if image_size < 1:
+            raise ConfigError(f"--image-size: must be a positive integer, got {image_size}")
+        _check_image_size(run_dir, model, image_size)
     inputs = example_inputs(run_dir, model, seq_len=seq_len, image_size=image_size)
     with torch.no_grad(), _quiet():
         if format == "torchscript":

@@ -45,44 +45,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export import export_model
 
-    if args.image_size is not None and args.format != "state_dict":
-        _check_image_size(args.run, args.image_size)
     out = export_model(args.run, args.format, args.out, seq_len=args.seq_len, image_size=args.image_size)
     print(f"wrote {out}")
     return 0
-
-
-def _check_image_size(run_dir: str, size: int) -> None:
-    """Refuse an ``--image-size`` the CNN cannot take (its stride-2 reductions shrink the image to nothing) with
-    the smallest size it does take, instead of the tracer's traceback. Recurrent runs ignore the option."""
-    import torch
-
-    from ..errors import ConfigError
-    from ..export import example_inputs, load_model
-    from ..space.genotype import RNNGenotype
-
-    model = load_model(run_dir)
-    if isinstance(model.genotype, RNNGenotype):
-        return
-
-    def failure(s: int) -> str | None:
-        try:
-            with torch.no_grad():
-                model(*example_inputs(run_dir, model, batch_size=1, image_size=s))
-        except RuntimeError as e:
-            return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        return None
-
-    why = failure(size)
-    if why is None:
-        return
-    smallest = next((s for s in range(size + 1, max(size + 1, 65)) if failure(s) is None), None)
-    if smallest is None:
-        raise ConfigError(f"--image-size {size}: the network cannot run on {size}x{size} images ({why})")
-    raise ConfigError(
-        f"--image-size {size}: too small for this network (its stride-2 reductions shrink it to nothing); "
-        f"the smallest size it takes is {smallest}"
-    )
 
 
 PARSERS = [add_parser]
