@@ -92,7 +92,10 @@ def test_killed_rank_is_restarted_and_the_result_is_unchanged(tmp_path):
     rc, log = _torchrun(tmp_path / "killed", kill_rank=1)
     assert rc == 0, log[-5000:]
     assert "resumed" in log and "exitcode: -9" in log  # the kill happened mid-run and the workers restarted
-    for text in (ref_log, log):  # finished workers leave the process group; none aborts at exit (a CI failure)
+    # Finished workers leave the process group; none aborts at exit (a CI failure once). Only the finished
+    # attempts count: in the killed attempt the surviving rank's gloo read fails when its peer dies, and torch
+    # may abort it ("terminate called") as torchrun tears that attempt down, before the restart resumes.
+    for text in (ref_log, log[log.rindex("resumed") :]):
         assert "terminate called" not in text, text[-3000:]
     ref = load_checkpoint(tmp_path / "ref" / "checkpoint.pt")
     got = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")

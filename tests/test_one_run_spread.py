@@ -19,4 +19,4 @@ def test_parameter_counts_of_tiny_networks_are_not_zero_millions():
     from dartsnas.cli.train import _count
 
     assert _count(3_349_342) == "3.35M" and _count(573_781_120, 0) == "574M"
-    assert _count(4_210) == "4,210" and _count(52_000, 0) == "52,000"
+    assert _count(4_210) == "4,210" and _count(52_000, 0) == "52,000" and _count(410_890, 0) == "0.41M"

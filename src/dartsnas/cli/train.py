@@ -67,8 +67,10 @@ _NAMES = [
 
 
 def _count(n: int, digits: int = 2) -> str:
-    """3.35M (574M with digits=0), or the exact number below 100,000 (a tiny network is not "0.00M")."""
-    return f"{n / 1e6:.{digits}f}M" if n >= 1e5 else f"{n:,}"
+    """3.35M (574M with digits=0, from 10M on), or the exact number below 100,000 (a tiny network is not "0M")."""
+    if n < 1e5:
+        return f"{n:,}"
+    return f"{n / 1e6:.{digits if n >= 1e7 else 2}f}M"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
