@@ -78,6 +78,19 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise RunDirError(f"cannot write ({e.strerror or e})", str(path)) from None
 
 
+def make_folder(path: str | Path, what: str = "folder") -> Path:
+    """Create the folder ``path`` (and its parents) that a command writes into, or raise RunDirError in one line
+    naming ``what``: a file in the way, a parent that cannot hold folders (``/proc``), no permission."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{what}: exists and is not a folder", str(out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"{what}: cannot create ({e.strerror or e})", str(out)) from None
+    return out
+
+
 def clean_leftovers(folder: Path, log=None) -> None:
     """Remove temporary files a crash left behind, saying so (through ``log``, else the ``dartsnas`` logger)."""
     log = log if log is not None else logging.getLogger("dartsnas").info

@@ -488,7 +488,7 @@ def write_compare_report(
     the paper's Table 1 of the others (``report_table.table_rows``), in report.md, report.csv (one file per kind:
     report.csv for the protocol experiments, compare.csv for the comparisons) and report.html."""
     from . import report_table as base
-    from .checkpoint import atomic_write_text
+    from .checkpoint import atomic_write_text, make_folder
     from .protocol.compare import is_compare, summarize_compare
 
     cmp_paths = [p for p in experiments if is_compare(p)]
@@ -496,7 +496,7 @@ def write_compare_report(
     cmp = [summarize_compare(p) for p in cmp_paths]
     protocol = [base.summarize(p) for p in other]
     rows = base.table_rows(protocol, include_paper) if protocol else []
-    out = base.make_out_dir(out_dir)
+    out = make_folder(out_dir, "report folder")
     md = "\n".join(markdown(s) for s in cmp)
     if rows:
         md += "\n" + base.markdown_table(rows)

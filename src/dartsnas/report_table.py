@@ -19,7 +19,6 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .errors import RunDirError
 from .plot import cnn_cell_svg, curves_svg, heatmap_svg, rnn_cell_svg
 from .protocol import Experiment, summarize
 from .space.genotype import RNN_PRIMITIVES, Genotype, RNNGenotype, genotype_from_dict
@@ -526,18 +525,6 @@ def html_page(rows: Sequence[dict[str, Any]], summaries: Sequence[dict[str, Any]
     return head + "\n".join(body) + "\n</body></html>\n"
 
 
-def make_out_dir(out_dir: str | Path) -> Path:
-    """Create the report folder, or raise RunDirError (a file in the way, a parent that cannot hold folders)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise RunDirError("exists and is not a folder (the report is written into a folder)", str(out))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create the report folder ({e.strerror or e})", str(out)) from None
-    return out
-
-
 def write_report(
     experiments: Sequence[str | Path],
     out_dir: str | Path,
@@ -545,7 +532,7 @@ def write_report(
     title: str = "DARTS reproduction",
 ) -> dict[str, Any]:
     """Write report.md, report.csv and report.html into ``out_dir``; return their paths and the Markdown."""
-    from .checkpoint import atomic_write_text
+    from .checkpoint import atomic_write_text, make_folder
     from .protocol.compare import is_compare
 
     if any(is_compare(p) for p in experiments):  # methods × seeds: the comparison table (report_compare.py)
@@ -554,7 +541,7 @@ def write_report(
         return write_compare_report(experiments, out_dir, include_paper, title)
     summaries = [summarize(p) for p in experiments]
     rows = table_rows(summaries, include_paper)
-    out = make_out_dir(out_dir)
+    out = make_folder(out_dir, "report folder")
     md = markdown_table(rows)
     paths = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html"}
     atomic_write_text(paths["md"], f"# {title}\n\n" + md)

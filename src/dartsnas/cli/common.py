@@ -40,19 +40,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def output_dir(path: str | Path, option: str) -> Path:
-    """Create the folder ``path`` a command writes into (``option`` names it in the error), or stop with one
-    line: a file in the way, a parent that cannot hold folders (``/proc``), no permission."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{option}: exists and is not a folder", str(out))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"{option}: cannot create ({e.strerror or e})", str(out)) from None
-    return out
-
-
 def add_config_options(p: argparse.ArgumentParser, presets: list[str]) -> None:
     p.add_argument("--preset", metavar="NAME", help=f"start from a preset ({', '.join(presets)})")
     p.add_argument("--config", metavar="FILE", help="a JSON file of config fields")

@@ -166,9 +166,7 @@ def _config(args: argparse.Namespace):
         if exp.exists():
             saved = exp.read().get("config", {})
             return CompareConfig.build(overrides=overrides, **{**saved, **lists})
-        from .protocol import _no_experiment
-
-        _no_experiment(exp)  # a mistyped --experiment: nothing read, nothing created
+        exp.check_resumable(True)  # a mistyped --experiment: nothing read, nothing created
     return CompareConfig.build(None, overrides, **lists)
 
 

@@ -21,9 +21,9 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
         return 0
     g = load_genotype(args.genotype)
     if args.svg:
-        from .common import output_dir
+        from ..checkpoint import make_folder
 
-        folder = output_dir(args.svg, "--svg")  # a file in the way stops before anything is printed
+        folder = make_folder(args.svg, "--svg")  # a file in the way stops before anything is printed
     print(genotype_to_json(g))
     if args.svg:
         from ..plot import save_cell_pictures

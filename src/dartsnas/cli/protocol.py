@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError
 from .common import (
     LAUNCHER_FIELDS,
     add_launcher_options,
@@ -130,19 +130,8 @@ def _config(args: argparse.Namespace, join: bool = False):
         if exp.exists():
             saved = exp.read().get("config", {})
             return ProtocolConfig.build(overrides=overrides, **{**saved, **lists})
-        _no_experiment(exp)
+        exp.check_resumable(True)  # a mistyped --experiment: nothing read, nothing created
     return ProtocolConfig.build(args.preset, overrides, **lists)
-
-
-def _no_experiment(exp) -> None:
-    """--resume of a path that holds no experiment (a mistyped --experiment) stops first: nothing is read (no
-    data folder is needed to say so) and nothing is created."""
-    from ..protocol.experiment import EXPERIMENT_FILE
-
-    raise RunDirError(
-        f"nothing to resume: no {EXPERIMENT_FILE} here (not an experiment directory; check --experiment)",
-        str(exp.path),
-    )
 
 
 # ------------------------------------------------------------------------------------------- select

@@ -335,8 +335,7 @@ def _create(exp: Experiment, cfg: CompareConfig, resume: bool) -> None:
         data["config"] = cfg.to_dict()
         exp.write(data)
         return
-    if resume:
-        raise RunDirError(f"nothing to resume: no {EXPERIMENT_FILE} here", str(exp.path))
+    exp.check_resumable(resume)
     try:
         for sub in ("runs", "status", "logs"):
             (exp.path / sub).mkdir(parents=True, exist_ok=True)
@@ -365,11 +364,7 @@ def compare(
     """Search every method with every seed (one run each, ``cfg.jobs`` at a time), add the NB201 random
     baseline when asked, and summarize per method (``summary.json``)."""
     exp = Experiment(experiment or Path("experiments") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    if resume and not exp.exists():  # a mistyped --experiment: nothing read, nothing created
-        raise RunDirError(
-            f"nothing to resume: no {EXPERIMENT_FILE} here (not an experiment directory; check --experiment)",
-            str(exp.path),
-        )
+    exp.check_resumable(resume)
     small = _check(cfg)
     with exp.lock():
         _create(exp, cfg, resume)

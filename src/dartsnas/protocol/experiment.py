@@ -60,6 +60,15 @@ class Experiment:
     def exists(self) -> bool:
         return (self.path / EXPERIMENT_FILE).exists()
 
+    def check_resumable(self, resume: bool) -> None:
+        """``resume`` of a path that holds no experiment (a mistyped ``--experiment``) stops here, before anything
+        is read or created (no directory, no ``.lock``)."""
+        if resume and not self.exists():
+            raise RunDirError(
+                f"nothing to resume: no {EXPERIMENT_FILE} here (not an experiment directory; check --experiment)",
+                str(self.path),
+            )
+
     def read(self) -> dict[str, Any]:
         data = _read_json(self.path / EXPERIMENT_FILE)
         if not isinstance(data, dict):
@@ -105,8 +114,7 @@ class Experiment:
             data["config"] = cfg.to_dict()  # harmless changes (jobs, devices) take effect
             self.write(data)
             return data
-        if resume:
-            raise RunDirError(f"nothing to resume: no {EXPERIMENT_FILE} here", str(self.path))
+        self.check_resumable(resume)
         try:
             for sub in ("runs", "status", "logs", "genotypes"):
                 (self.path / sub).mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from ..errors import ConfigError, RunDirError
 from ..space.genotype import genotype_from_dict, genotype_to_dict, save_genotype
 from ..space.sample import sample_genotypes
 from .config import ProtocolConfig, loop_configs
-from .experiment import EXPERIMENT_FILE, Experiment, ExperimentResult, Task
+from .experiment import Experiment, ExperimentResult, Task
 from .runner import Runner, check_devices
 from .summary import summarize
 
@@ -99,16 +99,6 @@ def _check_loop_configs(cfg: ProtocolConfig, what: str) -> bool:
     return all(c.dataset == "builtin" for c in checked)
 
 
-def _check_resumable(exp: Experiment, resume: bool) -> None:
-    """``resume`` of a path that holds no experiment (a mistyped ``--experiment``) stops first, with nothing
-    read and nothing created (no directory, no ``.lock``)."""
-    if resume and not exp.exists():
-        raise RunDirError(
-            f"nothing to resume: no {EXPERIMENT_FILE} here (not an experiment directory; check --experiment)",
-            str(exp.path),
-        )
-
-
 def _check_data(space: str, dataset: str, data_dir: str | None) -> None:
     """Read the dataset the runs will read (a DataError names what is missing or damaged)."""
     if dataset == "builtin":
@@ -138,7 +128,7 @@ def select(
     """DARTS with selection (spec §9): S searches, a short training of each derived cell, the best by
     validation performance; optionally (``run_final``) the full evaluation of the pick."""
     exp = Experiment(experiment or _default_path("select"))
-    _check_resumable(exp, resume)
+    exp.check_resumable(resume)
     small = _check_loop_configs(cfg, "select")
     with exp.lock():
         exp.create("select", cfg, resume)  # under the lock: two starts never both write experiment.json
@@ -176,7 +166,7 @@ def random_baseline(
 ) -> ExperimentResult:
     """The random-search baseline (spec §9): N uniformly sampled cells, the same short training, the same pick."""
     exp = Experiment(experiment or _default_path("random"))
-    _check_resumable(exp, resume)
+    exp.check_resumable(resume)
     small = _check_loop_configs(cfg, "random")
     with exp.lock():
         exp.create("random", cfg, resume)  # under the lock: two starts never both write experiment.json
@@ -215,7 +205,7 @@ def evaluate_final(
     from ..space.genotype import load_genotype
 
     exp = Experiment(experiment or _default_path("final"))
-    _check_resumable(exp, resume)
+    exp.check_resumable(resume)
     if exp.exists() and exp.read().get("kind") in ("select", "random"):
         data = exp.read()
         stored = ProtocolConfig.from_dict(data["config"])
