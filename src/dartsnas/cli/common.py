@@ -144,6 +144,37 @@ def resolve_config(cls, args: argparse.Namespace, names: list[str]):
     return cls.build(args.preset, over, args.config)
 
 
+def run_kind(folder: Path) -> str | None:
+    """The ``kind`` a run directory's config.json records (cnn-search, rnn-train, ...), or None."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+_RUN_KINDS = {"search": ("cnn-search", "rnn-search"), "train": ("cnn-train", "rnn-train")}
+_RUN_NOUN = {"search": "search", "train": "training"}
+
+
+def follow_resumed_kind(args: argparse.Namespace, command: str) -> None:
+    """``--resume RUN``: the run's own kind sets ``args.space`` (a recurrent run resumes without ``--space rnn``),
+    and a run of the other command (``search``/``train``) is refused in one line naming the one that continues it."""
+    if not args.resume:
+        return
+    kind = run_kind(Path(args.resume))
+    other = "train" if command == "search" else "search"
+    if kind in _RUN_KINDS[other]:
+        raise ConfigError(
+            f"{args.resume} is a {_RUN_NOUN[other]} run ({kind}), not a {_RUN_NOUN[command]}; "
+            f"continue it with dartsnas {other} --resume"
+        )
+    if kind in _RUN_KINDS[command]:
+        if kind.startswith("rnn-"):
+            args.space = "rnn"
+        elif args.space == "rnn":
+            args.space = "cnn"
+
+
 def named_dataset(args: argparse.Namespace) -> str | None:
     """The dataset the command line names (--dataset or --set dataset=...), else None."""
     return getattr(args, "dataset", None) or next(

@@ -10,9 +10,11 @@ from .common import (
     add_config_options,
     add_model_options,
     apply_dataset_inference,
+    follow_resumed_kind,
     launch,
     named_dataset,
     resolve_config,
+    run_kind,
 )
 
 
@@ -54,16 +56,7 @@ def _search_parser(sub) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    if args.resume:  # the run's own kind decides (a recurrent run resumes without --space rnn)
-        kind = _run_kind(Path(args.resume))
-        if kind in ("cnn-train", "rnn-train"):
-            raise ConfigError(
-                f"{args.resume} is a training run ({kind}), not a search; continue it with dartsnas train --resume"
-            )
-        if kind == "rnn-search":
-            args.space = "rnn"
-        elif kind == "cnn-search" and args.space == "rnn":
-            args.space = "cnn"
+    follow_resumed_kind(args, "search")
     if args.space == "rnn":
         return _rnn_search(args)
     from ..data.images import DATASETS
@@ -151,7 +144,7 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     path = run / CHECKPOINT if run.is_dir() else run
     # A training run is refused by its kind, before its checkpoint is read: the checkpoint loader's advice
     # (fall back to .prev) is for damaged files, not for the wrong kind of run.
-    kind = _run_kind(path.parent)
+    kind = run_kind(path.parent)
     if kind is None or kind in ("cnn-search", "rnn-search"):
         kind = load_checkpoint(path).get("kind")
     if kind not in ("cnn-search", "rnn-search"):
@@ -175,15 +168,6 @@ def _cmd_derive(args: argparse.Namespace) -> int:
             save_genotype(g, folder / "genotype.json")
             save_cell_pictures(g, folder)
     return 0
-
-
-def _run_kind(folder: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((folder / "config.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 PARSERS = [_search_parser, _derive_parser]

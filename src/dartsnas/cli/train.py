@@ -15,6 +15,7 @@ from .common import (
     add_config_options,
     add_model_options,
     apply_dataset_inference,
+    follow_resumed_kind,
     launch,
     named_dataset,
     positive_int,
@@ -74,16 +75,7 @@ def _count(n: int, digits: int = 2) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    if args.resume:  # the run's own kind decides (a recurrent run resumes without --space rnn)
-        from .search import _run_kind
-
-        kind = _run_kind(Path(args.resume))
-        if kind in ("cnn-search", "rnn-search"):
-            raise ConfigError(
-                f"{args.resume} is a search run ({kind}), not a training; continue it with dartsnas search --resume"
-            )
-        if kind in ("cnn-train", "rnn-train"):
-            args.space = "rnn" if kind == "rnn-train" else "cnn"
+    follow_resumed_kind(args, "train")
     if args.space == "rnn":
         return _rnn_train(args)
     from ..loops.train import TrainConfig, run_train
