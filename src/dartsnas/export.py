@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
+from .data.text import CORPUS_FOLDERS
 from .errors import CheckpointError, ConfigError, GenotypeError, RunDirError
 from .space.genotype import AnyGenotype, Genotype, RNNGenotype, genotype_to_dict, load_genotype
 
@@ -37,13 +38,8 @@ _CNN_DEFAULTS = {"cifar10": (36, 20, 10, 32), "imagenet": (48, 14, 1000, 224)}
 _IMAGE_SIZE = {"cifar10": 32, "imagenet": 224, "builtin": 16}
 # The dataset names build_model takes (the spellings of the data folders too); builtin is the CIFAR network.
 _CNN_ALIASES = {"cifar10": "cifar10", "cifar-10": "cifar10", "imagenet": "imagenet", "builtin": "builtin"}
-_RNN_ALIASES = {
-    "ptb": "ptb",
-    "penn": "ptb",
-    "builtin": "ptb",
-    "wikitext2": "wikitext2",
-    "wikitext-2": "wikitext2",
-    "wt2": "wikitext2",
+_RNN_ALIASES = {s.lower(): name for name, folders in CORPUS_FOLDERS.items() for s in (name, *folders)} | {
+    "builtin": "ptb"
 }
 
 

@@ -27,6 +27,8 @@ def recorded_data_dir(arg: str) -> str | None:
     """The data folder recorded in the ``config.json`` of the run ``arg`` names (the run directory or a file in
     it, such as its genotype.json); None for an architecture string or when there is none to read."""
     p = Path(arg)
+    if not p.exists():  # an architecture string, or nothing there
+        return None
     run_dir = p if p.is_dir() else p.parent
     try:
         value = json.loads((run_dir / "config.json").read_text()).get("data_dir")
@@ -39,8 +41,7 @@ def lookup_command(arg: str, data_dir: str | None = None, table: str | None = No
     """The text ``dartsnas lookup`` prints: the cell, its row and its three test accuracies. The table is found
     from ``data_dir``, else ``$DARTSNAS_DATA``, else the data folder in the run's own config.json."""
     g = resolve_nb201_genotype(arg)
-    recorded = None if arg.lstrip().startswith("|") else recorded_data_dir(arg)
-    path = resolve_table(table, data_dir, recorded)
+    path = resolve_table(table, data_dir, recorded_data_dir(arg))
     row = lookup(g, load_table(path))
     return "\n".join(
         [

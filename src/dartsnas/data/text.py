@@ -36,7 +36,7 @@ EOS = "<eos>"
 CORPORA = ("ptb", "wikitext2", "builtin")
 SPLITS = ("train", "valid", "test")
 # Folder names accepted under a data root, first match wins.
-_FOLDERS = {"ptb": ("penn", "ptb", "PTB"), "wikitext2": ("wikitext-2", "wikitext2", "wt2")}
+CORPUS_FOLDERS = {"ptb": ("penn", "ptb", "PTB"), "wikitext2": ("wikitext-2", "wikitext2", "wt2")}
 
 
 @dataclass
@@ -117,14 +117,14 @@ def corpus_dir(name: str, data_dir: str | Path | None = None) -> Path:
     ``data_dir`` (else ``$DARTSNAS_DATA``) may be that folder itself or a root with ``penn/`` and
     ``wikitext-2/`` inside.
     """
-    if name not in _FOLDERS:
+    if name not in CORPUS_FOLDERS:
         raise DataError(f"unknown corpus {name!r}; available: {', '.join(CORPORA)}", "dataset")
     if data_dir is None or str(data_dir) == "":
         env = os.environ.get("DARTSNAS_DATA")
         if not env:
             raise DataError(
                 "no data folder given: pass --data-dir (the folder holding train.txt, valid.txt and "
-                f"test.txt, or a root with {_FOLDERS[name][0]}/ inside) or set DARTSNAS_DATA",
+                f"test.txt, or a root with {CORPUS_FOLDERS[name][0]}/ inside) or set DARTSNAS_DATA",
                 name,
             )
         data_dir = env
@@ -133,7 +133,7 @@ def corpus_dir(name: str, data_dir: str | Path | None = None) -> Path:
         raise DataError("no such folder (pass --data-dir to point at the corpus)", str(root))
     if (root / "train.txt").is_file():
         return root
-    for sub in _FOLDERS[name]:
+    for sub in CORPUS_FOLDERS[name]:
         if (root / sub).is_dir():
             return root / sub  # the file check names whatever is missing there
     return root  # neither the corpus folder nor a root holding it: the file check names root/train.txt

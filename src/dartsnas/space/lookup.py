@@ -75,16 +75,17 @@ def resolve_table(
         if not p.is_file():
             raise TableError("no such file", str(p))
         return p
-    roots: list[Path] = []
-    if data_dir is not None:
-        d = Path(data_dir)
-        roots += [d, *list(d.parents)[:2]]
+
+    def near(folder) -> list[Path]:  # the folder and its two parents
+        d = Path(folder)
+        return [d, *list(d.parents)[:2]]
+
+    roots: list[Path] = near(data_dir) if data_dir is not None else []
     env = os.environ.get("DARTSNAS_DATA")
     if env:
         roots.append(Path(env))
     if run_data_dir:
-        d = Path(run_data_dir)
-        roots += [d, *list(d.parents)[:2]]
+        roots += near(run_data_dir)
     for root in roots:
         for cand in (root / TABLE_SUBPATH, root / TABLE_NAME):
             if cand.is_file():
